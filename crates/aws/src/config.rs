@@ -1,0 +1,155 @@
+//! Settings from the environment, checked at start-up.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+/// Default DynamoDB table name.
+pub const DEFAULT_TABLE: &str = "offpath-jobs";
+/// Default jobs queue name.
+pub const DEFAULT_QUEUE: &str = "offpath-jobs";
+/// Default dead-letter queue name.
+pub const DEFAULT_DLQ: &str = "offpath-jobs-dlq";
+
+/// A setting that is missing or wrong. The message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{name} is not set: {hint}")]
+    Missing {
+        /// The variable.
+        name: &'static str,
+        /// What to set it to.
+        hint: &'static str,
+    },
+    /// A variable holds a value that cannot work.
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it cannot work.
+        reason: String,
+    },
+}
+
+/// Where offpath's resources live, from `OFFPATH_TABLE`, `OFFPATH_QUEUE_URL` and
+/// `OFFPATH_DLQ_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The jobs table.
+    pub table: String,
+    /// The jobs queue URL, if set.
+    pub queue_url: Option<String>,
+    /// The dead-letter queue URL, if set.
+    pub dlq_url: Option<String>,
+}
+
+impl Settings {
+    /// Reads the settings from the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let table = lookup("OFFPATH_TABLE").unwrap_or_else(|| DEFAULT_TABLE.to_owned());
+        if !valid_table_name(&table) {
+            return Err(ConfigError::Invalid {
+                name: "OFFPATH_TABLE",
+                value: table,
+                reason: "a table name is 3-255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"
+                    .into(),
+            });
+        }
+        let url = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match lookup(name) {
+                Some(value) if !value.starts_with("http://") && !value.starts_with("https://") => {
+                    Err(ConfigError::Invalid {
+                        name,
+                        value,
+                        reason: "expected a queue URL such as https://sqs.eu-west-1.amazonaws.com/123456789012/offpath-jobs".into(),
+                    })
+                }
+                other => Ok(other.filter(|v| !v.is_empty())),
+            }
+        };
+        Ok(Settings {
+            table,
+            queue_url: url("OFFPATH_QUEUE_URL")?,
+            dlq_url: url("OFFPATH_DLQ_URL")?,
+        })
+    }
+
+    /// The queue URL, required where resources are not created (the Lambda functions).
+    pub fn require_queue_url(&self) -> Result<&str, ConfigError> {
+        self.queue_url.as_deref().ok_or(ConfigError::Missing {
+            name: "OFFPATH_QUEUE_URL",
+            hint: "set it to the jobs queue URL (the QueueUrl output of the stack)",
+        })
+    }
+
+    /// The dead-letter queue URL, required by the dead-letter commands.
+    pub fn require_dlq_url(&self) -> Result<&str, ConfigError> {
+        self.dlq_url.as_deref().ok_or(ConfigError::Missing {
+            name: "OFFPATH_DLQ_URL",
+            hint: "set it to the dead-letter queue URL (the DeadLetterQueueUrl output of the stack)",
+        })
+    }
+}
+
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Loads the standard AWS configuration and checks that a region is set. Calls time
+/// out instead of hanging when an endpoint stops answering; the SDK's standard retry
+/// mode retries throttling and transient errors.
+pub async fn load_sdk_config() -> Result<SdkConfig, ConfigError> {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(30))
+        .build();
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    if config.region().is_none() {
+        return Err(ConfigError::Missing {
+            name: "AWS_REGION",
+            hint: "set it to the region of your resources, e.g. AWS_REGION=us-east-1",
+        });
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.table, "offpath-jobs");
+        assert!(s.queue_url.is_none());
+        assert!(s.require_queue_url().unwrap_err().to_string().starts_with("OFFPATH_QUEUE_URL is not set"));
+        let s = settings(&[("OFFPATH_TABLE", "t1"), ("OFFPATH_QUEUE_URL", "http://localhost:4566/000000000000/q")]);
+        assert!(s.unwrap_err().to_string().starts_with("OFFPATH_TABLE=\"t1\" is invalid"));
+        let s = settings(&[("OFFPATH_QUEUE_URL", "offpath-jobs")]).unwrap_err();
+        assert!(s.to_string().starts_with("OFFPATH_QUEUE_URL=\"offpath-jobs\" is invalid"));
+    }
+}

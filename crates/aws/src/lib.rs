@@ -1,0 +1,18 @@
+//! offpath's AWS adapters: [`DynamoStore`] implements `JobStore` on DynamoDB,
+//! [`SqsQueue`] implements `JobQueue` on SQS, and [`provision`] creates the table,
+//! queue and dead-letter queue the way `template.yaml` declares them.
+//!
+//! Endpoints, region and credentials come from the standard AWS configuration
+//! (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ...), so the same code talks to AWS,
+//! LocalStack or moto.
+
+mod dynamo;
+mod item;
+mod sqs;
+
+pub mod config;
+pub mod provision;
+
+pub use config::{ConfigError, Settings, load_sdk_config};
+pub use dynamo::DynamoStore;
+pub use sqs::SqsQueue;

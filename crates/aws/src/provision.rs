@@ -1,0 +1,266 @@
+//! Creates the table, queue and dead-letter queue if they are missing, with the
+//! settings `template.yaml` declares (a test compares the two).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
+use crate::item::attr;
+
+/// The queue settings, shared with `template.yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// How long a received message stays invisible. AWS advises at least six times
+    /// the worker function's timeout.
+    pub visibility_timeout: Duration,
+    /// Receives before SQS moves a message to the dead-letter queue.
+    pub max_receive_count: u32,
+    /// How long the jobs queue keeps a message.
+    pub retention: Duration,
+    /// How long the dead-letter queue keeps a message (the SQS maximum, 14 days).
+    pub dlq_retention: Duration,
+}
+
+/// The worker function's timeout in `template.yaml`; the job lease equals it.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            visibility_timeout: WORKER_TIMEOUT * 6,
+            max_receive_count: 5,
+            retention: Duration::from_secs(4 * 24 * 3600),
+            dlq_retention: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// Names of the resources to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceNames {
+    /// Table name.
+    pub table: String,
+    /// Jobs queue name.
+    pub queue: String,
+    /// Dead-letter queue name.
+    pub dlq: String,
+}
+
+impl Default for ResourceNames {
+    fn default() -> Self {
+        ResourceNames {
+            table: DEFAULT_TABLE.into(),
+            queue: DEFAULT_QUEUE.into(),
+            dlq: DEFAULT_DLQ.into(),
+        }
+    }
+}
+
+/// What exists after provisioning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    /// Table name.
+    pub table: String,
+    /// Jobs queue URL.
+    pub queue_url: String,
+    /// Dead-letter queue URL.
+    pub dlq_url: String,
+}
+
+/// A resource could not be created or checked.
+#[derive(Debug, thiserror::Error)]
+#[error("could not {action}: {detail}")]
+pub struct ProvisionError {
+    action: String,
+    detail: String,
+}
+
+fn failed(action: impl Into<String>, err: impl std::error::Error) -> ProvisionError {
+    ProvisionError {
+        action: action.into(),
+        detail: DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// Creates whatever of the table, queue and dead-letter queue is missing. Safe to run
+/// again and from several processes at once.
+pub async fn provision(
+    sdk: &SdkConfig,
+    names: &ResourceNames,
+    settings: &QueueSettings,
+) -> Result<Resources, ProvisionError> {
+    ensure_table(&aws_sdk_dynamodb::Client::new(sdk), &names.table).await?;
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let dlq_attributes = HashMap::from([(
+        QueueAttributeName::MessageRetentionPeriod,
+        settings.dlq_retention.as_secs().to_string(),
+    )]);
+    let dlq_url = ensure_queue(&sqs, &names.dlq, dlq_attributes).await?;
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": settings.max_receive_count,
+    });
+    let queue_attributes = HashMap::from([
+        (
+            QueueAttributeName::VisibilityTimeout,
+            settings.visibility_timeout.as_secs().to_string(),
+        ),
+        (
+            QueueAttributeName::MessageRetentionPeriod,
+            settings.retention.as_secs().to_string(),
+        ),
+        (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+    ]);
+    let queue_url = ensure_queue(&sqs, &names.queue, queue_attributes).await?;
+    Ok(Resources {
+        table: names.table.clone(),
+        queue_url,
+        dlq_url,
+    })
+}
+
+/// Creates the jobs table with TTL enabled unless it exists, and waits until it is active.
+pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), ProvisionError> {
+    let created = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(attr::PK)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(attr::PK)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("complete key schema"),
+        )
+        .send()
+        .await;
+    if let Err(err) = created {
+        if err.code() != Some("ResourceInUseException") {
+            return Err(failed(format!("create table {table}"), err));
+        }
+    }
+    wait_until_active(client, table).await?;
+
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| failed(format!("read the TTL of table {table}"), e))?;
+    let enabled = ttl
+        .time_to_live_description()
+        .and_then(|d| d.time_to_live_status())
+        .is_some_and(|s| matches!(s, TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling));
+    if !enabled {
+        let spec = TimeToLiveSpecification::builder()
+            .attribute_name(attr::EXPIRES_AT)
+            .enabled(true)
+            .build()
+            .expect("complete TTL specification");
+        let updated = client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(spec)
+            .send()
+            .await;
+        // Another process may have enabled it a moment ago.
+        if let Err(err) = updated {
+            if !err.message().unwrap_or_default().contains("already enabled") {
+                return Err(failed(format!("enable TTL on table {table}"), err));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_until_active(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), ProvisionError> {
+    for _ in 0..120 {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| failed(format!("describe table {table}"), e))?;
+        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(ProvisionError {
+        action: format!("use table {table}"),
+        detail: "it did not become ACTIVE within 60 seconds".into(),
+    })
+}
+
+async fn ensure_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: HashMap<QueueAttributeName, String>,
+) -> Result<String, ProvisionError> {
+    let created = client
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes.clone()))
+        .send()
+        .await;
+    match created {
+        Ok(output) => Ok(output.queue_url().unwrap_or_default().to_owned()),
+        // It exists with other attributes: converge them.
+        Err(err) if err.code().is_some_and(|c| c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")) => {
+            let url = client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| failed(format!("find queue {name}"), e))?
+                .queue_url()
+                .unwrap_or_default()
+                .to_owned();
+            client
+                .set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(Some(attributes))
+                .send()
+                .await
+                .map_err(|e| failed(format!("update queue {name}"), e))?;
+            Ok(url)
+        }
+        Err(err) => Err(failed(format!("create queue {name}"), err)),
+    }
+}
+
+async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, ProvisionError> {
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| failed(format!("read the ARN of queue {url}"), e))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| ProvisionError {
+            action: format!("read the ARN of queue {url}"),
+            detail: "no QueueArn attribute".into(),
+        })
+}

@@ -1,0 +1,150 @@
+//! `offpath dev`: the API over TCP plus pollers that feed the worker handler, the way
+//! API Gateway and the SQS event source mapping do in AWS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use offpath_api::{AppState, Auth, app};
+use offpath_aws::provision::{QueueSettings, ResourceNames, ensure_table, provision};
+use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_core::{JobQueue, JobStore};
+use offpath_worker::poller::{self, PollSettings};
+use offpath_worker::{Backoff, Unconfigured, Worker, WorkerConfig};
+use tokio::sync::watch;
+
+/// Where jobs and the queue live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// DynamoDB and SQS at the endpoint the standard AWS configuration names
+    /// (AWS_ENDPOINT_URL for LocalStack or moto; nothing for AWS itself).
+    Aws,
+}
+
+/// `offpath dev` options.
+#[derive(Debug, Clone, Parser)]
+pub struct DevArgs {
+    /// Where jobs and the queue live.
+    #[arg(long, env = "OFFPATH_BACKEND", value_enum, default_value = "aws")]
+    pub backend: Backend,
+    /// Address the API listens on (port 0 picks a free port).
+    #[arg(long, env = "OFFPATH_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Concurrent pollers (Lambda worker instances).
+    #[arg(long, default_value_t = 2)]
+    pub pollers: usize,
+    /// Messages per batch handed to the worker (1-10).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub batch_size: u32,
+    /// Job timeout: how long a claim holds a job.
+    #[arg(long, default_value_t = 60)]
+    pub lease_seconds: u64,
+    /// Visibility timeout of a queue this command creates (default: 6 x lease).
+    #[arg(long)]
+    pub visibility_timeout_seconds: Option<u64>,
+    /// Receives before a message moves to the dead-letter queue, for queues this
+    /// command creates.
+    #[arg(long, default_value_t = 5)]
+    pub max_receive_count: u32,
+    /// First retry delay for transient failures (doubles per receive).
+    #[arg(long, default_value_t = 2000)]
+    pub backoff_base_ms: u64,
+}
+
+/// Runs the local stack until Ctrl-C, then drains in-flight batches.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let Backend::Aws = args.backend;
+    let sdk = load_sdk_config().await?;
+    let settings = Settings::from_env()?;
+    let queue_settings = QueueSettings {
+        visibility_timeout: Duration::from_secs(
+            args.visibility_timeout_seconds
+                .unwrap_or(args.lease_seconds * 6),
+        ),
+        max_receive_count: args.max_receive_count,
+        ..QueueSettings::default()
+    };
+    let queue_url = match &settings.queue_url {
+        Some(url) => {
+            ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &settings.table).await?;
+            url.clone()
+        }
+        None => {
+            let names = ResourceNames {
+                table: settings.table.clone(),
+                ..ResourceNames::default()
+            };
+            let resources = provision(&sdk, &names, &queue_settings).await?;
+            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, "resources ready");
+            resources.queue_url
+        }
+    };
+    let store: Arc<dyn JobStore> = Arc::new(DynamoStore::from_sdk(&sdk, &settings.table));
+    let queue = SqsQueue::from_sdk(&sdk, &queue_url)
+        .await
+        .with_context(|| format!("cannot use the queue at {queue_url}"))?;
+    let config = WorkerConfig {
+        lease: Duration::from_secs(args.lease_seconds),
+        max_receive_count: queue.max_receive_count().await?,
+        backoff: Backoff {
+            base: Duration::from_millis(args.backoff_base_ms),
+            ..Backoff::default()
+        },
+    };
+    let queue: Arc<dyn JobQueue> = Arc::new(queue);
+    let worker = Arc::new(Worker::new(
+        Arc::clone(&store),
+        Arc::clone(&queue),
+        Arc::new(Unconfigured),
+        config,
+    ));
+    let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
+    serve(args, store, queue, worker, auth).await
+}
+
+async fn serve(
+    args: DevArgs,
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    worker: Arc<Worker>,
+    auth: Auth,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (OFFPATH_ADDR / --addr)", args.addr))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let poll = PollSettings {
+        batch_size: args.batch_size,
+        ..PollSettings::default()
+    };
+    let pollers: Vec<_> = (0..args.pollers.max(1))
+        .map(|_| {
+            tokio::spawn(poller::run(
+                Arc::clone(&worker),
+                Arc::clone(&queue),
+                poll,
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    println!("offpath listening on http://{addr}");
+    println!(
+        "try: curl -s -X POST http://{addr}/jobs -H 'content-type: application/json' \
+         -d '{{\"task\":\"embed\",\"input\":{{\"texts\":[\"hello world\"]}}}}'"
+    );
+    let router = app(AppState::new(store, queue, auth));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down: finishing in-flight jobs");
+        })
+        .await?;
+    stop.send(true)?;
+    for poller in pollers {
+        poller.await?;
+    }
+    Ok(())
+}

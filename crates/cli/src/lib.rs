@@ -1,0 +1,3 @@
+//! The `offpath` command's subcommands, as library functions its `main` dispatches to.
+
+pub mod dev;

@@ -1,0 +1,243 @@
+//! The job record and its public view.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::ErrorInfo;
+use crate::status::JobStatus;
+
+/// A job's id: a UUID, random (v7) or derived from the owner and idempotency key (v8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(Uuid);
+
+impl JobId {
+    /// A fresh random, time-ordered id.
+    pub fn random() -> Self {
+        JobId(Uuid::now_v7())
+    }
+
+    /// The id derived from a 16-byte digest (see [`crate::idempotency::job_id_for_key`]).
+    pub fn from_digest(bytes: [u8; 16]) -> Self {
+        JobId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A string that is not a job id.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a job id")]
+pub struct InvalidJobId(pub String);
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> Self {
+        id.to_string()
+    }
+}
+
+impl FromStr for JobId {
+    type Err = InvalidJobId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the canonical hyphenated form names a job; other spellings do not alias it.
+        match Uuid::try_parse(s) {
+            Ok(uuid) if uuid.hyphenated().to_string() == s => Ok(JobId(uuid)),
+            _ => Err(InvalidJobId(s.chars().take(64).collect())),
+        }
+    }
+}
+
+/// What the API hands the store to create a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// The job id.
+    pub id: JobId,
+    /// The authenticated principal that owns the job.
+    pub owner: String,
+    /// The task name (`embed`, `rank`, `classify`).
+    pub task: String,
+    /// The validated task input.
+    pub input: Value,
+    /// Hash of the request body, to tell a replay from key reuse.
+    pub request_hash: String,
+    /// The client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Creation time.
+    pub created_at_epoch_ms: u64,
+    /// When the store may forget the job (TTL), in epoch seconds.
+    pub expires_at_epoch_s: u64,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job id.
+    pub id: JobId,
+    /// The owner (authenticated principal).
+    pub owner: String,
+    /// Task name.
+    pub task: String,
+    /// Task input (JSON).
+    pub input: Value,
+    /// Current status.
+    pub status: JobStatus,
+    /// Task output once succeeded.
+    pub output: Option<Value>,
+    /// Error once failed.
+    pub error: Option<ErrorInfo>,
+    /// How many times a worker claimed the job.
+    pub attempts: u32,
+    /// Creation time.
+    pub created_at_epoch_ms: u64,
+    /// First claim time.
+    pub started_at_epoch_ms: Option<u64>,
+    /// Time the job became terminal.
+    pub finished_at_epoch_ms: Option<u64>,
+    /// Token of the worker that holds the lease while running.
+    pub lease_owner: Option<String>,
+    /// End of the lease while running.
+    pub lease_until_epoch_ms: Option<u64>,
+    /// True once a cancel was requested for a running job.
+    pub cancel_requested: bool,
+    /// Hash of the request that created the job.
+    pub request_hash: String,
+    /// The client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// TTL: when the store may delete the job, epoch seconds.
+    pub expires_at_epoch_s: u64,
+    /// Incremented by every write.
+    pub version: u64,
+}
+
+impl Job {
+    /// The record a [`NewJob`] becomes when created.
+    pub fn from_new(new: NewJob) -> Self {
+        Job {
+            id: new.id,
+            owner: new.owner,
+            task: new.task,
+            input: new.input,
+            status: JobStatus::Queued,
+            output: None,
+            error: None,
+            attempts: 0,
+            created_at_epoch_ms: new.created_at_epoch_ms,
+            started_at_epoch_ms: None,
+            finished_at_epoch_ms: None,
+            lease_owner: None,
+            lease_until_epoch_ms: None,
+            cancel_requested: false,
+            request_hash: new.request_hash,
+            idempotency_key: new.idempotency_key,
+            expires_at_epoch_s: new.expires_at_epoch_s,
+            version: 1,
+        }
+    }
+
+    /// True when the job is running under a lease that has not expired at `now`.
+    pub fn has_live_lease(&self, now_epoch_ms: u64) -> bool {
+        self.status == JobStatus::Running
+            && self.lease_until_epoch_ms.is_some_and(|until| until > now_epoch_ms)
+    }
+
+    /// The public view of the job.
+    pub fn view(&self) -> JobView {
+        JobView {
+            id: self.id,
+            task: self.task.clone(),
+            status: self.status,
+            created_at: rfc3339(self.created_at_epoch_ms),
+            started_at: self.started_at_epoch_ms.map(rfc3339),
+            finished_at: self.finished_at_epoch_ms.map(rfc3339),
+            attempts: self.attempts,
+            cancel_requested: self.cancel_requested.then_some(true),
+            output: self.output.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: JobId,
+    /// Task name.
+    pub task: String,
+    /// Current status.
+    pub status: JobStatus,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 first claim time.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub started_at: Option<String>,
+    /// RFC 3339 time the job became terminal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub finished_at: Option<String>,
+    /// Number of claims so far.
+    pub attempts: u32,
+    /// Present (true) once a cancel of a running job was requested.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cancel_requested: Option<bool>,
+    /// Output when succeeded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub output: Option<Value>,
+    /// Error when failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<ErrorInfo>,
+}
+
+fn rfc3339(epoch_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(epoch_ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_in_canonical_form() {
+        let id = JobId::random();
+        assert_eq!(id.to_string().parse::<JobId>().unwrap(), id);
+        assert!(id.to_string().to_uppercase().parse::<JobId>().is_err());
+        assert!("../etc/passwd".parse::<JobId>().is_err());
+        assert!(id.to_string().replace('-', "").parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn view_formats_times_as_rfc3339() {
+        let job = Job::from_new(NewJob {
+            id: JobId::random(),
+            owner: "o".into(),
+            task: "embed".into(),
+            input: serde_json::json!({}),
+            request_hash: "h".into(),
+            idempotency_key: None,
+            created_at_epoch_ms: 1_700_000_000_123,
+            expires_at_epoch_s: 1_700_086_400,
+        });
+        let view = job.view();
+        assert_eq!(view.created_at, "2023-11-14T22:13:20.123Z");
+        assert_eq!(view.status, JobStatus::Queued);
+        let json = serde_json::to_value(&view).unwrap();
+        assert!(json.get("output").is_none());
+    }
+}

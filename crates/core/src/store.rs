@@ -1,0 +1,103 @@
+//! The job store port. Every state change is one conditional write; a failed
+//! condition comes back as [`StoreError::Conflict`] carrying the current record.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::{ErrorInfo, StoreError};
+use crate::job::{Job, JobId, NewJob};
+use crate::status::JobStatus;
+
+/// A worker's hold on a running job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Unique per claim; finishing writes are conditional on it.
+    pub token: String,
+    /// When the lease expires.
+    pub until_epoch_ms: u64,
+}
+
+/// Persistent job state (DynamoDB in AWS, in memory locally).
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Creates a queued job if no job with its id exists
+    /// (condition: the id is absent). On conflict returns the existing job.
+    async fn create(&self, job: &NewJob) -> Result<Job, StoreError>;
+
+    /// Reads a job, strongly consistent.
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Claims a job for a worker (condition: queued, or running with an expired lease).
+    /// Counts an attempt and records the first start time.
+    async fn claim(&self, id: JobId, lease: &Lease, now_epoch_ms: u64) -> Result<Job, StoreError>;
+
+    /// Records success (condition: running under `lease_token`, no cancel requested).
+    async fn complete(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        output: &Value,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Records failure (condition: running under `lease_token`, no cancel requested).
+    async fn fail(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        error: &ErrorInfo,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Gives the job back to the queue (condition: running under `lease_token`).
+    async fn release(&self, id: JobId, lease_token: &str) -> Result<Job, StoreError>;
+
+    /// Ends a running job whose cancel was requested (condition: running under
+    /// `lease_token`).
+    async fn finish_cancelled(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Fails a job no live worker holds (condition: queued, or running with an expired
+    /// lease): dead-letter marking and the sweep.
+    async fn abandon(
+        &self,
+        id: JobId,
+        error: &ErrorInfo,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Cancels a queued job (condition: queued).
+    async fn cancel_queued(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError>;
+
+    /// Asks a running job to stop (condition: running). The worker ends it cancelled.
+    async fn request_cancel(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Removes a job that was never enqueued (condition: queued, never claimed). The API
+    /// uses it to leave nothing behind when the enqueue of a job without an
+    /// idempotency key fails.
+    async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Cancels a job: a queued job ends `cancelled` at once, a running one gets its
+    /// cancel requested. A terminal job is a [`StoreError::Conflict`].
+    async fn cancel(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError> {
+        // The job may move between the two writes; two rounds cover queued -> running.
+        for _ in 0..2 {
+            match self.cancel_queued(id, now_epoch_ms).await {
+                Err(StoreError::Conflict(current)) if current.status == JobStatus::Running => {}
+                other => return other,
+            }
+            match self.request_cancel(id).await {
+                Err(StoreError::Conflict(current)) if current.status == JobStatus::Queued => {}
+                other => return other,
+            }
+        }
+        self.get(id).await?.ok_or(StoreError::NotFound)
+    }
+}

@@ -1,0 +1,128 @@
+//! Who is calling: the job owner.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::request::Parts;
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
+
+use crate::{ApiError, AppState};
+
+/// The authenticated principal; jobs belong to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(pub String);
+
+/// How the API authenticates callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No authentication: every caller is the single tenant `local`.
+    SingleTenant,
+    /// A key from `Authorization: Bearer <key>` or `x-api-key`, mapped to an owner.
+    ApiKeys(HashMap<String, String>),
+    /// API Gateway authenticated the caller: the JWT `sub` claim, or the IAM caller ARN.
+    ApiGateway,
+}
+
+/// `OFFPATH_API_KEYS` cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("OFFPATH_API_KEYS is invalid: {0}; expected key=owner pairs separated by commas")]
+pub struct InvalidApiKeys(String);
+
+impl Auth {
+    /// Local authentication from `OFFPATH_API_KEYS` (`key=owner,key2=owner2`): API keys
+    /// when set, the single tenant `local` otherwise.
+    pub fn from_api_keys(spec: Option<&str>) -> Result<Self, InvalidApiKeys> {
+        let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
+            return Ok(Auth::SingleTenant);
+        };
+        let keys = spec
+            .split(',')
+            .map(|pair| match pair.trim().split_once('=') {
+                Some((key, owner)) if !key.is_empty() && !owner.is_empty() => {
+                    Ok((key.to_owned(), owner.to_owned()))
+                }
+                _ => Err(InvalidApiKeys(format!("{pair:?} is not key=owner"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Auth::ApiKeys(keys))
+    }
+
+    fn principal(&self, parts: &Parts) -> Result<Principal, ApiError> {
+        match self {
+            Auth::SingleTenant => Ok(Principal("local".into())),
+            Auth::ApiKeys(keys) => {
+                let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+                let key = header("x-api-key").or_else(|| {
+                    header("authorization").and_then(|v| v.strip_prefix("Bearer "))
+                });
+                let key = key.ok_or(ApiError::Unauthorized(
+                    "send your API key as Authorization: Bearer <key> or x-api-key",
+                ))?;
+                keys.get(key)
+                    .map(|owner| Principal(owner.clone()))
+                    .ok_or(ApiError::Unauthorized("the API key is not valid"))
+            }
+            Auth::ApiGateway => gateway_principal(parts.extensions.request_context_ref()).ok_or(
+                ApiError::Unauthorized("the request carries no authenticated principal"),
+            ),
+        }
+    }
+}
+
+fn gateway_principal(context: Option<&RequestContext>) -> Option<Principal> {
+    let Some(RequestContext::ApiGatewayV2(context)) = context else {
+        return None;
+    };
+    let authorizer = context.authorizer.as_ref()?;
+    let jwt_sub = authorizer
+        .jwt
+        .as_ref()
+        .and_then(|jwt| jwt.claims.get("sub"))
+        .cloned();
+    let iam_caller = authorizer.iam.as_ref().and_then(|iam| iam.user_arn.clone());
+    jwt_sub.or(iam_caller).filter(|p| !p.is_empty()).map(Principal)
+}
+
+/// Middleware: authenticates the caller and stores the [`Principal`] in the request.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let principal = state.auth.principal(&parts)?;
+    parts.extensions.insert(principal);
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Internal("route has no authentication layer".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_parse() {
+        assert_eq!(Auth::from_api_keys(None).unwrap(), Auth::SingleTenant);
+        let Auth::ApiKeys(keys) = Auth::from_api_keys(Some("k1=alice, k2=bob")).unwrap() else {
+            panic!("expected api keys");
+        };
+        assert_eq!(keys["k1"], "alice");
+        assert_eq!(keys["k2"], "bob");
+        let err = Auth::from_api_keys(Some("k1")).unwrap_err().to_string();
+        assert!(err.starts_with("OFFPATH_API_KEYS is invalid"), "{err}");
+    }
+}

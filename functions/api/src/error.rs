@@ -1,0 +1,153 @@
+//! The API's error type: every failure is a status, a snake_case code and a sentence.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use offpath_core::{QueueError, StoreError};
+use serde_json::json;
+
+/// Seconds a client should wait before retrying after a 503.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or unknown credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The body is not declared as JSON.
+    #[error("send the body as JSON with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than the limit.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The job would not fit the job store.
+    #[error("the job is too large to store: {0}")]
+    JobTooLarge(String),
+    /// The body is not valid JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body's shape is wrong (fields outside `input`).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The task is not one offpath runs.
+    #[error("{0}")]
+    UnknownTask(String),
+    /// The input breaks the task's schema.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The Idempotency-Key header is malformed.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// The key was used before with another request body.
+    #[error(
+        "this Idempotency-Key was used for a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    /// No such job for this caller.
+    #[error("no job with this id")]
+    JobNotFound,
+    /// The job already finished.
+    #[error("the job is already {0} and can no longer be cancelled")]
+    AlreadyFinished(offpath_core::JobStatus),
+    /// No such route.
+    #[error("no such route; see /openapi.json")]
+    RouteNotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed on this route; see /openapi.json")]
+    MethodNotAllowed,
+    /// DynamoDB or SQS cannot be reached; nothing was lost, retry.
+    #[error("the job backend is unavailable; retry after {} seconds", RETRY_AFTER.as_secs())]
+    Unavailable(String),
+    /// A bug or misconfiguration.
+    #[error("internal error; the request id in the logs has the details")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) | ApiError::JobTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::MalformedJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::UnknownTask(_)
+            | ApiError::InvalidInput(_)
+            | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::AlreadyFinished(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable snake_case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::JobTooLarge(_) => "job_too_large",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::UnknownTask(_) => "unknown_task",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::JobNotFound => "job_not_found",
+            ApiError::AlreadyFinished(_) => "job_finished",
+            ApiError::RouteNotFound => "route_not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Unavailable(detail) => tracing::warn!(%detail, "backend unavailable"),
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            _ => {}
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::JobNotFound,
+            StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            StoreError::TooLarge(detail) => ApiError::JobTooLarge(detail),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::Unavailable(detail) => ApiError::Unavailable(detail),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

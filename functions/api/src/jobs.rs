@@ -1,0 +1,97 @@
+//! `/jobs` handlers.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use offpath_core::idempotency::validate_key;
+use offpath_core::{Job, JobId, StoreError};
+
+use crate::auth::Principal;
+use crate::submit::{SubmitRequest, Submitted, submit as submit_job};
+use crate::{ApiError, AppState};
+
+/// `POST /jobs`.
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    Principal(owner): Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.limits.max_body_bytes),
+        _ => ApiError::MalformedJson(rejection.body_text()),
+    })?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(raw) => Some(
+            validate_key(raw.as_bytes())
+                .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?,
+        ),
+    };
+    let request = SubmitRequest::parse(&body, &state.limits)?;
+    let (job, replayed) = match submit_job(&state, &owner, key, request).await? {
+        Submitted::Created(job) => (job, false),
+        Submitted::Replayed(job) => (job, true),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(job.view())).into_response();
+    let location = HeaderValue::try_from(format!("/jobs/{}", job.id))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    response.headers_mut().insert(header::LOCATION, location);
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /jobs/{id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Principal(owner): Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&state, &owner, &id).await?;
+    Ok(Json(job.view()).into_response())
+}
+
+/// `DELETE /jobs/{id}`: cancels a queued job, requests the cancel of a running one.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Principal(owner): Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&state, &owner, &id).await?;
+    match state.store.cancel(job.id, state.clock.now_epoch_ms()).await {
+        Ok(job) => {
+            tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
+            Ok(Json(job.view()).into_response())
+        }
+        Err(StoreError::Conflict(current)) => Err(ApiError::AlreadyFinished(current.status)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The job with this id if the caller owns it; 404 otherwise, so ids of other
+/// owners' jobs are indistinguishable from absent ones.
+async fn owned_job(state: &AppState, owner: &str, id: &str) -> Result<Job, ApiError> {
+    let id: JobId = id.parse().map_err(|_| ApiError::JobNotFound)?;
+    match state.store.get(id).await? {
+        Some(job) if job.owner == owner => Ok(job),
+        _ => Err(ApiError::JobNotFound),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}

@@ -1,0 +1,195 @@
+//! Accepting a job: validation, the idempotent create, the enqueue and its repair.
+
+use std::time::Duration;
+
+use offpath_core::idempotency::{job_id_for_key, request_hash};
+use offpath_core::{Job, JobId, JobMessage, JobStatus, NewJob, StoreError, Task, TaskInput};
+use serde_json::Value;
+
+use crate::{ApiError, AppState};
+
+/// Limits on submissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitLimits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a job is kept when the request sets no `ttl_seconds`.
+    pub default_ttl: Duration,
+    /// Smallest accepted `ttl_seconds`.
+    pub min_ttl: Duration,
+    /// Largest accepted `ttl_seconds`.
+    pub max_ttl: Duration,
+    /// A replay of a job still queued after this long re-sends its message, repairing
+    /// a job whose first enqueue failed. Younger jobs are left alone, so racing
+    /// duplicates do not flood the queue.
+    pub requeue_after: Duration,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        SubmitLimits {
+            max_body_bytes: 64 * 1024,
+            default_ttl: Duration::from_secs(7 * 24 * 3600),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            requeue_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A validated `POST /jobs` body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SubmitRequest {
+    task: Task,
+    input: Value,
+    ttl_seconds: Option<u64>,
+}
+
+const FIELDS: [&str; 3] = ["task", "input", "ttl_seconds"];
+
+impl SubmitRequest {
+    /// Parses and validates a body.
+    pub(crate) fn parse(body: &[u8], limits: &SubmitLimits) -> Result<Self, ApiError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::InvalidRequest(
+                "the body must be a JSON object with task and input".into(),
+            ));
+        };
+        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            let unknown: String = unknown.chars().take(64).collect();
+            return Err(ApiError::InvalidRequest(format!(
+                "{unknown}: unknown field; expected task, input and optionally ttl_seconds"
+            )));
+        }
+        let task = match fields.get("task") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::InvalidRequest("task: is required".into()));
+            }
+            Some(Value::String(name)) => name
+                .parse::<Task>()
+                .map_err(|e| ApiError::UnknownTask(e.to_string()))?,
+            Some(_) => return Err(ApiError::InvalidRequest("task: must be a string".into())),
+        };
+        let input = fields.get("input").cloned().unwrap_or(Value::Null);
+        if input.is_null() {
+            return Err(ApiError::InvalidInput("input: is required".into()));
+        }
+        TaskInput::parse(task, &input).map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+        let ttl_seconds = match fields.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(ttl) => {
+                let (min, max) = (limits.min_ttl.as_secs(), limits.max_ttl.as_secs());
+                let seconds = ttl.as_u64().filter(|s| (min..=max).contains(s));
+                Some(seconds.ok_or_else(|| {
+                    ApiError::InvalidRequest(format!(
+                        "ttl_seconds: must be a whole number from {min} to {max}"
+                    ))
+                })?)
+            }
+        };
+        Ok(SubmitRequest {
+            task,
+            input,
+            ttl_seconds,
+        })
+    }
+}
+
+/// What a submission did.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// A new job.
+    Created(Job),
+    /// The job an earlier request with the same key and body created.
+    Replayed(Job),
+}
+
+/// Creates the job (idempotently with a key) and enqueues it.
+///
+/// If the enqueue fails the caller gets a 503 and nothing is left half-done: a job
+/// without a key is deleted again (the client cannot name it to repair it); a job with
+/// a key stays queued, and the client's retry with the same key re-sends its message.
+pub(crate) async fn submit(
+    state: &AppState,
+    owner: &str,
+    key: Option<&str>,
+    request: SubmitRequest,
+) -> Result<Submitted, ApiError> {
+    let now = state.clock.now_epoch_ms();
+    let ttl = request
+        .ttl_seconds
+        .unwrap_or(state.limits.default_ttl.as_secs());
+    let new = NewJob {
+        id: key.map_or_else(JobId::random, |key| job_id_for_key(owner, key)),
+        owner: owner.to_owned(),
+        task: request.task.as_str().to_owned(),
+        request_hash: request_hash(request.task.as_str(), &request.input, request.ttl_seconds),
+        input: request.input,
+        idempotency_key: key.map(str::to_owned),
+        created_at_epoch_ms: now,
+        expires_at_epoch_s: now / 1000 + ttl,
+    };
+    match state.store.create(&new).await {
+        Ok(job) => {
+            if let Err(err) = state.queue.send(&JobMessage::new(job.id)).await {
+                if key.is_none() {
+                    if let Err(cleanup) = state.store.delete_unstarted(job.id).await {
+                        tracing::warn!(job_id = %job.id, error = %cleanup,
+                            "enqueue failed and the job could not be removed; the sweep will re-enqueue it");
+                    }
+                }
+                return Err(err.into());
+            }
+            tracing::info!(job_id = %job.id, task = %job.task, "job submitted");
+            Ok(Submitted::Created(job))
+        }
+        Err(StoreError::Conflict(existing)) => {
+            if existing.owner != new.owner || existing.request_hash != new.request_hash {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            let age_ms = now.saturating_sub(existing.created_at_epoch_ms);
+            if existing.status == JobStatus::Queued
+                && age_ms >= state.limits.requeue_after.as_millis() as u64
+            {
+                state.queue.send(&JobMessage::new(existing.id)).await?;
+                tracing::info!(job_id = %existing.id, "replay re-enqueued a queued job");
+            }
+            Ok(Submitted::Replayed(*existing))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<SubmitRequest, ApiError> {
+        SubmitRequest::parse(body.as_bytes(), &SubmitLimits::default())
+    }
+
+    #[test]
+    fn bodies_are_validated_with_named_fields() {
+        assert!(parse(r#"{"task":"embed","input":{"texts":["hi"]}}"#).is_ok());
+        let cases = [
+            ("{", "malformed_json"),
+            ("[]", "invalid_request"),
+            (r#"{"input":{}}"#, "invalid_request"),
+            (r#"{"task":7,"input":{}}"#, "invalid_request"),
+            (r#"{"task":"dance","input":{}}"#, "unknown_task"),
+            (r#"{"task":"embed"}"#, "invalid_input"),
+            (r#"{"task":"embed","input":{"texts":"hi"}}"#, "invalid_input"),
+            (r#"{"task":"embed","input":{"texts":["a"]},"extra":1}"#, "invalid_request"),
+            (r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":5}"#, "invalid_request"),
+            (r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":-1}"#, "invalid_request"),
+        ];
+        for (body, code) in cases {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.code(), code, "{body}: {err}");
+        }
+        let err = parse(r#"{"task":"embed","input":{"texts":[1]}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "input.texts[0]: must be a string");
+    }
+}

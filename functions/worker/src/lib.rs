@@ -1,0 +1,18 @@
+//! The offpath worker: a `LambdaEvent<SqsEvent> -> SqsBatchResponse` handler that
+//! claims jobs, runs the model once per task group (micro-batching) and records the
+//! outcome, plus a [`poller`] that drives the same handler from a queue locally.
+//!
+//! Rules (DESIGN §6): claim with a conditional update; finish conditional on the lease
+//! owner; permanent errors fail the job and acknowledge; transient errors release the
+//! lease, report an item failure and back off with ChangeMessageVisibility; on the
+//! last receive a failing job is written `failed`/`dead_lettered` before SQS moves the
+//! message to the dead-letter queue; malformed messages go to the dead-letter queue.
+
+mod backoff;
+mod handler;
+pub mod poller;
+
+pub use backoff::Backoff;
+pub use handler::{Worker, WorkerConfig, WorkerError};
+mod unconfigured;
+pub use unconfigured::Unconfigured;

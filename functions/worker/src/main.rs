@@ -1,0 +1,30 @@
+//! The worker Lambda: wires DynamoDB, SQS and the model to the batch handler.
+
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_core::JobQueue;
+use offpath_worker::{Unconfigured, Worker, WorkerConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let sdk = load_sdk_config().await?;
+    let settings = Settings::from_env()?;
+    let store = DynamoStore::from_sdk(&sdk, &settings.table);
+    let queue = SqsQueue::from_sdk(&sdk, settings.require_queue_url()?).await?;
+    let config = WorkerConfig {
+        max_receive_count: queue.max_receive_count().await?,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(Arc::new(store), Arc::new(queue), Arc::new(Unconfigured), config);
+    let worker = &worker;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+        worker.handle(event).await.map_err(lambda_runtime::Error::from)
+    }))
+    .await
+}
