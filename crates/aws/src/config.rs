@@ -146,10 +146,25 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.table, "offpath-jobs");
         assert!(s.queue_url.is_none());
-        assert!(s.require_queue_url().unwrap_err().to_string().starts_with("OFFPATH_QUEUE_URL is not set"));
-        let s = settings(&[("OFFPATH_TABLE", "t1"), ("OFFPATH_QUEUE_URL", "http://localhost:4566/000000000000/q")]);
-        assert!(s.unwrap_err().to_string().starts_with("OFFPATH_TABLE=\"t1\" is invalid"));
+        assert!(
+            s.require_queue_url()
+                .unwrap_err()
+                .to_string()
+                .starts_with("OFFPATH_QUEUE_URL is not set")
+        );
+        let s = settings(&[
+            ("OFFPATH_TABLE", "t1"),
+            ("OFFPATH_QUEUE_URL", "http://localhost:4566/000000000000/q"),
+        ]);
+        assert!(
+            s.unwrap_err()
+                .to_string()
+                .starts_with("OFFPATH_TABLE=\"t1\" is invalid")
+        );
         let s = settings(&[("OFFPATH_QUEUE_URL", "offpath-jobs")]).unwrap_err();
-        assert!(s.to_string().starts_with("OFFPATH_QUEUE_URL=\"offpath-jobs\" is invalid"));
+        assert!(
+            s.to_string()
+                .starts_with("OFFPATH_QUEUE_URL=\"offpath-jobs\" is invalid")
+        );
     }
 }

@@ -100,7 +100,10 @@ impl DynamoStore {
         match result {
             Ok(output) => decode(output.attributes().cloned().unwrap_or_default()),
             Err(SdkError::ServiceError(err))
-                if matches!(err.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+                if matches!(
+                    err.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
             {
                 let item = match err.err() {
                     UpdateItemError::ConditionalCheckFailedException(e) => e.item().cloned(),
@@ -258,7 +261,10 @@ impl JobStore for DynamoStore {
         match result {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(err))
-                if matches!(err.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
+                if matches!(
+                    err.err(),
+                    DeleteItemError::ConditionalCheckFailedException(_)
+                ) =>
             {
                 let item = match err.err() {
                     DeleteItemError::ConditionalCheckFailedException(e) => e.item().cloned(),
@@ -373,7 +379,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["#lease_owner", "#lease_until_epoch_ms", "#status", "#version"]
+            [
+                "#lease_owner",
+                "#lease_until_epoch_ms",
+                "#status",
+                "#version"
+            ]
         );
         let mut values: Vec<_> = values.into_keys().collect();
         values.sort();

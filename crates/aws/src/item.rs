@@ -57,7 +57,10 @@ pub(crate) fn to_item(job: &Job) -> Item {
         (attr::STATUS.to_owned(), s(job.status.as_str())),
         (attr::ATTEMPTS.to_owned(), n(job.attempts.into())),
         (attr::CREATED_AT.to_owned(), n(job.created_at_epoch_ms)),
-        (attr::CANCEL_REQUESTED.to_owned(), AttributeValue::Bool(job.cancel_requested)),
+        (
+            attr::CANCEL_REQUESTED.to_owned(),
+            AttributeValue::Bool(job.cancel_requested),
+        ),
         (attr::REQUEST_HASH.to_owned(), s(&job.request_hash)),
         (attr::EXPIRES_AT.to_owned(), n(job.expires_at_epoch_s)),
         (attr::VERSION.to_owned(), n(job.version)),
@@ -104,7 +107,10 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
         finished_at_epoch_ms: r.number(attr::FINISHED_AT)?,
         lease_owner: r.optional_string(attr::LEASE_OWNER)?,
         lease_until_epoch_ms: r.number(attr::LEASE_UNTIL)?,
-        cancel_requested: matches!(item.get(attr::CANCEL_REQUESTED), Some(AttributeValue::Bool(true))),
+        cancel_requested: matches!(
+            item.get(attr::CANCEL_REQUESTED),
+            Some(AttributeValue::Bool(true))
+        ),
         request_hash: r.optional_string(attr::REQUEST_HASH)?.unwrap_or_default(),
         idempotency_key: r.optional_string(attr::IDEMPOTENCY_KEY)?,
         expires_at_epoch_s: r.number(attr::EXPIRES_AT)?.unwrap_or(0),
@@ -170,7 +176,10 @@ impl Reader<'_> {
         };
         let field = |key: &str| match map.get(key) {
             Some(AttributeValue::S(v)) => Ok(v.clone()),
-            _ => Err(Self::corrupt(attr::ERROR, format!("{key} must be a string"))),
+            _ => Err(Self::corrupt(
+                attr::ERROR,
+                format!("{key} must be a string"),
+            )),
         };
         Ok(Some(ErrorInfo::new(field("code")?, field("message")?)))
     }
@@ -179,7 +188,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use offpath_core::NewJob;
+    use offpath_core::{JobId, NewJob};
     use serde_json::json;
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -129,7 +129,10 @@ pub async fn provision(
 }
 
 /// Creates the jobs table with TTL enabled unless it exists, and waits until it is active.
-pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), ProvisionError> {
+pub async fn ensure_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), ProvisionError> {
     let created = client
         .create_table()
         .table_name(table)
@@ -150,10 +153,10 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
         )
         .send()
         .await;
-    if let Err(err) = created {
-        if err.code() != Some("ResourceInUseException") {
-            return Err(failed(format!("create table {table}"), err));
-        }
+    if let Err(err) = created
+        && err.code() != Some("ResourceInUseException")
+    {
+        return Err(failed(format!("create table {table}"), err));
     }
     wait_until_active(client, table).await?;
 
@@ -180,10 +183,13 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
             .send()
             .await;
         // Another process may have enabled it a moment ago.
-        if let Err(err) = updated {
-            if !err.message().unwrap_or_default().contains("already enabled") {
-                return Err(failed(format!("enable TTL on table {table}"), err));
-            }
+        if let Err(err) = updated
+            && !err
+                .message()
+                .unwrap_or_default()
+                .contains("already enabled")
+        {
+            return Err(failed(format!("enable TTL on table {table}"), err));
         }
     }
     Ok(())
@@ -225,7 +231,11 @@ async fn ensure_queue(
     match created {
         Ok(output) => Ok(output.queue_url().unwrap_or_default().to_owned()),
         // It exists with other attributes: converge them.
-        Err(err) if err.code().is_some_and(|c| c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")) => {
+        Err(err)
+            if err.code().is_some_and(|c| {
+                c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")
+            }) =>
+        {
             let url = client
                 .get_queue_url()
                 .queue_name(name)

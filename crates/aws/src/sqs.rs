@@ -162,7 +162,9 @@ impl JobQueue for SqsQueue {
     }
 
     async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
-        let attributes = self.attributes(&[QueueAttributeName::RedrivePolicy]).await?;
+        let attributes = self
+            .attributes(&[QueueAttributeName::RedrivePolicy])
+            .await?;
         let Some(policy) = attributes.get(&QueueAttributeName::RedrivePolicy) else {
             return Ok(None);
         };
@@ -199,7 +201,8 @@ where
             let code = service.err().code().unwrap_or_default();
             let stale_receipt = code == "ReceiptHandleIsInvalid"
                 || code.ends_with("MessageNotInflight")
-                || (code == "InvalidParameterValue" && text.to_ascii_lowercase().contains("receipt"));
+                || (code == "InvalidParameterValue"
+                    && text.to_ascii_lowercase().contains("receipt"));
             if stale_receipt {
                 return QueueError::StaleReceipt(text);
             }

@@ -90,13 +90,21 @@ mod tests {
 
     #[test]
     fn request_hash_ignores_key_order() {
-        let one: Value = serde_json::from_str(r#"{"texts":["a"],"encoding_format":"float"}"#).unwrap();
-        let two: Value = serde_json::from_str(r#"{ "encoding_format":"float", "texts":["a"] }"#).unwrap();
-        assert_eq!(request_hash("embed", &one, None), request_hash("embed", &two, None));
+        let one: Value =
+            serde_json::from_str(r#"{"texts":["a"],"encoding_format":"float"}"#).unwrap();
+        let two: Value =
+            serde_json::from_str(r#"{ "encoding_format":"float", "texts":["a"] }"#).unwrap();
+        assert_eq!(
+            request_hash("embed", &one, None),
+            request_hash("embed", &two, None)
+        );
         assert_ne!(
             request_hash("embed", &one, None),
             request_hash("embed", &json!({"texts":["b"]}), None)
         );
-        assert_ne!(request_hash("embed", &one, None), request_hash("embed", &one, Some(60)));
+        assert_ne!(
+            request_hash("embed", &one, None),
+            request_hash("embed", &one, Some(60))
+        );
     }
 }

@@ -155,7 +155,9 @@ impl Job {
     /// True when the job is running under a lease that has not expired at `now`.
     pub fn has_live_lease(&self, now_epoch_ms: u64) -> bool {
         self.status == JobStatus::Running
-            && self.lease_until_epoch_ms.is_some_and(|until| until > now_epoch_ms)
+            && self
+                .lease_until_epoch_ms
+                .is_some_and(|until| until > now_epoch_ms)
     }
 
     /// The public view of the job.

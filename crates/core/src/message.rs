@@ -61,7 +61,10 @@ mod tests {
         let message = JobMessage::new(JobId::random());
         assert_eq!(JobMessage::from_body(&message.to_body()).unwrap(), message);
         assert!(JobMessage::from_body("not json").is_err());
-        assert!(JobMessage::from_body(r#"{"v":2,"job_id":"0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"}"#).is_err());
+        assert!(
+            JobMessage::from_body(r#"{"v":2,"job_id":"0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"}"#)
+                .is_err()
+        );
         assert!(JobMessage::from_body(r#"{"v":1,"job_id":"x"}"#).is_err());
     }
 }

@@ -26,7 +26,10 @@ pub enum ModelError {
 impl ModelError {
     /// True when the same inputs may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ModelError::Throttled { .. } | ModelError::Unavailable(_))
+        matches!(
+            self,
+            ModelError::Throttled { .. } | ModelError::Unavailable(_)
+        )
     }
 }
 

@@ -296,18 +296,35 @@ mod tests {
             "input.texts[1]: must be a string"
         );
         assert_eq!(
-            err(Task::Embed, json!({"texts": ["a"], "encoding_format": "int8"})),
+            err(
+                Task::Embed,
+                json!({"texts": ["a"], "encoding_format": "int8"})
+            ),
             "input.encoding_format: must be \"float\" or \"base64\""
         );
-        assert!(err(Task::Embed, json!({"texts": []})).starts_with("input.texts: must hold 1 to 32"));
+        assert!(
+            err(Task::Embed, json!({"texts": []})).starts_with("input.texts: must hold 1 to 32")
+        );
         assert!(err(Task::Embed, json!({"texts": vec!["a"; 33]})).contains("it holds 33"));
         assert!(
-            err(Task::Embed, json!({"texts": ["x".repeat(MAX_TEXT_CHARS + 1)]}))
-                .contains("the limit is 8192")
+            err(
+                Task::Embed,
+                json!({"texts": ["x".repeat(MAX_TEXT_CHARS + 1)]})
+            )
+            .contains("the limit is 8192")
         );
-        assert_eq!(err(Task::Embed, json!({"texts": ["  "]})), "input.texts[0]: must not be empty");
-        assert!(err(Task::Rank, json!({"query": "q", "docs": ["d"]})).starts_with("input.docs: unknown field"));
-        assert!(err(Task::Classify, json!({"text": "t", "labels": ["one"]})).contains("must hold 2 to 32"));
+        assert_eq!(
+            err(Task::Embed, json!({"texts": ["  "]})),
+            "input.texts[0]: must not be empty"
+        );
+        assert!(
+            err(Task::Rank, json!({"query": "q", "docs": ["d"]}))
+                .starts_with("input.docs: unknown field")
+        );
+        assert!(
+            err(Task::Classify, json!({"text": "t", "labels": ["one"]}))
+                .contains("must hold 2 to 32")
+        );
     }
 
     #[test]

@@ -55,9 +55,8 @@ impl Auth {
             Auth::SingleTenant => Ok(Principal("local".into())),
             Auth::ApiKeys(keys) => {
                 let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
-                let key = header("x-api-key").or_else(|| {
-                    header("authorization").and_then(|v| v.strip_prefix("Bearer "))
-                });
+                let key = header("x-api-key")
+                    .or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")));
                 let key = key.ok_or(ApiError::Unauthorized(
                     "send your API key as Authorization: Bearer <key> or x-api-key",
                 ))?;
@@ -83,7 +82,10 @@ fn gateway_principal(context: Option<&RequestContext>) -> Option<Principal> {
         .and_then(|jwt| jwt.claims.get("sub"))
         .cloned();
     let iam_caller = authorizer.iam.as_ref().and_then(|iam| iam.user_arn.clone());
-    jwt_sub.or(iam_caller).filter(|p| !p.is_empty()).map(Principal)
+    jwt_sub
+        .or(iam_caller)
+        .filter(|p| !p.is_empty())
+        .map(Principal)
 }
 
 /// Middleware: authenticates the caller and stores the [`Principal`] in the request.
@@ -106,7 +108,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .extensions
             .get::<Principal>()
             .cloned()
-            .ok_or(ApiError::Internal("route has no authentication layer".into()))
+            .ok_or(ApiError::Internal(
+                "route has no authentication layer".into(),
+            ))
     }
 }
 

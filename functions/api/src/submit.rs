@@ -134,11 +134,11 @@ pub(crate) async fn submit(
     match state.store.create(&new).await {
         Ok(job) => {
             if let Err(err) = state.queue.send(&JobMessage::new(job.id)).await {
-                if key.is_none() {
-                    if let Err(cleanup) = state.store.delete_unstarted(job.id).await {
-                        tracing::warn!(job_id = %job.id, error = %cleanup,
+                if key.is_none()
+                    && let Err(cleanup) = state.store.delete_unstarted(job.id).await
+                {
+                    tracing::warn!(job_id = %job.id, error = %cleanup,
                             "enqueue failed and the job could not be removed; the sweep will re-enqueue it");
-                    }
                 }
                 return Err(err.into());
             }
@@ -180,10 +180,22 @@ mod tests {
             (r#"{"task":7,"input":{}}"#, "invalid_request"),
             (r#"{"task":"dance","input":{}}"#, "unknown_task"),
             (r#"{"task":"embed"}"#, "invalid_input"),
-            (r#"{"task":"embed","input":{"texts":"hi"}}"#, "invalid_input"),
-            (r#"{"task":"embed","input":{"texts":["a"]},"extra":1}"#, "invalid_request"),
-            (r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":5}"#, "invalid_request"),
-            (r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":-1}"#, "invalid_request"),
+            (
+                r#"{"task":"embed","input":{"texts":"hi"}}"#,
+                "invalid_input",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"extra":1}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":5}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":-1}"#,
+                "invalid_request",
+            ),
         ];
         for (body, code) in cases {
             let err = parse(body).unwrap_err();

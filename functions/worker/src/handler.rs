@@ -10,8 +10,8 @@ use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::{
-    Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, Model,
-    ModelError, StoreError, SystemClock, Task, TaskInput,
+    Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, Model, ModelError,
+    StoreError, SystemClock, Task, TaskInput,
 };
 use serde_json::Value;
 
@@ -114,14 +114,20 @@ impl Worker {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, WorkerError> {
         let records = event.payload.records;
-        if records.iter().any(|r| r.message_id.as_deref().unwrap_or("").is_empty()) {
+        if records
+            .iter()
+            .any(|r| r.message_id.as_deref().unwrap_or("").is_empty())
+        {
             return Err(WorkerError::MissingMessageId);
         }
         let count = records.len();
 
         // 1. Decode and claim, each record on its own.
         let claims = join_all(records.iter().map(|record| {
-            guarded(self.claim(record), self.config.backoff.delay(receive_count(record)))
+            guarded(
+                self.claim(record),
+                self.config.backoff.delay(receive_count(record)),
+            )
         }))
         .await;
 
@@ -166,10 +172,10 @@ impl Worker {
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in records.iter().zip(&outcomes) {
             if let Outcome::Retry(visibility) = outcome {
-                if let (Some(visibility), Some(handle)) = (visibility, &record.receipt_handle) {
-                    if let Err(err) = self.queue.change_visibility(handle, *visibility).await {
-                        tracing::warn!(error = %err, "could not change message visibility");
-                    }
+                if let (Some(visibility), Some(handle)) = (visibility, &record.receipt_handle)
+                    && let Err(err) = self.queue.change_visibility(handle, *visibility).await
+                {
+                    tracing::warn!(error = %err, "could not change message visibility");
                 }
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = record.message_id.clone().unwrap_or_default();
@@ -186,8 +192,8 @@ impl Worker {
     async fn claim(&self, record: &SqsMessage) -> Result<Claimed, Outcome> {
         let receive_count = receive_count(record);
         let last = self.is_last_receive(receive_count);
-        let message = JobMessage::from_body(record.body.as_deref().unwrap_or_default())
-            .map_err(|err| {
+        let message =
+            JobMessage::from_body(record.body.as_deref().unwrap_or_default()).map_err(|err| {
                 tracing::error!(message_id = ?record.message_id, error = %err,
                     "malformed message; it goes to the dead-letter queue");
                 Outcome::Retry(Some(Duration::ZERO))
@@ -210,7 +216,9 @@ impl Worker {
                 if last {
                     self.dead_letter_unheld(id, &err.to_string()).await;
                 }
-                return Err(Outcome::Retry(Some(self.config.backoff.delay(receive_count))));
+                return Err(Outcome::Retry(Some(
+                    self.config.backoff.delay(receive_count),
+                )));
             }
         };
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
@@ -250,7 +258,9 @@ impl Worker {
                 Outcome::Done
             } else {
                 let remaining = current.lease_until_epoch_ms.unwrap_or(now) - now;
-                Outcome::Retry(Some(Duration::from_millis(remaining) + Duration::from_secs(1)))
+                Outcome::Retry(Some(
+                    Duration::from_millis(remaining) + Duration::from_secs(1),
+                ))
             }
         } else {
             Outcome::Retry(Some(Duration::ZERO))
@@ -343,12 +353,13 @@ impl Worker {
         lease: &Lease,
         written: Result<Job, StoreError>,
     ) -> Outcome {
-        if let Err(StoreError::Conflict(current)) = &written {
-            if current.cancel_requested && current.lease_owner.as_deref() == Some(&lease.token) {
-                let now = self.clock.now_epoch_ms();
-                let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
-                return self.finish_write(id, cancelled);
-            }
+        if let Err(StoreError::Conflict(current)) = &written
+            && current.cancel_requested
+            && current.lease_owner.as_deref() == Some(&lease.token)
+        {
+            let now = self.clock.now_epoch_ms();
+            let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
+            return self.finish_write(id, cancelled);
         }
         self.finish_write(id, written)
     }
@@ -375,7 +386,11 @@ impl Worker {
     /// Marks a job nobody holds as dead-lettered (best effort: the store may be down).
     async fn dead_letter_unheld(&self, id: JobId, cause: &str) {
         let error = ErrorInfo::new("dead_lettered", format!("gave up; last error: {cause}"));
-        match self.store.abandon(id, &error, self.clock.now_epoch_ms()).await {
+        match self
+            .store
+            .abandon(id, &error, self.clock.now_epoch_ms())
+            .await
+        {
             Ok(_) => tracing::error!(job_id = %id, "job dead-lettered"),
             Err(err) => {
                 tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; the sweep will")

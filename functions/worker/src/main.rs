@@ -21,10 +21,18 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         max_receive_count: queue.max_receive_count().await?,
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(Arc::new(store), Arc::new(queue), Arc::new(Unconfigured), config);
+    let worker = Worker::new(
+        Arc::new(store),
+        Arc::new(queue),
+        Arc::new(Unconfigured),
+        config,
+    );
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        worker.handle(event).await.map_err(lambda_runtime::Error::from)
+        worker
+            .handle(event)
+            .await
+            .map_err(lambda_runtime::Error::from)
     }))
     .await
 }

@@ -1,0 +1,415 @@
+//! The API router, called with `tower::ServiceExt::oneshot`, on DynamoDB and SQS
+//! (moto): status codes, idempotency, owners, outages.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http::Response;
+use offpath_api::{AppState, Auth, SubmitLimits, app};
+use offpath_aws::{DynamoStore, SqsQueue};
+use offpath_core::{JobQueue, JobStatus, JobStore};
+use serde_json::Value;
+use support::proxy::Proxy;
+use support::{Stack, fast_queue, item_count, stack};
+use tower::ServiceExt;
+
+const EMBED: &str = r#"{"task":"embed","input":{"texts":["hello"]}}"#;
+
+fn state(stack: &Stack) -> AppState {
+    AppState::new(stack.store.clone(), stack.queue.clone(), Auth::SingleTenant)
+}
+
+async fn call(
+    state: &AppState,
+    request: Request<Body>,
+) -> (StatusCode, HashMap<String, String>, Value) {
+    let response: Response<Body> = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn post() -> http::request::Builder {
+    Request::post("/jobs").header("content-type", "application/json")
+}
+
+fn submit(body: &str, key: Option<&str>) -> Request<Body> {
+    let mut builder = post();
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn a_submit_answers_202_with_the_job_and_enqueues_it() {
+    let stack = stack(fast_queue()).await;
+    let (status, headers, body) = call(&state(&stack), submit(EMBED, None)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(headers["location"], format!("/jobs/{id}"));
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["attempts"], 0);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    let messages = stack
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].body, format!(r#"{{"v":1,"job_id":"{id}"}}"#));
+
+    let (status, _, view) = call(&state(&stack), get(&format!("/jobs/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view, body);
+}
+
+#[tokio::test]
+async fn the_same_key_replays_and_another_body_is_refused() {
+    let stack = stack(fast_queue()).await;
+    let state = state(&stack);
+    let (first, _, created) = call(&state, submit(EMBED, Some("key-1"))).await;
+    // Key order and whitespace do not make another body.
+    let same = r#"{ "input": {"texts": ["hello"]}, "task": "embed" }"#;
+    let (second, headers, replayed) = call(&state, submit(same, Some("key-1"))).await;
+    assert_eq!(
+        (first, second),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replayed["id"], created["id"]);
+
+    let other = r#"{"task":"embed","input":{"texts":["bye"]}}"#;
+    let (status, _, body) = call(&state, submit(other, Some("key-1"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(item_count(&stack.resources.table).await, 1);
+    // A young job is not re-sent by replays: one message for one job.
+    let messages = stack
+        .queue
+        .receive(10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_4xx_and_leave_nothing_behind() {
+    let stack = stack(fast_queue()).await;
+    let state = state(&stack);
+    let big = format!(
+        r#"{{"task":"embed","input":{{"texts":["{}"]}}}}"#,
+        "a".repeat(70_000)
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (submit("{", None), StatusCode::BAD_REQUEST, "malformed_json"),
+        (
+            submit("\u{feff}{}", None),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            submit(&deep, None),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            submit("[1,2]", None),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            submit(r#"{"task":"dance","input":{}}"#, None),
+            StatusCode::BAD_REQUEST,
+            "unknown_task",
+        ),
+        (
+            submit(r#"{"task":"embed","input":{"texts":[7]}}"#, None),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            submit(
+                r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":1}"#,
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            submit(&big, None),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            submit(EMBED, Some("")),
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+        ),
+        (
+            submit(EMBED, Some(&"k".repeat(256))),
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+        ),
+        (
+            Request::post("/jobs")
+                .header("content-type", "text/plain")
+                .body(Body::from(EMBED))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            Request::post("/jobs").body(Body::from(EMBED)).unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            get("/jobs/not-a-uuid"),
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+        ),
+        (
+            get("/jobs/0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"),
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+        ),
+        (
+            get("/jobs/%2e%2e%2fetc%2fpasswd"),
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+        ),
+        (get("/nope"), StatusCode::NOT_FOUND, "route_not_found"),
+        (
+            Request::put("/jobs").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (request, want_status, want_code) in cases {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (status, _, body) = call(&state, request).await;
+        assert_eq!(status, want_status, "{what}: {body}");
+        assert_eq!(body["error"]["code"], want_code, "{what}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (_, _, body) = call(
+        &state,
+        submit(r#"{"task":"rank","input":{"query":"q"}}"#, None),
+    )
+    .await;
+    assert_eq!(body["error"]["message"], "input.documents: is required");
+
+    assert_eq!(
+        item_count(&stack.resources.table).await,
+        0,
+        "no item left behind"
+    );
+    assert!(
+        stack
+            .queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn jobs_belong_to_their_owner() {
+    let stack = stack(fast_queue()).await;
+    let mut state = state(&stack);
+    state.auth = Arc::new(Auth::from_api_keys(Some("alice-key=alice,bob-key=bob")).unwrap());
+    let as_user = |key: &str, request: http::request::Builder| request.header("x-api-key", key);
+
+    let (status, _, body) = call(&state, submit(EMBED, None)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let bad = as_user("wrong", post()).body(Body::from(EMBED)).unwrap();
+    assert_eq!(call(&state, bad).await.0, StatusCode::UNAUTHORIZED);
+
+    let mine = as_user("alice-key", post())
+        .body(Body::from(EMBED))
+        .unwrap();
+    let (status, _, job) = call(&state, mine).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let path = format!("/jobs/{}", job["id"].as_str().unwrap());
+    let alice = Request::get(&path)
+        .header("authorization", "Bearer alice-key")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, alice).await.0, StatusCode::OK);
+    let bob = Request::get(&path)
+        .header("x-api-key", "bob-key")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, bob).await.0, StatusCode::NOT_FOUND);
+    let bob_cancel = Request::delete(&path)
+        .header("x-api-key", "bob-key")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&state, bob_cancel).await.0, StatusCode::NOT_FOUND);
+    // The same key from two owners makes two jobs.
+    let keyed = |key: &str| {
+        as_user(key, post())
+            .header("idempotency-key", "shared")
+            .body(Body::from(EMBED))
+            .unwrap()
+    };
+    let (_, _, a) = call(&state, keyed("alice-key")).await;
+    let (_, _, b) = call(&state, keyed("bob-key")).await;
+    assert_ne!(a["id"], b["id"]);
+}
+
+#[tokio::test]
+async fn delete_cancels_queued_jobs_and_409s_finished_ones() {
+    let stack = stack(fast_queue()).await;
+    let state = state(&stack);
+    let (_, _, job) = call(&state, submit(EMBED, None)).await;
+    let path = format!("/jobs/{}", job["id"].as_str().unwrap());
+    let delete = || Request::delete(&path).body(Body::empty()).unwrap();
+    let (status, _, body) = call(&state, delete()).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    assert!(body["finished_at"].is_string());
+    let (status, _, body) = call(&state, delete()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("job_finished"))
+    );
+}
+
+#[tokio::test]
+async fn health_and_openapi_answer() {
+    let stack = stack(fast_queue()).await;
+    let state = state(&stack);
+    let (status, _, body) = call(&state, get("/health")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    assert_eq!(body["queue"]["visible"], 0);
+
+    let (status, _, doc) = call(&state, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    // Every documented operation is routed.
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", "0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80");
+        for method in operations.as_object().unwrap().keys() {
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&concrete)
+                .header("content-type", "application/json")
+                .body(Body::from(EMBED))
+                .unwrap();
+            let (status, _, body) = call(&state, request).await;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED
+                    && body["error"]["code"] != "route_not_found",
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_is_a_503_with_retry_after() {
+    let stack = stack(fast_queue()).await;
+    let proxy = Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let mut state = state(&stack);
+    state.store = Arc::new(DynamoStore::from_sdk(
+        &proxy.sdk().await,
+        &stack.resources.table,
+    ));
+    proxy.go_down();
+    for request in [
+        submit(EMBED, None),
+        get("/jobs/0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"),
+        get("/health"),
+    ] {
+        let (status, headers, body) = call(&state, request).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(body["error"]["code"], "service_unavailable");
+    }
+    proxy.come_back();
+    assert_eq!(
+        call(&state, submit(EMBED, None)).await.0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_leaves_nothing_half_done() {
+    let stack = stack(fast_queue()).await;
+    let proxy = Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let mut state = state(&stack);
+    state.queue = Arc::new(
+        SqsQueue::from_sdk(&proxy.sdk().await, &stack.resources.queue_url)
+            .await
+            .unwrap(),
+    );
+    state.limits = SubmitLimits {
+        requeue_after: Duration::ZERO,
+        ..SubmitLimits::default()
+    };
+    proxy.go_down();
+
+    // Without a key the job is removed again: the client cannot repair it.
+    let (status, headers, _) = call(&state, submit(EMBED, None)).await;
+    assert_eq!(
+        (status, headers["retry-after"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "2")
+    );
+    assert_eq!(item_count(&stack.resources.table).await, 0);
+
+    // With a key it stays queued, and the client's retry re-sends its message.
+    let (status, _, _) = call(&state, submit(EMBED, Some("retry-me"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(item_count(&stack.resources.table).await, 1);
+    proxy.come_back();
+    let (status, headers, job) = call(&state, submit(EMBED, Some("retry-me"))).await;
+    assert_eq!(
+        (status, headers["idempotent-replayed"].as_str()),
+        (StatusCode::ACCEPTED, "true")
+    );
+    let messages = stack
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].body.contains(job["id"].as_str().unwrap()));
+    let id = job["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        stack.store.get(id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+}

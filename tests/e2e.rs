@@ -1,0 +1,288 @@
+//! End to end through the real `offpath dev --backend aws` binary on an AWS-protocol
+//! endpoint (moto): HTTP in, SQS and DynamoDB in between, the worker out.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use offpath_core::{JobId, JobMessage, JobQueue, JobStore};
+use serde_json::{Value, json};
+use support::dev::Dev;
+use support::{Stack, fast_queue, item_count, stack};
+
+/// `offpath dev` on this stack's own resources, retrying quickly.
+fn dev(stack: &Stack) -> Dev {
+    Dev::start(
+        &[
+            ("OFFPATH_TABLE", &stack.resources.table),
+            ("OFFPATH_QUEUE_URL", &stack.resources.queue_url),
+            ("OFFPATH_DLQ_URL", &stack.resources.dlq_url),
+        ],
+        &["--backoff-base-ms", "200", "--lease-seconds", "10"],
+    )
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn submit(dev: &Dev, body: &Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = client().post(format!("{}/jobs", dev.url)).json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+/// Polls a job until it is terminal; returns the statuses seen, in order.
+async fn wait_terminal(dev: &Dev, id: &str) -> (Vec<String>, Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let job: Value = client()
+            .get(format!("{}/jobs/{id}", dev.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = job["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
+            return (seen, job);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} not terminal in 60 s: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn embed(text: &str) -> Value {
+    json!({"task": "embed", "input": {"texts": [text]}})
+}
+
+#[tokio::test]
+async fn a_submitted_job_runs_to_a_terminal_state() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let response = submit(&dev, &embed("hello world"), None).await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["status"], "queued");
+    let (seen, job) = wait_terminal(&dev, job["id"].as_str().unwrap()).await;
+    // Every status observed after "queued" follows the state machine.
+    for pair in seen.windows(2) {
+        assert!(
+            matches!(
+                (pair[0].as_str(), pair[1].as_str()),
+                ("queued" | "running", _)
+            ),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(job["attempts"], 1);
+    assert!(job["started_at"].is_string() && job["finished_at"].is_string());
+    // No model is configured yet: the job fails with an error that says so.
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "inference_failed");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model is configured")
+    );
+}
+
+#[tokio::test]
+async fn fifty_racing_posts_with_one_key_make_one_job() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let body = embed("race");
+    let responses = join_all((0..50).map(|_| submit(&dev, &body, Some("race-key")))).await;
+    let mut ids = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the same job");
+    assert_eq!(item_count(&stack.resources.table).await, 1);
+
+    let other = submit(&dev, &embed("not the same"), Some("race-key")).await;
+    assert_eq!(other.status(), 422);
+    let error: Value = other.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_key_reused");
+    assert_eq!(item_count(&stack.resources.table).await, 1);
+}
+
+#[tokio::test]
+async fn poison_messages_reach_the_dead_letter_queue_and_the_pipeline_keeps_serving() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let ghost = JobId::random();
+    let sqs = aws_sdk_sqs::Client::new(&support::sdk().await);
+    for body in [
+        "this is not a job".to_owned(),
+        JobMessage::new(ghost).to_body(),
+    ] {
+        sqs.send_message()
+            .queue_url(&stack.resources.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "poison not dead-lettered in 60 s: {dead:?}"
+        );
+        for m in stack.dlq.receive(10, Duration::from_secs(1)).await.unwrap() {
+            dead.push(m.body);
+        }
+    }
+    let mut want = [
+        JobMessage::new(ghost).to_body(),
+        "this is not a job".to_owned(),
+    ];
+    want.sort();
+    dead.sort();
+    assert_eq!(dead, want);
+
+    let job: Value = submit(&dev, &embed("still serving"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (_, job) = wait_terminal(&dev, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["attempts"], 1);
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let job: Value = submit(&dev, &embed("once"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_terminal(&dev, &id).await;
+    let before = stack.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    for _ in 0..5 {
+        stack.queue.send(&JobMessage::new(before.id)).await.unwrap();
+    }
+    // Wait until the duplicates are consumed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = stack.queue.depth().await.unwrap();
+        if depth.visible == 0 && depth.in_flight == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "duplicates not consumed: {depth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = stack.store.get(before.id).await.unwrap().unwrap();
+    assert_eq!(after, before, "the record, version included, is unchanged");
+    assert!(
+        stack
+            .dlq
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_get_their_4xx_over_http_and_leave_nothing() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let url = format!("{}/jobs", dev.url);
+    let json_post = |body: String| {
+        client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases = [
+        (json_post("{not json".into()), 400),
+        (json_post(r#"{"task":"translate","input":{}}"#.into()), 400),
+        (
+            json_post(r#"{"task":"embed","input":{"texts":[]}}"#.into()),
+            400,
+        ),
+        (
+            json_post(r#"{"task":"classify","input":{"text":"t","labels":["only"]}}"#.into()),
+            400,
+        ),
+        (
+            json_post(format!(
+                r#"{{"task":"embed","input":{{"texts":["{}"]}}}}"#,
+                "x".repeat(100_000)
+            )),
+            413,
+        ),
+        (
+            client()
+                .post(&url)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+        ),
+        (
+            json_post(embed("x").to_string()).header("idempotency-key", "tab\there"),
+            400,
+        ),
+    ];
+    for (request, want) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), want);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());
+    }
+    assert_eq!(item_count(&stack.resources.table).await, 0);
+    assert!(
+        stack
+            .queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn dev_creates_missing_resources_idempotently_and_stops_on_ctrl_c() {
+    let table = support::unique("dev-created");
+    for _ in 0..2 {
+        let dev = Dev::start(&[("OFFPATH_TABLE", &table)], &[]);
+        let health: Value = client()
+            .get(format!("{}/health", dev.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["status"], "ok");
+        assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
+    }
+    assert_eq!(item_count(&table).await, 0);
+}

@@ -1,0 +1,360 @@
+//! The worker handler, called directly with Lambda SQS events, on DynamoDB and SQS
+//! (moto). Each test gets its own table and queues.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use offpath_core::idempotency::request_hash;
+use offpath_core::{
+    Clock, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock,
+};
+use offpath_worker::poller::sqs_event;
+use offpath_worker::{Backoff, Worker, WorkerConfig, WorkerError};
+use serde_json::{Value, json};
+use support::{Stack, TestModel, embed_input, fast_queue, stack};
+
+fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
+    Worker::new(
+        stack.store.clone(),
+        stack.queue.clone(),
+        model,
+        WorkerConfig {
+            lease: Duration::from_secs(30),
+            max_receive_count: Some(3),
+            backoff: Backoff {
+                base: Duration::from_secs(6),
+                max: Duration::from_secs(12),
+            },
+        },
+    )
+}
+
+async fn create(stack: &Stack, task: &str, input: Value) -> JobId {
+    let now = SystemClock.now_epoch_ms();
+    let job = stack
+        .store
+        .create(&NewJob {
+            id: JobId::random(),
+            owner: "tester".into(),
+            task: task.into(),
+            request_hash: request_hash(task, &input, None),
+            input,
+            idempotency_key: None,
+            created_at_epoch_ms: now,
+            expires_at_epoch_s: now / 1000 + 3600,
+        })
+        .await
+        .unwrap();
+    job.id
+}
+
+fn body(id: JobId) -> String {
+    JobMessage::new(id).to_body()
+}
+
+fn failures(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+async fn status(stack: &Stack, id: JobId) -> JobStatus {
+    stack.store.get(id).await.unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn a_batch_runs_one_forward_pass_per_task_and_records_outputs() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    let embeds = [
+        create(&stack, "embed", embed_input("one")).await,
+        create(&stack, "embed", embed_input("three")).await,
+        create(&stack, "embed", embed_input("fives")).await,
+    ];
+    let rank = create(&stack, "rank", json!({"query": "q", "documents": ["d"]})).await;
+    let records: Vec<_> = embeds
+        .iter()
+        .chain([&rank])
+        .map(|id| (body(*id), 1))
+        .collect();
+
+    let response = worker(&stack, model.clone())
+        .handle(support::sqs_event(&records))
+        .await
+        .unwrap();
+
+    assert!(failures(&response).is_empty());
+    assert_eq!(
+        model.passes.load(Ordering::SeqCst),
+        2,
+        "one pass per task group"
+    );
+    let job = stack.store.get(embeds[1]).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.output, Some(json!({"lengths": [5]})));
+    assert_eq!(job.attempts, 1);
+    assert!(job.lease_owner.is_none());
+    assert_eq!(status(&stack, rank).await, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn bad_messages_fail_alone_and_head_for_the_dead_letter_queue() {
+    let stack = stack(fast_queue()).await;
+    let good = create(&stack, "embed", embed_input("fine")).await;
+    let records = vec![
+        ("not json".to_owned(), 1),
+        (r#"{"v":1,"job_id":"nope"}"#.to_owned(), 1),
+        (body(JobId::random()), 1),
+        (body(good), 1),
+    ];
+    let response = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&records))
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), ["msg-0", "msg-1", "msg-2"]);
+    assert_eq!(status(&stack, good).await, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_batch_where_every_record_fails_is_an_invocation_error() {
+    let stack = stack(fast_queue()).await;
+    let result = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[("garbage".into(), 1)]))
+        .await;
+    assert!(matches!(result, Err(WorkerError::AllFailed(1))));
+}
+
+#[tokio::test]
+async fn records_without_a_message_id_fail_the_invocation() {
+    let stack = stack(fast_queue()).await;
+    let mut event = support::sqs_event(&[("x".into(), 1)]);
+    event.payload.records[0].message_id = None;
+    let result = worker(&stack, Arc::new(TestModel::default()))
+        .handle(event)
+        .await;
+    assert!(matches!(result, Err(WorkerError::MissingMessageId)));
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    let id = create(&stack, "embed", embed_input("once")).await;
+    let worker = worker(&stack, model.clone());
+    worker
+        .handle(support::sqs_event(&[(body(id), 1)]))
+        .await
+        .unwrap();
+    let finished = stack.store.get(id).await.unwrap().unwrap();
+
+    let again = vec![(body(id), 1), (body(id), 2), (body(id), 3)];
+    let response = worker.handle(support::sqs_event(&again)).await.unwrap();
+
+    assert!(
+        failures(&response).is_empty(),
+        "duplicates are acknowledged"
+    );
+    assert_eq!(stack.store.get(id).await.unwrap().unwrap(), finished);
+    assert_eq!(
+        model.inputs_seen.load(Ordering::SeqCst),
+        1,
+        "inference ran once"
+    );
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_the_job_and_acknowledge() {
+    let stack = stack(fast_queue()).await;
+    let rejected = create(&stack, "embed", embed_input("please reject")).await;
+    let fine = create(&stack, "embed", embed_input("fine")).await;
+    let response = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[(body(rejected), 1), (body(fine), 1)]))
+        .await
+        .unwrap();
+    assert!(failures(&response).is_empty());
+    let job = stack.store.get(rejected).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.unwrap().code, "inference_failed");
+    assert_eq!(status(&stack, fine).await, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_panicking_input_is_isolated_from_its_batch() {
+    let stack = stack(fast_queue()).await;
+    let poison = create(&stack, "embed", embed_input("panic now")).await;
+    let fine = create(&stack, "embed", embed_input("fine")).await;
+    let response = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[(body(poison), 1), (body(fine), 1)]))
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), ["msg-0"]);
+    assert_eq!(status(&stack, fine).await, JobStatus::Succeeded);
+    let job = stack.store.get(poison).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued, "released for another try");
+    assert!(job.lease_owner.is_none());
+}
+
+#[tokio::test]
+async fn the_last_receive_of_a_failing_job_marks_it_dead_lettered() {
+    let stack = stack(fast_queue()).await;
+    let poison = create(&stack, "embed", embed_input("panic again")).await;
+    let response = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[
+            (body(poison), 3),
+            (body(create(&stack, "embed", embed_input("ok")).await), 1),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), ["msg-0"], "SQS moves it to the DLQ");
+    let job = stack.store.get(poison).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap();
+    assert_eq!(error.code, "dead_lettered");
+    assert!(
+        error.message.contains("poisoned input"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn throttling_releases_the_job_and_backs_the_message_off() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    model.throttled.store(1, Ordering::SeqCst);
+    let id = create(&stack, "embed", embed_input("slow down")).await;
+    stack.queue.send(&JobMessage::new(id)).await.unwrap();
+    let messages = stack
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let event = lambda_runtime::LambdaEvent::new(
+        sqs_event(stack.queue.arn(), &messages),
+        lambda_runtime::Context::default(),
+    );
+
+    let result = worker(&stack, model.clone()).handle(event).await;
+
+    assert!(matches!(result, Err(WorkerError::AllFailed(1))));
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
+    // The queue's visibility timeout is 2 s; the backoff set 3-6 s (base 6 s, equal
+    // jitter), so the message is still hidden after the queue's own timeout.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let hidden = stack.queue.receive(10, Duration::ZERO).await.unwrap();
+    assert!(
+        hidden.is_empty(),
+        "backed off beyond the visibility timeout"
+    );
+    let back = stack
+        .queue
+        .receive(10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1, "the message comes back after the backoff");
+    assert_eq!(back[0].receive_count, 2);
+    let event = lambda_runtime::LambdaEvent::new(
+        sqs_event(stack.queue.arn(), &back),
+        lambda_runtime::Context::default(),
+    );
+    worker(&stack, model).handle(event).await.unwrap();
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 2));
+}
+
+#[tokio::test]
+async fn a_job_under_another_live_lease_is_retried_later() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", embed_input("busy")).await;
+    let now = SystemClock.now_epoch_ms();
+    let other = Lease {
+        token: "someone-else".into(),
+        until_epoch_ms: now + 60_000,
+    };
+    stack.store.claim(id, &other, now).await.unwrap();
+    let fine = create(&stack, "embed", embed_input("fine")).await;
+    let w = worker(&stack, Arc::new(TestModel::default()));
+    let response = w
+        .handle(support::sqs_event(&[(body(id), 1), (body(fine), 1)]))
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), ["msg-0"]);
+    // On the last receive the duplicate is acknowledged: the holder has its own message.
+    let response = w
+        .handle(support::sqs_event(&[(body(id), 3), (body(fine), 1)]))
+        .await
+        .unwrap();
+    assert!(failures(&response).is_empty());
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.lease_owner.as_deref(), Some("someone-else"));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", embed_input("abandoned")).await;
+    let now = SystemClock.now_epoch_ms();
+    let dead = Lease {
+        token: "dead-worker".into(),
+        until_epoch_ms: now - 1,
+    };
+    stack.store.claim(id, &dead, now - 60_000).await.unwrap();
+    worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[(body(id), 2)]))
+        .await
+        .unwrap();
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 2));
+    // The dead worker's finishing write loses: its lease is gone.
+    let late = stack
+        .store
+        .complete(id, "dead-worker", &json!({"stale": true}), now)
+        .await;
+    assert!(matches!(late, Err(offpath_core::StoreError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_cancel_requested_before_the_claim_ends_the_job_cancelled() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    let id = create(&stack, "embed", embed_input("stop me")).await;
+    let now = SystemClock.now_epoch_ms();
+    let dead = Lease {
+        token: "dead-worker".into(),
+        until_epoch_ms: now - 1,
+    };
+    stack.store.claim(id, &dead, now - 60_000).await.unwrap();
+    stack.store.request_cancel(id).await.unwrap();
+    worker(&stack, model.clone())
+        .handle(support::sqs_event(&[(body(id), 2)]))
+        .await
+        .unwrap();
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.output.is_none());
+    assert_eq!(model.passes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn stored_input_that_breaks_the_schema_fails_the_job() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", json!({"texts": "not a list"})).await;
+    let response = worker(&stack, Arc::new(TestModel::default()))
+        .handle(support::sqs_event(&[
+            (body(id), 1),
+            (body(create(&stack, "embed", embed_input("ok")).await), 1),
+        ]))
+        .await
+        .unwrap();
+    assert!(failures(&response).is_empty());
+    let job = stack.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.unwrap().code, "invalid_input");
+}
