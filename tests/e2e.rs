@@ -70,11 +70,29 @@ fn embed(text: &str) -> Value {
     json!({"task": "embed", "input": {"texts": [text]}})
 }
 
+fn reference(text: &str) -> Vec<f64> {
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+    let sentence = fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["text"] == text)
+        .unwrap();
+    sentence["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
-async fn a_submitted_job_runs_to_a_terminal_state() {
+async fn an_embed_job_runs_the_real_model_end_to_end() {
     let stack = stack(fast_queue()).await;
     let dev = dev(&stack);
-    let response = submit(&dev, &embed("hello world"), None).await;
+    let text = "A man is eating food.";
+    let response = submit(&dev, &embed(text), None).await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["status"], "queued");
@@ -89,17 +107,45 @@ async fn a_submitted_job_runs_to_a_terminal_state() {
             "{seen:?}"
         );
     }
+    assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1);
     assert!(job["started_at"].is_string() && job["finished_at"].is_string());
-    // No model is configured yet: the job fails with an error that says so.
-    assert_eq!(job["status"], "failed", "{job}");
-    assert_eq!(job["error"]["code"], "inference_failed");
-    assert!(
-        job["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no model is configured")
+    let output = &job["output"];
+    assert_eq!(
+        (output["model"].as_str(), output["dimensions"].as_u64()),
+        (Some("all-MiniLM-L6-v2"), Some(384))
     );
+    let vector: Vec<f64> = output["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(vector.len(), 384);
+    let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "unit vector, norm {norm}");
+    let cosine: f64 = vector.iter().zip(reference(text)).map(|(a, b)| a * b).sum();
+    assert!(cosine >= 0.999, "matches the reference: cosine {cosine}");
+}
+
+#[tokio::test]
+async fn rank_and_classify_jobs_give_the_obvious_answers() {
+    let stack = stack(fast_queue()).await;
+    let dev = dev(&stack);
+    let rank = json!({"task": "rank", "input": {
+        "query": "how do I reset my password",
+        "documents": ["Quarterly revenue grew 4%.", "To reset your password, open Settings and choose Reset password.", "The cat sat on the mat."]
+    }});
+    let classify = json!({"task": "classify", "input": {
+        "text": "The striker scored twice and the team won the league.",
+        "labels": ["cooking", "sports", "finance"]
+    }});
+    let rank: Value = submit(&dev, &rank, None).await.json().await.unwrap();
+    let classify: Value = submit(&dev, &classify, None).await.json().await.unwrap();
+    let (_, rank) = wait_terminal(&dev, rank["id"].as_str().unwrap()).await;
+    let (_, classify) = wait_terminal(&dev, classify["id"].as_str().unwrap()).await;
+    assert_eq!(rank["output"]["order"][0], 1, "{rank}");
+    assert_eq!(classify["output"]["label"], "sports", "{classify}");
 }
 
 #[tokio::test]

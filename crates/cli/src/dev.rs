@@ -11,8 +11,9 @@ use offpath_api::{AppState, Auth, app};
 use offpath_aws::provision::{QueueSettings, ResourceNames, ensure_table, provision};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{JobQueue, JobStore};
+use offpath_inference::{MiniLm, weights};
 use offpath_worker::poller::{self, PollSettings};
-use offpath_worker::{Backoff, Unconfigured, Worker, WorkerConfig};
+use offpath_worker::{Backoff, Worker, WorkerConfig};
 use tokio::sync::watch;
 
 /// Where jobs and the queue live.
@@ -56,6 +57,10 @@ pub struct DevArgs {
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let Backend::Aws = args.backend;
+    let model = tokio::task::spawn_blocking(|| -> anyhow::Result<MiniLm> {
+        Ok(MiniLm::load(&weights::resolve(true)?)?)
+    })
+    .await??;
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let queue_settings = QueueSettings {
@@ -97,7 +102,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),
         Arc::clone(&queue),
-        Arc::new(Unconfigured),
+        Arc::new(model),
         config,
     ));
     let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;

@@ -17,10 +17,13 @@ struct Cli {
 enum Command {
     /// Serve the API over HTTP and run workers that poll the queue, in one process.
     Dev(offpath::dev::DevArgs),
+    /// Manage the model weights (all-MiniLM-L6-v2).
+    #[command(subcommand)]
+    Model(offpath::model::ModelCommand),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -28,8 +31,16 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into()),
         )
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Some(Command::Dev(args)) => offpath::dev::run(args).await,
+        Some(Command::Model(command)) => offpath::model::run(command).await,
         None => offpath::dev::run(offpath::dev::DevArgs::parse_from(["dev"])).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -14,5 +14,3 @@ pub mod poller;
 
 pub use backoff::Backoff;
 pub use handler::{Worker, WorkerConfig, WorkerError};
-mod unconfigured;
-pub use unconfigured::Unconfigured;

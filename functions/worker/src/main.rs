@@ -5,7 +5,8 @@ use std::sync::Arc;
 use lambda_runtime::{LambdaEvent, service_fn};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::JobQueue;
-use offpath_worker::{Unconfigured, Worker, WorkerConfig};
+use offpath_inference::{MiniLm, weights};
+use offpath_worker::{Worker, WorkerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -21,12 +22,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         max_receive_count: queue.max_receive_count().await?,
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(
-        Arc::new(store),
-        Arc::new(queue),
-        Arc::new(Unconfigured),
-        config,
-    );
+    // Loaded once per execution environment: OFFPATH_MODEL_DIR (the model layer) or a
+    // download into the cache on first start.
+    let model = MiniLm::load(&weights::resolve(false)?)?;
+    let worker = Worker::new(Arc::new(store), Arc::new(queue), Arc::new(model), config);
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         worker

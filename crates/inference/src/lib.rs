@@ -1,0 +1,14 @@
+//! offpath's model: sentence-transformers all-MiniLM-L6-v2 (BERT, 384 dimensions,
+//! mean pooling, L2 normalised, inputs truncated at 256 tokens) run with candle and
+//! the tokenizers crate, plus the fetcher for its weights.
+//!
+//! [`MiniLm`] implements the `Model` port: it runs `embed`, `rank` and `classify`
+//! over many jobs in one batched pass.
+
+mod error;
+mod minilm;
+mod tasks;
+pub mod weights;
+
+pub use error::LoadError;
+pub use minilm::{DIMENSIONS, MAX_TOKENS, MODEL_NAME, MiniLm};

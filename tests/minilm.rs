@@ -1,0 +1,139 @@
+//! The Rust MiniLM against reference embeddings from an independent numpy
+//! implementation (tests/fixtures/minilm_reference.py), and the tasks built on it.
+
+use std::sync::OnceLock;
+
+use offpath_core::{Model, Task, TaskInput};
+use offpath_inference::{DIMENSIONS, MiniLm, weights};
+use serde_json::{Value, json};
+
+fn model() -> &'static MiniLm {
+    static MODEL: OnceLock<MiniLm> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let files = weights::resolve(false).expect("model files (tests/run fetches them)");
+        MiniLm::load(&files).expect("model loads")
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn reference() -> Vec<(String, Vec<f32>)> {
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+    fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let vector = s["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32);
+            (s["text"].as_str().unwrap().to_owned(), vector.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn embeddings_match_the_reference_implementation() {
+    let reference = reference();
+    let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).collect();
+    let vectors = model().embed(&texts).unwrap();
+    for ((text, want), got) in reference.iter().zip(&vectors) {
+        assert_eq!(got.len(), DIMENSIONS);
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{text:?} has norm {norm}");
+        let similarity = cosine(want, got);
+        assert!(similarity >= 0.999, "{text:?}: cosine {similarity}");
+    }
+}
+
+#[test]
+fn batching_and_order_do_not_change_results() {
+    let reference = reference();
+    let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).rev().collect();
+    let batched = model().embed(&texts).unwrap();
+    for (text, vector) in texts.iter().zip(&batched) {
+        let alone = model().embed(&[text]).unwrap();
+        assert!(cosine(&alone[0], vector) > 0.99999, "{text:?}");
+    }
+}
+
+fn run(task: Task, input: Value) -> Value {
+    let input = TaskInput::parse(task, &input).unwrap();
+    model().run(task, &[input]).unwrap().remove(0)
+}
+
+#[test]
+fn embed_returns_floats_or_base64() {
+    let float = run(Task::Embed, json!({"texts": ["hello", "world"]}));
+    assert_eq!(float["model"], "all-MiniLM-L6-v2");
+    assert_eq!(float["dimensions"], 384);
+    assert_eq!(float["embeddings"].as_array().unwrap().len(), 2);
+    let first: Vec<f32> = float["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let encoded = run(
+        Task::Embed,
+        json!({"texts": ["hello"], "encoding_format": "base64"}),
+    );
+    let text = encoded["embeddings"][0].as_str().unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded, first, "base64 is the little-endian f32 bytes");
+}
+
+#[test]
+fn rank_puts_the_relevant_document_first() {
+    let out = run(
+        Task::Rank,
+        json!({
+            "query": "How do I bake bread at home?",
+            "documents": [
+                "The stock market fell sharply on Tuesday.",
+                "A simple recipe for homemade bread: flour, water, yeast and salt, baked at 230°C.",
+                "Football fans celebrated the championship win."
+            ]
+        }),
+    );
+    assert_eq!(out["order"][0], 1, "{out}");
+    assert_eq!(out["scores"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn classify_picks_the_obvious_label() {
+    let out = run(
+        Task::Classify,
+        json!({
+            "text": "The team scored in the last minute and won the cup final.",
+            "labels": ["cooking", "sports", "finance", "politics"]
+        }),
+    );
+    assert_eq!(out["label"], "sports", "{out}");
+    assert_eq!(out["scores"][0]["label"], "sports");
+}
+
+#[test]
+fn jobs_of_one_group_share_one_pass_and_get_their_own_results() {
+    let inputs: Vec<TaskInput> = ["first job", "second job"]
+        .iter()
+        .map(|t| TaskInput::parse(Task::Embed, &json!({"texts": [t]})).unwrap())
+        .collect();
+    let outputs = model().run(Task::Embed, &inputs).unwrap();
+    let alone = model().run(Task::Embed, &inputs[1..]).unwrap();
+    assert_eq!(outputs.len(), 2);
+    assert_eq!(outputs[1], alone[0]);
+    assert_ne!(outputs[0], outputs[1]);
+}
