@@ -38,6 +38,7 @@ store_properties!(
     cancel_ends_queued_jobs_and_flags_running_ones,
     abandon_fails_only_unheld_jobs,
     delete_unstarted_removes_only_never_claimed_jobs,
+    revive_requeues_only_dead_lettered_jobs,
 );
 
 #[tokio::test]

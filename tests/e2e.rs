@@ -332,3 +332,30 @@ async fn dev_creates_missing_resources_idempotently_and_stops_on_ctrl_c() {
     }
     assert_eq!(item_count(&table).await, 0);
 }
+
+#[tokio::test]
+async fn the_default_embedded_stack_serves_the_printed_curl_example() {
+    // No AWS endpoint: `offpath` with no command is `offpath dev --backend embedded`.
+    let dev = Dev::spawn(
+        &[("AWS_ENDPOINT_URL", ""), ("OFFPATH_ADDR", "127.0.0.1:0")],
+        &[],
+    );
+    let example = dev.banner[1..].join("\n");
+    assert!(example.contains(&dev.url), "{example}");
+    let output = std::process::Command::new("bash")
+        .args(["-c", &example])
+        .output()
+        .unwrap();
+    let job: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    let job = match job["status"].as_str() {
+        Some("succeeded") => job,
+        _ => wait_terminal(&dev, job["id"].as_str().unwrap()).await.1,
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        job["output"]["embeddings"][0].as_array().unwrap().len(),
+        384
+    );
+    assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
+}

@@ -202,6 +202,31 @@ pub async fn abandon_fails_only_unheld_jobs(store: Arc<dyn JobStore>) {
     assert_eq!(failed.error, Some(error));
 }
 
+pub async fn revive_requeues_only_dead_lettered_jobs(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    conflict(store.revive(id).await);
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    let other = ErrorInfo::new("inference_failed", "bad input");
+    store.fail(id, "w1", &other, now()).await.unwrap();
+    conflict(store.revive(id).await);
+
+    let dead = store.create(&new_job()).await.unwrap().id;
+    store
+        .claim(dead, &lease("w1", 60_000), now())
+        .await
+        .unwrap();
+    let error = ErrorInfo::new("dead_lettered", "gave up");
+    store.fail(dead, "w1", &error, now()).await.unwrap();
+    let revived = store.revive(dead).await.unwrap();
+    assert_eq!((revived.status, revived.attempts), (JobStatus::Queued, 1));
+    assert!(revived.error.is_none() && revived.finished_at_epoch_ms.is_none());
+    let again = store
+        .claim(dead, &lease("w2", 60_000), now())
+        .await
+        .unwrap();
+    assert_eq!(again.attempts, 2);
+}
+
 pub async fn delete_unstarted_removes_only_never_claimed_jobs(store: Arc<dyn JobStore>) {
     let fresh = store.create(&new_job()).await.unwrap().id;
     store.delete_unstarted(fresh).await.unwrap();
@@ -291,4 +316,15 @@ pub async fn messages_move_to_the_dead_letter_queue_after_max_receives(
     let dead = dlq.receive(1, Duration::from_secs(2)).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(JobMessage::from_body(&dead[0].body).unwrap(), message);
+}
+
+/// A store that holds `capacity` 2: the third live job is refused as unavailable (503
+/// at the API), never silently dropped.
+pub async fn a_full_store_refuses_new_jobs(store: Arc<dyn JobStore>) {
+    store.create(&new_job()).await.unwrap();
+    store.create(&new_job()).await.unwrap();
+    assert!(matches!(
+        store.create(&new_job()).await,
+        Err(StoreError::Unavailable(_))
+    ));
 }

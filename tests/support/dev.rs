@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct Dev {
     child: Child,
     pub url: String,
+    /// What it printed after its address: the curl example.
+    pub banner: Vec<String>,
 }
 
 impl Dev {
@@ -15,11 +17,17 @@ impl Dev {
     /// waits for it to print its address.
     /// Its log goes to a file under the system temp directory, named on failure.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Dev {
+        let mut all = vec!["dev", "--backend", "aws", "--addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::spawn(env, &all)
+    }
+
+    /// Starts `offpath` with exactly these arguments (no subcommand: the default).
+    pub fn spawn(env: &[(&str, &str)], args: &[&str]) -> Dev {
         let log_path =
             std::env::temp_dir().join(format!("offpath-dev-{}.log", uuid::Uuid::new_v4()));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_offpath"))
-            .args(["dev", "--backend", "aws", "--addr", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -29,13 +37,15 @@ impl Dev {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            while let Some(line) = lines.next() {
                 if let Some(url) = line.strip_prefix("offpath listening on ") {
-                    let _ = tx.send(url.to_owned());
+                    let banner: Vec<String> = lines.by_ref().take(4).collect();
+                    let _ = tx.send((url.to_owned(), banner));
                 }
             }
         });
-        let url = rx
+        let (url, banner) = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 panic!(
@@ -43,7 +53,7 @@ impl Dev {
                     log_path.display()
                 )
             });
-        Dev { child, url }
+        Dev { child, url, banner }
     }
 
     /// Sends Ctrl-C (SIGINT) and waits for a clean exit.

@@ -127,13 +127,14 @@ pub fn sqs_event(records: &[(String, u32)]) -> LambdaEvent<SqsEvent> {
 }
 
 /// A test model: embeds each text as its length, counting forward passes. Inputs
-/// containing "panic" make it panic, "reject" a permanent error, and while
-/// `throttled` is positive it answers throttled (counting down).
+/// containing "panic" make it panic until `cured`, "reject" a permanent error, and
+/// while `throttled` is positive it answers throttled (counting down).
 #[derive(Default)]
 pub struct TestModel {
     pub passes: AtomicUsize,
     pub inputs_seen: AtomicUsize,
     pub throttled: AtomicUsize,
+    pub cured: std::sync::atomic::AtomicBool,
 }
 
 impl Model for TestModel {
@@ -157,7 +158,7 @@ impl Model for TestModel {
                     return Ok(json!({"task": input.task().as_str()}));
                 };
                 let joined = embed.texts.join(" ");
-                if joined.contains("panic") {
+                if joined.contains("panic") && !self.cured.load(Ordering::SeqCst) {
                     panic!("poisoned input");
                 }
                 if joined.contains("reject") {

@@ -25,6 +25,8 @@ const HELD: &str = "#status = :running AND #lease_owner = :token";
 /// The caller holds the lease and nobody asked to cancel.
 const HELD_NOT_CANCELLED: &str =
     "#status = :running AND #lease_owner = :token AND #cancel_requested = :false";
+/// The job failed on its last receive and its message went to the dead-letter queue.
+const DEAD_LETTERED: &str = "#status = :failed AND #error.#code = :dead_lettered";
 /// The job waits in the queue.
 const QUEUED: &str = "#status = :queued";
 /// The job is running.
@@ -43,6 +45,8 @@ const RELEASE: &str =
     "SET #status = :queued, #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
 const CANCELLED: &str = "SET #status = :cancelled, #finished_at_epoch_ms = :now, \
      #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
+const REVIVE: &str =
+    "SET #status = :queued, #version = #version + :one REMOVE #error, #finished_at_epoch_ms";
 const REQUEST_CANCEL: &str = "SET #cancel_requested = :true, #version = #version + :one";
 
 /// DynamoDB-backed [`JobStore`].
@@ -243,6 +247,11 @@ impl JobStore for DynamoStore {
 
     async fn request_cancel(&self, id: JobId) -> Result<Job, StoreError> {
         self.update(id, RUNNING, REQUEST_CANCEL, vec![]).await
+    }
+
+    async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
+        let values = vec![(":dead_lettered", s("dead_lettered"))];
+        self.update(id, DEAD_LETTERED, REVIVE, values).await
     }
 
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {

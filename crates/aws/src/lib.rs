@@ -11,6 +11,7 @@ mod item;
 mod sqs;
 
 pub mod config;
+pub mod dlq;
 pub mod provision;
 
 pub use config::{ConfigError, Settings, load_sdk_config};

@@ -11,6 +11,7 @@ use offpath_api::{AppState, Auth, app};
 use offpath_aws::provision::{QueueSettings, ResourceNames, ensure_table, provision};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{JobQueue, JobStore};
+use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
 use offpath_inference::{MiniLm, weights};
 use offpath_worker::poller::{self, PollSettings};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
@@ -19,16 +20,22 @@ use tokio::sync::watch;
 /// Where jobs and the queue live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
+    /// In this process: a store and queues with DynamoDB's and SQS's semantics. Nothing
+    /// to install; jobs are lost when the process ends.
+    Embedded,
     /// DynamoDB and SQS at the endpoint the standard AWS configuration names
     /// (AWS_ENDPOINT_URL for LocalStack or moto; nothing for AWS itself).
     Aws,
 }
 
+/// Most jobs and messages the embedded backend holds.
+const EMBEDDED_CAPACITY: usize = 100_000;
+
 /// `offpath dev` options.
 #[derive(Debug, Clone, Parser)]
 pub struct DevArgs {
     /// Where jobs and the queue live.
-    #[arg(long, env = "OFFPATH_BACKEND", value_enum, default_value = "aws")]
+    #[arg(long, env = "OFFPATH_BACKEND", value_enum, default_value = "embedded")]
     pub backend: Backend,
     /// Address the API listens on (port 0 picks a free port).
     #[arg(long, env = "OFFPATH_ADDR", default_value = "127.0.0.1:8080")]
@@ -56,13 +63,10 @@ pub struct DevArgs {
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let Backend::Aws = args.backend;
     let model = tokio::task::spawn_blocking(|| -> anyhow::Result<MiniLm> {
         Ok(MiniLm::load(&weights::resolve(true)?)?)
     })
     .await??;
-    let sdk = load_sdk_config().await?;
-    let settings = Settings::from_env()?;
     let queue_settings = QueueSettings {
         visibility_timeout: Duration::from_secs(
             args.visibility_timeout_seconds
@@ -71,25 +75,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_receive_count: args.max_receive_count,
         ..QueueSettings::default()
     };
-    let queue_url = match &settings.queue_url {
-        Some(url) => {
-            ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &settings.table).await?;
-            url.clone()
-        }
-        None => {
-            let names = ResourceNames {
-                table: settings.table.clone(),
-                ..ResourceNames::default()
-            };
-            let resources = provision(&sdk, &names, &queue_settings).await?;
-            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, "resources ready");
-            resources.queue_url
-        }
+    let (store, queue) = match args.backend {
+        Backend::Embedded => embedded(&queue_settings),
+        Backend::Aws => aws(&queue_settings).await?,
     };
-    let store: Arc<dyn JobStore> = Arc::new(DynamoStore::from_sdk(&sdk, &settings.table));
-    let queue = SqsQueue::from_sdk(&sdk, &queue_url)
-        .await
-        .with_context(|| format!("cannot use the queue at {queue_url}"))?;
     let config = WorkerConfig {
         lease: Duration::from_secs(args.lease_seconds),
         max_receive_count: queue.max_receive_count().await?,
@@ -98,7 +87,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ..Backoff::default()
         },
     };
-    let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),
         Arc::clone(&queue),
@@ -107,6 +95,58 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ));
     let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
     serve(args, store, queue, worker, auth).await
+}
+
+type Ports = (Arc<dyn JobStore>, Arc<dyn JobQueue>);
+
+fn embedded(settings: &QueueSettings) -> Ports {
+    let options = |name: &str, visibility_timeout| QueueOptions {
+        name: name.into(),
+        visibility_timeout,
+        capacity: EMBEDDED_CAPACITY,
+    };
+    let names = ResourceNames::default();
+    let dlq = Arc::new(MemoryQueue::new(options(
+        &names.dlq,
+        settings.visibility_timeout,
+    )));
+    let queue = MemoryQueue::with_dead_letter_queue(
+        options(&names.queue, settings.visibility_timeout),
+        dlq,
+        settings.max_receive_count,
+    );
+    (
+        Arc::new(MemoryStore::new(EMBEDDED_CAPACITY)),
+        Arc::new(queue),
+    )
+}
+
+/// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.
+async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
+    let sdk = load_sdk_config().await?;
+    let config = Settings::from_env()?;
+    let queue_url = match &config.queue_url {
+        Some(url) => {
+            ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table).await?;
+            url.clone()
+        }
+        None => {
+            let names = ResourceNames {
+                table: config.table.clone(),
+                ..ResourceNames::default()
+            };
+            let resources = provision(&sdk, &names, settings).await?;
+            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, "resources ready");
+            resources.queue_url
+        }
+    };
+    let queue = SqsQueue::from_sdk(&sdk, &queue_url)
+        .await
+        .with_context(|| format!("cannot use the queue at {queue_url}"))?;
+    Ok((
+        Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
+        Arc::new(queue),
+    ))
 }
 
 async fn serve(
@@ -136,10 +176,8 @@ async fn serve(
         })
         .collect();
     println!("offpath listening on http://{addr}");
-    println!(
-        "try: curl -s -X POST http://{addr}/jobs -H 'content-type: application/json' \
-         -d '{{\"task\":\"embed\",\"input\":{{\"texts\":[\"hello world\"]}}}}'"
-    );
+    println!("try (bash; the second request shows the finished job):");
+    println!("{}", curl_example(addr));
     let router = app(AppState::new(store, queue, auth));
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
@@ -152,4 +190,13 @@ async fn serve(
         poller.await?;
     }
     Ok(())
+}
+
+/// A bash line that submits an embed job, waits a moment and reads the finished job.
+fn curl_example(addr: SocketAddr) -> String {
+    format!(
+        "id=$(curl -s -X POST http://{addr}/jobs -H 'content-type: application/json' \\\n  \
+         -d '{{\"task\":\"embed\",\"input\":{{\"texts\":[\"hello world\"]}}}}' | sed -E 's/.*\"id\":\"([^\"]+)\".*/\\1/') \\\n  \
+         && sleep 1 && curl -s http://{addr}/jobs/$id"
+    )
 }

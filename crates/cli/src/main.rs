@@ -11,12 +11,35 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    api: offpath::client::Api,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API over HTTP and run workers that poll the queue, in one process.
     Dev(offpath::dev::DevArgs),
+    /// Submit a job, e.g. `offpath submit embed --text "hello" --wait`.
+    Submit(offpath::client::Submit),
+    /// Print a job.
+    Status {
+        /// The job id.
+        id: String,
+    },
+    /// Wait for a job to finish, showing its status; exits non-zero unless it succeeded.
+    Wait {
+        /// The job id.
+        id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
+    /// Inspect, redrive and purge the dead-letter queue (SQS, via the AWS configuration).
+    #[command(subcommand)]
+    Dlq(offpath::dlq::DlqCommand),
+    /// Measure the model and the pipeline.
+    #[command(subcommand)]
+    Bench(offpath::bench::BenchCommand),
     /// Manage the model weights (all-MiniLM-L6-v2).
     #[command(subcommand)]
     Model(offpath::model::ModelCommand),
@@ -31,9 +54,21 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into()),
         )
         .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    let api = cli.api;
+    let result = match cli.command {
+        Some(Command::Submit(options)) => offpath::client::submit(&api, options).await,
+        Some(Command::Status { id }) => offpath::client::status(&api, &id).await,
+        Some(Command::Wait {
+            id,
+            timeout_seconds,
+        }) => {
+            offpath::client::wait(&api, &id, std::time::Duration::from_secs(timeout_seconds)).await
+        }
+        Some(Command::Dlq(command)) => offpath::dlq::run(command).await,
         Some(Command::Dev(args)) => offpath::dev::run(args).await,
         Some(Command::Model(command)) => offpath::model::run(command).await,
+        Some(Command::Bench(command)) => offpath::bench::run(command).await,
         None => offpath::dev::run(offpath::dev::DevArgs::parse_from(["dev"])).await,
     };
     match result {

@@ -81,6 +81,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// idempotency key fails.
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError>;
 
+    /// Puts a dead-lettered job back in the queue for an operator's redrive
+    /// (condition: failed with code `dead_lettered`). Its attempts are kept.
+    async fn revive(&self, id: JobId) -> Result<Job, StoreError>;
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::LoadError;
@@ -16,7 +17,9 @@ pub const DIMENSIONS: usize = 384;
 /// `max_seq_length`); longer inputs are truncated.
 pub const MAX_TOKENS: usize = 256;
 /// Most sequences in one forward pass. Sequences are sorted by length first, so each
-/// pass pads only to its own longest member (length bucketing).
+/// pass pads only to its own longest member (length bucketing), and a batch is split
+/// into at least one pass per core, run in parallel (data parallelism: candle runs
+/// its elementwise kernels on one thread per pass).
 const PASS_SIZE: usize = 32;
 
 /// The loaded model. Load once per process; [`MiniLm::embed`] is safe to call from
@@ -79,28 +82,45 @@ impl MiniLm {
             .map_err(|e| EmbedError(e.to_string()))?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let per_pass = texts
+            .len()
+            .div_ceil(rayon::current_num_threads())
+            .clamp(1, PASS_SIZE);
+        let passes: Vec<&[usize]> = order.chunks(per_pass).collect();
+        let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = passes
+            .par_iter()
+            .map(|pass| self.pass(&encodings, pass))
+            .collect();
         let mut vectors = vec![Vec::new(); texts.len()];
-        for pass in order.chunks(PASS_SIZE) {
-            let longest = pass
-                .iter()
-                .map(|&i| encodings[i].get_ids().len())
-                .max()
-                .unwrap_or(0);
-            let mut ids = Vec::with_capacity(pass.len() * longest);
-            let mut mask = Vec::with_capacity(pass.len() * longest);
-            for &i in pass {
-                let own = encodings[i].get_ids();
-                ids.extend_from_slice(own);
-                ids.extend(std::iter::repeat_n(0, longest - own.len()));
-                mask.extend(std::iter::repeat_n(1u32, own.len()));
-                mask.extend(std::iter::repeat_n(0u32, longest - own.len()));
-            }
-            let rows = self.forward(ids, mask, pass.len(), longest)?;
-            for (&i, row) in pass.iter().zip(rows) {
+        for (pass, rows) in passes.iter().zip(results) {
+            for (&i, row) in pass.iter().zip(rows?) {
                 vectors[i] = row;
             }
         }
         Ok(vectors)
+    }
+
+    /// One forward pass over the texts at `pass`, padded to the longest of them.
+    fn pass(
+        &self,
+        encodings: &[tokenizers::Encoding],
+        pass: &[usize],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let longest = pass
+            .iter()
+            .map(|&i| encodings[i].get_ids().len())
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::with_capacity(pass.len() * longest);
+        let mut mask = Vec::with_capacity(pass.len() * longest);
+        for &i in pass {
+            let own = encodings[i].get_ids();
+            ids.extend_from_slice(own);
+            ids.extend(std::iter::repeat_n(0, longest - own.len()));
+            mask.extend(std::iter::repeat_n(1u32, own.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - own.len()));
+        }
+        self.forward(ids, mask, pass.len(), longest)
     }
 
     fn forward(

@@ -1,0 +1,173 @@
+//! Dead-letter queue operations for operators: inspect, move back, purge.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use offpath_core::{JobId, JobMessage, QueueError};
+
+use crate::sqs::sqs_error;
+
+/// How long messages being inspected or moved stay hidden from other readers.
+const HOLD: Duration = Duration::from_secs(60);
+
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub message_id: String,
+    /// The handle of this read, to move or release the message.
+    pub receipt_handle: String,
+    /// Receives so far (in the jobs queue and here).
+    pub receive_count: u32,
+    /// When the message was first sent.
+    pub sent_at_epoch_ms: u64,
+    /// The raw body.
+    pub body: String,
+    /// The job it names, if the body is a job message.
+    pub job_id: Option<JobId>,
+}
+
+/// A dead-letter queue and the jobs queue its messages go back to.
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    client: Client,
+    dlq_url: String,
+    queue_url: String,
+}
+
+impl DeadLetterQueue {
+    /// The pair of queues.
+    pub fn new(client: Client, dlq_url: impl Into<String>, queue_url: impl Into<String>) -> Self {
+        DeadLetterQueue {
+            client,
+            dlq_url: dlq_url.into(),
+            queue_url: queue_url.into(),
+        }
+    }
+
+    /// Reads every message (up to `max`) and holds them hidden for a minute; the caller
+    /// moves some with [`Self::move_back`] and gives the rest back with [`Self::release`].
+    pub async fn take(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut taken: Vec<DeadLetter> = Vec::new();
+        while taken.len() < max {
+            let output = self
+                .client
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages((max - taken.len()).min(10) as i32)
+                .visibility_timeout(HOLD.as_secs() as i32)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .map_err(sqs_error)?;
+            if output.messages().is_empty() {
+                break;
+            }
+            for m in output.messages() {
+                let attribute = |name: MessageSystemAttributeName| {
+                    m.attributes()
+                        .and_then(|a| a.get(&name))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let body = m.body().unwrap_or_default().to_owned();
+                taken.push(DeadLetter {
+                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                    receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
+                        as u32,
+                    sent_at_epoch_ms: attribute(MessageSystemAttributeName::SentTimestamp),
+                    job_id: JobMessage::from_body(&body).ok().map(|m| m.job_id),
+                    body,
+                });
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Makes messages visible again at once.
+    pub async fn release(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
+        for letter in letters {
+            self.client
+                .change_message_visibility()
+                .queue_url(&self.dlq_url)
+                .receipt_handle(&letter.receipt_handle)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .map_err(sqs_error)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the message to the jobs queue, then deletes it here: a failure between the
+    /// two leaves a duplicate (harmless to the worker), never a loss.
+    pub async fn move_back(&self, letter: &DeadLetter) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(&letter.body)
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        self.client
+            .delete_message()
+            .queue_url(&self.dlq_url)
+            .receipt_handle(&letter.receipt_handle)
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        Ok(())
+    }
+
+    /// Asks SQS to move every message back (StartMessageMoveTask). Endpoints without
+    /// the API (moto) answer an error; callers then move messages one by one.
+    pub async fn start_move_task(&self) -> Result<String, QueueError> {
+        let arns = self.arns().await?;
+        let output = self
+            .client
+            .start_message_move_task()
+            .source_arn(&arns[0])
+            .destination_arn(&arns[1])
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        Ok(output.task_handle().unwrap_or_default().to_owned())
+    }
+
+    /// Deletes every message in the dead-letter queue.
+    pub async fn purge(&self) -> Result<(), QueueError> {
+        self.client
+            .purge_queue()
+            .queue_url(&self.dlq_url)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sqs_error)
+    }
+
+    async fn arns(&self) -> Result<[String; 2], QueueError> {
+        let mut arns = Vec::new();
+        for url in [&self.dlq_url, &self.queue_url] {
+            let output = self
+                .client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(sqs_error)?;
+            let attributes: HashMap<_, _> = output.attributes().cloned().unwrap_or_default();
+            arns.push(
+                attributes
+                    .get(&QueueAttributeName::QueueArn)
+                    .cloned()
+                    .ok_or_else(|| QueueError::Other(format!("{url} reported no QueueArn")))?,
+            );
+        }
+        Ok([arns[0].clone(), arns[1].clone()])
+    }
+}

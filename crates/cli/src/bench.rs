@@ -1,0 +1,185 @@
+//! `offpath bench`: measured figures, printed and written as JSON.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use offpath_core::{Model, Task, TaskInput};
+use offpath_inference::{MiniLm, weights};
+use serde_json::{Value, json};
+
+/// Benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Model throughput per batch size, start-up time, peak memory, and jobs/s with and
+    /// without micro-batching.
+    Model(ModelBench),
+}
+
+/// `offpath bench model` options.
+#[derive(Debug, Clone, Args)]
+pub struct ModelBench {
+    /// Seconds to spend on each measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Model(options) => tokio::task::spawn_blocking(move || model(options)).await?,
+    }
+}
+
+/// Sentences of everyday length (8-30 tokens), cycled to fill batches.
+fn sentences() -> Vec<String> {
+    let subjects = [
+        "A man",
+        "The new intern",
+        "Our support team",
+        "A small dog",
+        "The committee",
+        "My neighbour's daughter",
+        "The queue worker",
+        "A tired traveller",
+    ];
+    let actions = [
+        "is reading a long report about",
+        "quietly asked a question about",
+        "spent the whole afternoon fixing",
+        "wrote a short note on",
+        "could not stop talking about",
+        "carefully measured",
+        "is eating a piece of bread near",
+        "published an article on",
+    ];
+    let objects = [
+        "the weather.",
+        "the broken printer in the office.",
+        "renewable energy and its costs over the next decade.",
+        "the history of the Roman empire.",
+        "a recipe for sourdough bread.",
+        "why the train was late again this morning.",
+        "the results of the football match.",
+        "how message queues keep web requests fast.",
+    ];
+    let mut out = Vec::new();
+    for (i, s) in subjects.iter().enumerate() {
+        for (j, a) in actions.iter().enumerate() {
+            out.push(format!("{s} {a} {}", objects[(i + j) % objects.len()]));
+        }
+    }
+    out
+}
+
+fn model(options: ModelBench) -> anyhow::Result<()> {
+    let budget = Duration::from_secs_f64(options.seconds);
+    let files = weights::resolve(true)?;
+    let ready_ms = startup_ms()?;
+    let model = MiniLm::load(&files)?;
+    let corpus = sentences();
+
+    let mut throughput = Vec::new();
+    for batch in [1usize, 8, 32, 64] {
+        let texts: Vec<&str> = corpus
+            .iter()
+            .cycle()
+            .take(batch)
+            .map(String::as_str)
+            .collect();
+        model.embed(&texts)?; // warm-up
+        let (sentences, elapsed) = repeat(budget, || model.embed(&texts).map(|_| batch))?;
+        let per_second = sentences as f64 / elapsed.as_secs_f64();
+        println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
+        throughput.push(json!({"batch": batch, "sentences_per_second": round(per_second)}));
+    }
+
+    // Ten embed jobs (one SQS batch) of one text each: one pass for all, or one each.
+    let jobs: Vec<TaskInput> = corpus
+        .iter()
+        .take(10)
+        .map(|t| TaskInput::parse(Task::Embed, &json!({"texts": [t]})).expect("valid input"))
+        .collect();
+    let (batched, t1) = repeat(budget, || model.run(Task::Embed, &jobs).map(|o| o.len()))?;
+    let (single, t2) = repeat(budget, || {
+        jobs.iter()
+            .map(|job| {
+                model
+                    .run(Task::Embed, std::slice::from_ref(job))
+                    .map(|o| o.len())
+            })
+            .sum::<Result<usize, _>>()
+    })?;
+    let with = batched as f64 / t1.as_secs_f64();
+    let without = single as f64 / t2.as_secs_f64();
+    println!(
+        "jobs/s, 10 per batch: {with:.1} micro-batched, {without:.1} one pass per job ({:.2}x)",
+        with / without
+    );
+    let peak_rss_mib = peak_rss_kib()? as f64 / 1024.0;
+    println!("process start -> model ready: {ready_ms:.0} ms; peak RSS {peak_rss_mib:.0} MiB");
+
+    let result = json!({
+        "benchmark": "model",
+        "model": offpath_inference::MODEL_NAME,
+        "command": "cargo run --release -- bench model",
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "throughput": throughput,
+        "jobs_per_second": {"micro_batched": round(with), "one_pass_per_job": round(without), "speedup": round(with / without)},
+        "start_to_ready_ms": round(ready_ms),
+        "peak_rss_mib": round(peak_rss_mib),
+    });
+    if let Some(path) = options.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs `step` until `budget` is spent; returns the summed counts and the time taken.
+fn repeat<E: std::error::Error + Send + Sync + 'static>(
+    budget: Duration,
+    mut step: impl FnMut() -> Result<usize, E>,
+) -> anyhow::Result<(usize, Duration)> {
+    let start = Instant::now();
+    let mut count = 0;
+    while start.elapsed() < budget {
+        count += step()?;
+    }
+    Ok((count, start.elapsed()))
+}
+
+/// Median wall time of a fresh `offpath model fetch` process (start, resolve the
+/// cached weights, load the model, exit), over five runs.
+fn startup_ms() -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let status = Command::new(&exe)
+            .args(["model", "fetch"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "offpath model fetch failed");
+        runs.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(runs[2])
+}
+
+/// Peak resident memory of this process (VmHWM), KiB.
+fn peak_rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
+}
+
+fn round(x: f64) -> Value {
+    Value::from((x * 10.0).round() / 10.0)
+}

@@ -1,0 +1,159 @@
+//! `offpath submit`, `status` and `wait`: the HTTP API from the command line, against
+//! the local stack or a deployment.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct Api {
+    /// Base URL of the API (`offpath dev`'s address, or the stack's ApiUrl output).
+    #[arg(
+        long,
+        env = "OFFPATH_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// API key for `offpath dev` with OFFPATH_API_KEYS (sent as x-api-key).
+    #[arg(long, env = "OFFPATH_API_KEY", global = true)]
+    pub api_key: Option<String>,
+    /// Bearer token (a JWT) for a deployment with a JWT authorizer.
+    #[arg(long, env = "OFFPATH_TOKEN", global = true)]
+    pub token: Option<String>,
+}
+
+/// `offpath submit` options.
+#[derive(Debug, Clone, Args)]
+pub struct Submit {
+    /// The task: embed, rank or classify.
+    pub task: String,
+    /// The task input as JSON, e.g. '{"texts":["hello"]}'.
+    #[arg(long, conflicts_with_all = ["input_file", "text"])]
+    pub input: Option<String>,
+    /// Read the input JSON from a file, or from standard input with `-`.
+    #[arg(long, conflicts_with = "text")]
+    pub input_file: Option<PathBuf>,
+    /// For embed: a text to embed (repeat for several).
+    #[arg(long)]
+    pub text: Vec<String>,
+    /// Idempotency-Key: the same key and input return the same job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// How long the job is kept, in seconds.
+    #[arg(long)]
+    pub ttl_seconds: Option<u64>,
+    /// Wait for the job to finish, showing its status, and print the finished job.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+fn authorize(api: &Api, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let request = match &api.api_key {
+        Some(key) => request.header("x-api-key", key),
+        None => request,
+    };
+    match &api.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Sends a request; an error answer becomes an error naming its code and message.
+async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(body)
+    } else {
+        anyhow::bail!(
+            "{status}: {} ({})",
+            body["error"]["message"].as_str().unwrap_or("no message"),
+            body["error"]["code"].as_str().unwrap_or("no code")
+        )
+    }
+}
+
+/// `offpath submit`.
+pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
+    let input: Value = match (&options.input, &options.input_file) {
+        (Some(text), _) => serde_json::from_str(text)?,
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            serde_json::from_str(&text)?
+        }
+        (None, Some(path)) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        (None, None) if !options.text.is_empty() => json!({ "texts": options.text }),
+        (None, None) => anyhow::bail!("give the input with --input, --input-file or --text"),
+    };
+    let mut body = json!({ "task": options.task, "input": input });
+    if let Some(ttl) = options.ttl_seconds {
+        body["ttl_seconds"] = ttl.into();
+    }
+    let mut request = client()?.post(format!("{}/jobs", api.url)).json(&body);
+    if let Some(key) = &options.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let job = send(authorize(api, request)).await?;
+    if options.wait {
+        let id = job["id"].as_str().unwrap_or_default().to_owned();
+        return wait(api, &id, Duration::from_secs(300)).await;
+    }
+    println!("{}", serde_json::to_string_pretty(&job)?);
+    Ok(())
+}
+
+/// `offpath status ID`.
+pub async fn status(api: &Api, id: &str) -> anyhow::Result<()> {
+    let job = get(api, id).await?;
+    println!("{}", serde_json::to_string_pretty(&job)?);
+    Ok(())
+}
+
+async fn get(api: &Api, id: &str) -> anyhow::Result<Value> {
+    send(authorize(
+        api,
+        client()?.get(format!("{}/jobs/{id}", api.url)),
+    ))
+    .await
+}
+
+/// `offpath wait ID`: polls with a spinner until the job is terminal; fails unless it
+/// succeeded.
+pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let start = Instant::now();
+    loop {
+        let job = get(api, id).await?;
+        let status = job["status"].as_str().unwrap_or_default().to_owned();
+        spinner.set_message(format!("job {id} {status} (attempts {})", job["attempts"]));
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
+            spinner.finish_and_clear();
+            println!("{}", serde_json::to_string_pretty(&job)?);
+            anyhow::ensure!(status == "succeeded", "job {id} ended {status}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "job {id} still {status} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,238 @@
+//! `JobQueue` in memory, with SQS's delivery semantics.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use offpath_core::{
+    Clock, JobMessage, JobQueue, QueueDepth, QueueError, QueueMessage, SystemClock,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// How an in-memory queue behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Name, used in the ARN.
+    pub name: String,
+    /// How long a received message stays invisible.
+    pub visibility_timeout: Duration,
+    /// Most messages held; a full queue refuses sends as unavailable.
+    pub capacity: usize,
+}
+
+struct Stored {
+    message_id: String,
+    body: String,
+    sent_at_epoch_ms: u64,
+    first_received_at_epoch_ms: u64,
+    receive_count: u32,
+    visible_at_epoch_ms: u64,
+    receipt_handle: Option<String>,
+}
+
+struct Redrive {
+    dlq: Arc<MemoryQueue>,
+    max_receive_count: u32,
+}
+
+/// An in-memory [`JobQueue`], optionally redriving to a dead-letter queue: a message
+/// received `max_receive_count` times moves there when it next becomes due, as SQS does.
+pub struct MemoryQueue {
+    options: QueueOptions,
+    arn: String,
+    messages: Mutex<VecDeque<Stored>>,
+    arrived: Notify,
+    redrive: Option<Redrive>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryQueue {
+    /// A queue without a dead-letter queue.
+    pub fn new(options: QueueOptions) -> Self {
+        MemoryQueue {
+            arn: format!("arn:aws:sqs:local:000000000000:{}", options.name),
+            options,
+            messages: Mutex::new(VecDeque::new()),
+            arrived: Notify::new(),
+            redrive: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// A queue that moves messages to `dlq` after `max_receive_count` receives.
+    pub fn with_dead_letter_queue(
+        options: QueueOptions,
+        dlq: Arc<MemoryQueue>,
+        max_receive_count: u32,
+    ) -> Self {
+        MemoryQueue {
+            redrive: Some(Redrive {
+                dlq,
+                max_receive_count,
+            }),
+            ..Self::new(options)
+        }
+    }
+
+    fn push(&self, body: String, sent_at_epoch_ms: u64) -> Result<(), QueueError> {
+        let mut messages = self.messages.lock().expect("queue lock");
+        if messages.len() >= self.options.capacity {
+            return Err(QueueError::Unavailable(format!(
+                "queue {} holds its limit of {} messages",
+                self.options.name, self.options.capacity
+            )));
+        }
+        messages.push_back(Stored {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            body,
+            sent_at_epoch_ms,
+            first_received_at_epoch_ms: 0,
+            receive_count: 0,
+            visible_at_epoch_ms: 0,
+            receipt_handle: None,
+        });
+        drop(messages);
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    /// Takes up to `max` due messages; `Err(wake_at)` when none is due yet.
+    fn take(&self, max: usize, now: u64) -> Result<Vec<QueueMessage>, Option<u64>> {
+        let mut messages = self.messages.lock().expect("queue lock");
+        let mut taken = Vec::new();
+        let mut index = 0;
+        while index < messages.len() && taken.len() < max {
+            let due = messages[index].visible_at_epoch_ms <= now;
+            let exhausted = self
+                .redrive
+                .as_ref()
+                .is_some_and(|r| messages[index].receive_count >= r.max_receive_count);
+            if due && exhausted {
+                let dead = messages.remove(index).expect("index in range");
+                if let Some(redrive) = &self.redrive {
+                    let _ = redrive.dlq.push(dead.body, dead.sent_at_epoch_ms);
+                }
+                continue;
+            }
+            if due {
+                let m = &mut messages[index];
+                m.receive_count += 1;
+                if m.first_received_at_epoch_ms == 0 {
+                    m.first_received_at_epoch_ms = now;
+                }
+                m.visible_at_epoch_ms = now + self.options.visibility_timeout.as_millis() as u64;
+                let receipt = uuid::Uuid::new_v4().to_string();
+                m.receipt_handle = Some(receipt.clone());
+                taken.push(QueueMessage {
+                    message_id: m.message_id.clone(),
+                    receipt_handle: receipt,
+                    md5_of_body: hex::encode(&Sha256::digest(m.body.as_bytes())[..16]),
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                    sent_at_epoch_ms: m.sent_at_epoch_ms,
+                    first_received_at_epoch_ms: m.first_received_at_epoch_ms,
+                });
+            }
+            index += 1;
+        }
+        if taken.is_empty() {
+            Err(messages.iter().map(|m| m.visible_at_epoch_ms).min())
+        } else {
+            Ok(taken)
+        }
+    }
+
+    fn with_receipt<T>(
+        &self,
+        receipt: &str,
+        apply: impl FnOnce(&mut VecDeque<Stored>, usize) -> T,
+    ) -> Option<T> {
+        let mut messages = self.messages.lock().expect("queue lock");
+        let index = messages
+            .iter()
+            .position(|m| m.receipt_handle.as_deref() == Some(receipt))?;
+        Some(apply(&mut messages, index))
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryQueue {
+    async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
+        self.push(message.to_body(), self.clock.now_epoch_ms())
+    }
+
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(20));
+        loop {
+            let arrived = self.arrived.notified();
+            let now = self.clock.now_epoch_ms();
+            let wake_at = match self.take(max.clamp(1, 10) as usize, now) {
+                Ok(messages) => return Ok(messages),
+                Err(wake_at) => wake_at,
+            };
+            let mut until = deadline;
+            if let Some(at) = wake_at.filter(|&at| at > now) {
+                until = until.min(tokio::time::Instant::now() + Duration::from_millis(at - now));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout_at(until, arrived).await;
+        }
+    }
+
+    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        // As SQS: an outdated receipt handle "succeeds" without deleting.
+        self.with_receipt(receipt_handle, |messages, index| messages.remove(index));
+        Ok(())
+    }
+
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let now = self.clock.now_epoch_ms();
+        let changed = self.with_receipt(receipt_handle, |messages, index| {
+            let m = &mut messages[index];
+            let in_flight = m.visible_at_epoch_ms > now;
+            if in_flight {
+                m.visible_at_epoch_ms = now + timeout.as_millis() as u64;
+            }
+            in_flight
+        });
+        if changed == Some(true) {
+            if timeout.is_zero() {
+                self.arrived.notify_waiters();
+            }
+            Ok(())
+        } else {
+            Err(QueueError::StaleReceipt(format!(
+                "message with receipt {receipt_handle} is not in flight"
+            )))
+        }
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let now = self.clock.now_epoch_ms();
+        let messages = self.messages.lock().expect("queue lock");
+        let visible = messages
+            .iter()
+            .filter(|m| m.visible_at_epoch_ms <= now)
+            .count() as u64;
+        Ok(QueueDepth {
+            visible,
+            in_flight: messages.len() as u64 - visible,
+        })
+    }
+
+    async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
+        Ok(self.redrive.as_ref().map(|r| r.max_receive_count))
+    }
+
+    fn arn(&self) -> &str {
+        &self.arn
+    }
+}

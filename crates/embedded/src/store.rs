@@ -1,0 +1,219 @@
+//! `JobStore` in memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use offpath_core::{
+    Clock, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError, SystemClock,
+};
+use serde_json::Value;
+
+/// Nobody holds the job: queued, or running under an expired lease (DynamoDB: `UNHELD`).
+fn unheld(job: &Job, now: u64) -> bool {
+    job.status == JobStatus::Queued
+        || (job.status == JobStatus::Running && job.lease_until_epoch_ms.is_some_and(|u| u < now))
+}
+
+/// The caller holds the lease.
+fn held(job: &Job, token: &str) -> bool {
+    job.status == JobStatus::Running && job.lease_owner.as_deref() == Some(token)
+}
+
+/// An in-memory [`JobStore`] holding at most `capacity` jobs; expired jobs (TTL) are
+/// dropped when room is needed, and a full store refuses new jobs as unavailable.
+#[derive(Clone)]
+pub struct MemoryStore {
+    jobs: Arc<Mutex<HashMap<JobId, Job>>>,
+    capacity: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryStore {
+    /// A store for up to `capacity` jobs.
+    pub fn new(capacity: usize) -> Self {
+        MemoryStore {
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+            capacity,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// One conditional write: `condition` sees the current job, `apply` changes it.
+    fn update(
+        &self,
+        id: JobId,
+        condition: impl FnOnce(&Job) -> bool,
+        apply: impl FnOnce(&mut Job),
+    ) -> Result<Job, StoreError> {
+        let mut jobs = self.jobs.lock().expect("store lock");
+        let job = jobs.get_mut(&id).ok_or(StoreError::NotFound)?;
+        if !condition(job) {
+            return Err(StoreError::Conflict(Box::new(job.clone())));
+        }
+        apply(job);
+        job.version += 1;
+        Ok(job.clone())
+    }
+
+    fn finish(job: &mut Job, status: JobStatus, now: u64) {
+        job.status = status;
+        job.finished_at_epoch_ms = Some(now);
+        job.lease_owner = None;
+        job.lease_until_epoch_ms = None;
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn create(&self, new: &NewJob) -> Result<Job, StoreError> {
+        let mut jobs = self.jobs.lock().expect("store lock");
+        if let Some(existing) = jobs.get(&new.id) {
+            return Err(StoreError::Conflict(Box::new(existing.clone())));
+        }
+        if jobs.len() >= self.capacity {
+            let now_s = self.clock.now_epoch_ms() / 1000;
+            jobs.retain(|_, job| job.expires_at_epoch_s > now_s);
+            if jobs.len() >= self.capacity {
+                return Err(StoreError::Unavailable(format!(
+                    "the embedded store holds its limit of {} jobs",
+                    self.capacity
+                )));
+            }
+        }
+        let job = Job::from_new(new.clone());
+        jobs.insert(job.id, job.clone());
+        Ok(job)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.jobs.lock().expect("store lock").get(&id).cloned())
+    }
+
+    async fn claim(&self, id: JobId, lease: &Lease, now: u64) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| unheld(job, now),
+            |job| {
+                job.status = JobStatus::Running;
+                job.lease_owner = Some(lease.token.clone());
+                job.lease_until_epoch_ms = Some(lease.until_epoch_ms);
+                job.attempts += 1;
+                job.started_at_epoch_ms.get_or_insert(now);
+            },
+        )
+    }
+
+    async fn complete(
+        &self,
+        id: JobId,
+        token: &str,
+        output: &Value,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, token) && !job.cancel_requested,
+            |job| {
+                job.output = Some(output.clone());
+                Self::finish(job, JobStatus::Succeeded, now);
+            },
+        )
+    }
+
+    async fn fail(
+        &self,
+        id: JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, token) && !job.cancel_requested,
+            |job| {
+                job.error = Some(error.clone());
+                Self::finish(job, JobStatus::Failed, now);
+            },
+        )
+    }
+
+    async fn release(&self, id: JobId, token: &str) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, token),
+            |job| {
+                job.status = JobStatus::Queued;
+                job.lease_owner = None;
+                job.lease_until_epoch_ms = None;
+            },
+        )
+    }
+
+    async fn finish_cancelled(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, token),
+            |job| Self::finish(job, JobStatus::Cancelled, now),
+        )
+    }
+
+    async fn abandon(&self, id: JobId, error: &ErrorInfo, now: u64) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| unheld(job, now),
+            |job| {
+                job.error = Some(error.clone());
+                Self::finish(job, JobStatus::Failed, now);
+            },
+        )
+    }
+
+    async fn cancel_queued(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| job.status == JobStatus::Queued,
+            |job| Self::finish(job, JobStatus::Cancelled, now),
+        )
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| job.status == JobStatus::Running,
+            |job| job.cancel_requested = true,
+        )
+    }
+
+    async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| {
+                job.status == JobStatus::Failed
+                    && job
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.code == "dead_lettered")
+            },
+            |job| {
+                job.status = JobStatus::Queued;
+                job.error = None;
+                job.finished_at_epoch_ms = None;
+            },
+        )
+    }
+
+    async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {
+        let mut jobs = self.jobs.lock().expect("store lock");
+        let job = jobs.get(&id).ok_or(StoreError::NotFound)?;
+        if job.status != JobStatus::Queued || job.attempts != 0 {
+            return Err(StoreError::Conflict(Box::new(job.clone())));
+        }
+        jobs.remove(&id);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! A poisoned job reaches the dead-letter queue over real SQS (moto), is seen by
+//! `offpath dlq list` and by the AWS CLI, and completes after `offpath dlq redrive`
+//! once its cause is fixed.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use offpath_api::{AppState, Auth, app};
+use offpath_core::{JobId, JobQueue, JobStatus, JobStore};
+use offpath_worker::poller::process_batch;
+use offpath_worker::{Backoff, Worker, WorkerConfig};
+use support::{Stack, TestModel, fast_queue, stack};
+use tower::ServiceExt;
+
+fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
+    Worker::new(
+        stack.store.clone(),
+        stack.queue.clone(),
+        model,
+        WorkerConfig {
+            lease: Duration::from_secs(10),
+            max_receive_count: Some(3),
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_millis(200),
+            },
+        },
+    )
+}
+
+async fn submit(stack: &Stack, text: &str) -> JobId {
+    let state = AppState::new(stack.store.clone(), stack.queue.clone(), Auth::SingleTenant);
+    let body = format!(r#"{{"task":"embed","input":{{"texts":["{text}"]}}}}"#);
+    let request = axum::http::Request::post("/jobs")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let response = app(state).oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    job["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Polls like the event source mapping until `done` holds (or 60 s pass).
+async fn drive(stack: &Stack, worker: &Worker, done: impl AsyncFn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "condition not reached in 60 s");
+        let messages = stack
+            .queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        if !messages.is_empty() {
+            process_batch(worker, stack.queue.as_ref(), messages).await;
+        }
+    }
+}
+
+fn offpath(stack: &Stack, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_offpath"))
+        .args(args)
+        .env("OFFPATH_TABLE", &stack.resources.table)
+        .env("OFFPATH_QUEUE_URL", &stack.resources.queue_url)
+        .env("OFFPATH_DLQ_URL", &stack.resources.dlq_url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "offpath {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn aws_cli_sees(stack: &Stack, job: JobId) -> bool {
+    let aws = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/aws");
+    let output = Command::new(aws)
+        .args([
+            "sqs",
+            "receive-message",
+            "--queue-url",
+            &stack.resources.dlq_url,
+        ])
+        .args([
+            "--visibility-timeout",
+            "0",
+            "--wait-time-seconds",
+            "1",
+            "--max-number-of-messages",
+            "10",
+        ])
+        .args([
+            "--endpoint-url",
+            &std::env::var("AWS_ENDPOINT_URL").unwrap(),
+        ])
+        .args(["--region", &std::env::var("AWS_REGION").unwrap()])
+        .output()
+        .expect("aws CLI from .venv (infra/venv.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).contains(&job.to_string())
+}
+
+#[tokio::test]
+async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    let worker = worker(&stack, model.clone());
+    let poisoned = submit(&stack, "panic in the model").await;
+    let healthy = submit(&stack, "fine").await;
+
+    let store = stack.store.clone();
+    drive(&stack, &worker, async || {
+        let job = store.get(poisoned).await.unwrap().unwrap();
+        job.status == JobStatus::Failed
+    })
+    .await;
+    let job = stack.store.get(poisoned).await.unwrap().unwrap();
+    assert_eq!(job.error.as_ref().unwrap().code, "dead_lettered");
+    assert_eq!(job.attempts, 3);
+    assert_eq!(
+        stack.store.get(healthy).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+
+    // SQS moves the message on the receive after the third; then both tools see it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.dlq.depth().await.unwrap().visible == 0 {
+        assert!(Instant::now() < deadline, "message not in the DLQ");
+        assert!(
+            stack
+                .queue
+                .receive(10, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let listing = offpath(&stack, &["dlq", "list"]);
+    assert!(listing.contains(&poisoned.to_string()), "{listing}");
+    assert!(listing.contains("dead_lettered"), "{listing}");
+    assert!(listing.contains("1 message(s)"), "{listing}");
+    assert!(
+        aws_cli_sees(&stack, poisoned),
+        "aws sqs receive-message sees the message"
+    );
+
+    // Fix the cause, redrive the job by its id, and it completes.
+    model.cured.store(true, Ordering::SeqCst);
+    let redrive = offpath(&stack, &["dlq", "redrive", &poisoned.to_string()]);
+    assert!(redrive.contains("1 message(s) moved"), "{redrive}");
+    assert_eq!(
+        stack.store.get(poisoned).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    drive(&stack, &worker, async || {
+        store.get(poisoned).await.unwrap().unwrap().status == JobStatus::Succeeded
+    })
+    .await;
+    let job = stack.store.get(poisoned).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 4);
+    assert!(job.error.is_none());
+    assert_eq!(stack.dlq.depth().await.unwrap().visible, 0);
+}
+
+#[tokio::test]
+async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue() {
+    let stack = stack(fast_queue()).await;
+    let model = Arc::new(TestModel::default());
+    let worker = worker(&stack, model.clone());
+    let poisoned = submit(&stack, "panic again").await;
+    let store = stack.store.clone();
+    drive(&stack, &worker, async || {
+        store.get(poisoned).await.unwrap().unwrap().status == JobStatus::Failed
+    })
+    .await;
+    while stack.dlq.depth().await.unwrap().visible < 1 {
+        stack
+            .queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+
+    model.cured.store(true, Ordering::SeqCst);
+    let redrive = offpath(&stack, &["dlq", "redrive", "--all"]);
+    // moto has no StartMessageMoveTask: the command moves messages itself.
+    assert!(redrive.contains("moving one by one"), "{redrive}");
+    assert!(redrive.contains("1 message(s) moved"), "{redrive}");
+    drive(&stack, &worker, async || {
+        store.get(poisoned).await.unwrap().unwrap().status == JobStatus::Succeeded
+    })
+    .await;
+
+    // Messages that are not job messages stay for inspection, then purge removes them.
+    let sqs = aws_sdk_sqs::Client::new(&support::sdk().await);
+    for body in ["garbage one", "garbage two"] {
+        sqs.send_message()
+            .queue_url(&stack.resources.dlq_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let redrive = offpath(&stack, &["dlq", "redrive", "--all"]);
+    assert_eq!(redrive.matches("not a job message").count(), 2, "{redrive}");
+    assert!(redrive.contains("0 message(s) moved"), "{redrive}");
+    assert_eq!(stack.dlq.depth().await.unwrap().visible, 2);
+    offpath(&stack, &["dlq", "purge", "--yes"]);
+    assert!(
+        stack
+            .dlq
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
