@@ -359,3 +359,74 @@ async fn the_default_embedded_stack_serves_the_printed_curl_example() {
     );
     assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
 }
+
+#[tokio::test]
+async fn submit_status_and_wait_commands_drive_the_api() {
+    let dev = Dev::spawn(&[("OFFPATH_ADDR", "127.0.0.1:0")], &[]);
+    let offpath = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_offpath"))
+            .args(args)
+            .env("OFFPATH_URL", &dev.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (ok, out, err) = offpath(
+        &[
+            "submit", "embed", "--text", "hello", "--text", "world", "--wait",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["output"]["embeddings"].as_array().unwrap().len(), 2);
+
+    let input = r#"{"text":"I love this phone, the battery lasts for days","labels":["positive review","negative review"]}"#;
+    let (ok, out, err) = offpath(
+        &[
+            "submit",
+            "classify",
+            "--input-file",
+            "-",
+            "--idempotency-key",
+            "cli-1",
+        ],
+        Some(input),
+    );
+    assert!(ok, "{err}");
+    let queued: Value = serde_json::from_str(&out).unwrap();
+    let id = queued["id"].as_str().unwrap();
+    let (ok, out, err) = offpath(&["wait", id], None);
+    assert!(ok, "{err}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["output"]["label"], "positive review", "{done}");
+    let (ok, out, _) = offpath(&["status", id], None);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), done);
+
+    // Errors name the problem and exit non-zero.
+    let (ok, _, err) = offpath(&["submit", "embed", "--input", r#"{"texts":[]}"#], None);
+    assert!(!ok);
+    assert!(err.contains("input.texts: must hold 1 to 32"), "{err}");
+    let (ok, _, err) = offpath(&["status", "0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"], None);
+    assert!(!ok && err.contains("404"), "{err}");
+}
