@@ -1,0 +1,200 @@
+//! template.yaml, the provisioning code `offpath dev` uses, and the LocalStack init
+//! script must create the same resources: this test provisions with both on the test
+//! endpoint (moto) and compares what exists with what the template declares.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use offpath_aws::provision::{QueueSettings, ResourceNames, WORKER_TIMEOUT, provision};
+use serde_yaml::Value;
+
+/// The settings both sides must agree on.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    visibility_timeout: u64,
+    retention: u64,
+    dlq_retention: u64,
+    max_receive_count: u64,
+    key: String,
+    billing: String,
+    ttl_attribute: String,
+}
+
+fn template() -> Value {
+    serde_yaml::from_str(include_str!("../template.yaml")).expect("template.yaml parses")
+}
+
+fn number(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not a number: {value:?}"))
+}
+
+fn declared() -> Settings {
+    let t = template();
+    let resources = &t["Resources"];
+    let queue = &resources["JobsQueue"]["Properties"];
+    let table = &resources["JobsTable"]["Properties"];
+    Settings {
+        visibility_timeout: number(&queue["VisibilityTimeout"]),
+        retention: number(&queue["MessageRetentionPeriod"]),
+        dlq_retention: number(
+            &resources["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"],
+        ),
+        max_receive_count: number(&t["Parameters"]["MaxReceiveCount"]["Default"]),
+        key: format!(
+            "{}:{}",
+            table["KeySchema"][0]["AttributeName"].as_str().unwrap(),
+            table["AttributeDefinitions"][0]["AttributeType"]
+                .as_str()
+                .unwrap()
+        ),
+        billing: table["BillingMode"].as_str().unwrap().to_owned(),
+        ttl_attribute: table["TimeToLiveSpecification"]["AttributeName"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    }
+}
+
+/// What exists at the endpoint for these resources.
+async fn observed(table: &str, queue_url: &str, dlq_url: &str) -> Settings {
+    let sdk = support::sdk().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let attributes = |url: String| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap()
+                .attributes()
+                .cloned()
+                .unwrap()
+        }
+    };
+    let queue = attributes(queue_url.to_owned()).await;
+    let dlq = attributes(dlq_url.to_owned()).await;
+    let redrive: serde_json::Value =
+        serde_json::from_str(&queue[&QueueAttributeName::RedrivePolicy]).unwrap();
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let described = dynamo
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    let described = described.table().unwrap();
+    let ttl = dynamo
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    Settings {
+        visibility_timeout: queue[&QueueAttributeName::VisibilityTimeout]
+            .parse()
+            .unwrap(),
+        retention: queue[&QueueAttributeName::MessageRetentionPeriod]
+            .parse()
+            .unwrap(),
+        dlq_retention: dlq[&QueueAttributeName::MessageRetentionPeriod]
+            .parse()
+            .unwrap(),
+        max_receive_count: number(&serde_yaml::to_value(&redrive["maxReceiveCount"]).unwrap()),
+        key: format!(
+            "{}:{}",
+            described.key_schema()[0].attribute_name(),
+            described.attribute_definitions()[0]
+                .attribute_type()
+                .as_str()
+        ),
+        billing: described
+            .billing_mode_summary()
+            .and_then(|b| b.billing_mode())
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
+        ttl_attribute: ttl
+            .time_to_live_description()
+            .and_then(|d| d.attribute_name())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+#[test]
+fn the_template_keeps_aws_guidance() {
+    let t = template();
+    let worker_timeout = number(&t["Resources"]["WorkerFunction"]["Properties"]["Timeout"]);
+    assert_eq!(worker_timeout, WORKER_TIMEOUT.as_secs());
+    assert!(
+        declared().visibility_timeout >= 6 * worker_timeout,
+        "visibility >= 6 x worker timeout"
+    );
+    let mapping = &t["Resources"]["WorkerEventSource"]["Properties"];
+    assert_eq!(
+        mapping["FunctionResponseTypes"][0],
+        "ReportBatchItemFailures"
+    );
+    assert_eq!(
+        t["Resources"]["JobsTable"]["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+    assert_eq!(
+        t["Resources"]["JobsTable"]["Properties"]["SSESpecification"]["SSEEnabled"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn provisioning_code_creates_what_the_template_declares() {
+    let names = ResourceNames {
+        table: support::unique("tpl"),
+        queue: support::unique("tpl-q"),
+        dlq: support::unique("tpl-dlq"),
+    };
+    let created = provision(&support::sdk().await, &names, &QueueSettings::default())
+        .await
+        .unwrap();
+    let observed = observed(&created.table, &created.queue_url, &created.dlq_url).await;
+    assert_eq!(observed, declared());
+}
+
+#[tokio::test]
+async fn the_localstack_init_script_creates_what_the_template_declares() {
+    let (table, queue, dlq) = (
+        support::unique("ls"),
+        support::unique("ls-q"),
+        support::unique("ls-dlq"),
+    );
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let output = Command::new(format!("{root}/infra/localstack/init/ready.d/offpath.sh"))
+        .env("AWS_CLI", format!("{root}/.venv/bin/aws"))
+        .env("OFFPATH_TABLE", &table)
+        .env("OFFPATH_QUEUE_NAME", &queue)
+        .env("OFFPATH_DLQ_NAME", &dlq)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let observed = observed(&table, &url("OFFPATH_QUEUE_URL"), &url("OFFPATH_DLQ_URL")).await;
+    assert_eq!(observed, declared());
+}
