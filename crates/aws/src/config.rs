@@ -90,14 +90,6 @@ impl Settings {
             hint: "set it to the jobs queue URL (the QueueUrl output of the stack)",
         })
     }
-
-    /// The dead-letter queue URL, required by the dead-letter commands.
-    pub fn require_dlq_url(&self) -> Result<&str, ConfigError> {
-        self.dlq_url.as_deref().ok_or(ConfigError::Missing {
-            name: "OFFPATH_DLQ_URL",
-            hint: "set it to the dead-letter queue URL (the DeadLetterQueueUrl output of the stack)",
-        })
-    }
 }
 
 fn valid_table_name(name: &str) -> bool {

@@ -70,11 +70,6 @@ impl DynamoStore {
         Self::new(Client::new(sdk), table)
     }
 
-    /// The table name.
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     fn key(id: JobId) -> Item {
         Item::from([(attr::PK.to_owned(), s(id.to_string()))])
     }

@@ -44,11 +44,6 @@ impl SqsQueue {
         Self::connect(Client::new(sdk), url).await
     }
 
-    /// The queue URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     async fn attributes(
         &self,
         names: &[QueueAttributeName],

@@ -101,12 +101,6 @@ impl Worker {
         }
     }
 
-    /// Replaces the clock (tests).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Handles one SQS batch: claim, infer per task group, finish; returns the
     /// messages to retry as item failures.
     pub async fn handle(
