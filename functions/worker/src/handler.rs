@@ -387,7 +387,7 @@ impl Worker {
         {
             Ok(_) => tracing::error!(job_id = %id, "job dead-lettered"),
             Err(err) => {
-                tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; the sweep will")
+                tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; it stays queued (redrive its message from the DLQ)")
             }
         }
     }
