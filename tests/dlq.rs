@@ -226,4 +226,8 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
             .unwrap()
             .is_empty()
     );
+
+    // Nothing is stuck: the sweep finds no unfinished job.
+    let swept = offpath(&stack, &["sweep"]);
+    assert!(swept.contains("examined 0 unfinished job(s)"), "{swept}");
 }

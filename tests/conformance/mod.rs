@@ -19,6 +19,7 @@ macro_rules! conformance_suite {
             abandon_fails_only_unheld_jobs,
             delete_unstarted_removes_only_never_claimed_jobs,
             revive_requeues_only_dead_lettered_jobs,
+            unfinished_lists_queued_and_running_jobs_only,
         );
 
         #[tokio::test]
@@ -268,6 +269,29 @@ pub async fn revive_requeues_only_dead_lettered_jobs(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(again.attempts, 2);
+}
+
+pub async fn unfinished_lists_queued_and_running_jobs_only(store: Arc<dyn JobStore>) {
+    let queued = store.create(&new_job()).await.unwrap().id;
+    let running = store.create(&new_job()).await.unwrap().id;
+    store
+        .claim(running, &lease("w1", 60_000), now())
+        .await
+        .unwrap();
+    let done = store.create(&new_job()).await.unwrap().id;
+    store.cancel(done, now()).await.unwrap();
+    let mut ids: Vec<JobId> = store
+        .unfinished(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    ids.sort();
+    let mut want = vec![queued, running];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(store.unfinished(1).await.unwrap().len(), 1);
 }
 
 pub async fn delete_unstarted_removes_only_never_claimed_jobs(store: Arc<dyn JobStore>) {

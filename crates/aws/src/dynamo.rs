@@ -27,6 +27,8 @@ const HELD_NOT_CANCELLED: &str =
     "#status = :running AND #lease_owner = :token AND #cancel_requested = :false";
 /// The job failed on its last receive and its message went to the dead-letter queue.
 const DEAD_LETTERED: &str = "#status = :failed AND #error.#code = :dead_lettered";
+/// The job is not terminal (a scan filter).
+const UNFINISHED: &str = "#status IN (:queued, :running)";
 /// The job waits in the queue.
 const QUEUED: &str = "#status = :queued";
 /// The job is running.
@@ -277,6 +279,38 @@ impl JobStore for DynamoStore {
                 self.conflict(id, item).await.map(|_| ())
             }
             Err(err) => Err(sdk_error(err)),
+        }
+    }
+
+    /// A filtered, strongly consistent Scan: it reads the whole table, so run the
+    /// sweep every few minutes, not per request.
+    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let (names, values) = placeholders(&[UNFINISHED], vec![]);
+        let mut jobs = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(UNFINISHED)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for item in page.items() {
+                if jobs.len() == limit {
+                    return Ok(jobs);
+                }
+                jobs.push(decode(item.clone())?);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(jobs),
+            }
         }
     }
 

@@ -10,10 +10,11 @@ use clap::{Parser, ValueEnum};
 use offpath_api::{AppState, Auth, app};
 use offpath_aws::provision::{QueueSettings, ResourceNames, ensure_table, provision};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
-use offpath_core::{JobQueue, JobStore};
+use offpath_core::{Clock, JobQueue, JobStore, SystemClock};
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
 use offpath_inference::{MiniLm, weights};
 use offpath_worker::poller::{self, PollSettings};
+use offpath_worker::sweep::{SweepSettings, sweep};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 use tokio::sync::watch;
 
@@ -94,7 +95,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         config,
     ));
     let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
-    serve(args, store, queue, worker, auth).await
+    let sweep = SweepSettings {
+        grace: queue_settings.visibility_timeout,
+        max_receive_count: config.max_receive_count,
+        limit: 10_000,
+    };
+    serve(args, store, queue, worker, auth, sweep).await
 }
 
 type Ports = (Arc<dyn JobStore>, Arc<dyn JobQueue>);
@@ -155,6 +161,7 @@ async fn serve(
     queue: Arc<dyn JobQueue>,
     worker: Arc<Worker>,
     auth: Auth,
+    sweep: SweepSettings,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -175,6 +182,12 @@ async fn serve(
             ))
         })
         .collect();
+    let sweeper = tokio::spawn(sweep_every_minute(
+        Arc::clone(&store),
+        Arc::clone(&queue),
+        sweep,
+        stopped.clone(),
+    ));
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
@@ -189,7 +202,28 @@ async fn serve(
     for poller in pollers {
         poller.await?;
     }
+    sweeper.await?;
     Ok(())
+}
+
+/// Sweeps once a minute until `stop` turns true.
+async fn sweep_every_minute(
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    settings: SweepSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = SystemClock.now_epoch_ms();
+        if let Err(err) = sweep(store.as_ref(), queue.as_ref(), &settings, now).await {
+            tracing::warn!(error = %err, "sweep failed; trying again in a minute");
+        }
+    }
 }
 
 /// A bash line that submits an embed job, waits a moment and reads the finished job.

@@ -44,28 +44,10 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = |configured: &Option<String>, name: &'static str| {
-        let sqs = sqs.clone();
-        let configured = configured.clone();
-        async move {
-            match configured {
-                Some(url) => anyhow::Ok(url),
-                None => Ok(sqs
-                    .get_queue_url()
-                    .queue_name(name)
-                    .send()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot find queue {name} ({e}); set OFFPATH_QUEUE_URL and OFFPATH_DLQ_URL"))?
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_owned()),
-            }
-        }
-    };
     let dlq = DeadLetterQueue::new(
         sqs.clone(),
-        url(&settings.dlq_url, DEFAULT_DLQ).await?,
-        url(&settings.queue_url, DEFAULT_QUEUE).await?,
+        queue_url(&sqs, settings.dlq_url.as_deref(), DEFAULT_DLQ).await?,
+        queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?,
     );
     let store = DynamoStore::from_sdk(&sdk, &settings.table);
     match command {
@@ -77,6 +59,28 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configured queue URL, else the URL of the queue named `name` at the endpoint.
+pub(crate) async fn queue_url(
+    sqs: &aws_sdk_sqs::Client,
+    configured: Option<&str>,
+    name: &str,
+) -> anyhow::Result<String> {
+    if let Some(url) = configured {
+        return Ok(url.to_owned());
+    }
+    let found = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot find queue {name} ({e}); set OFFPATH_QUEUE_URL and OFFPATH_DLQ_URL"
+            )
+        })?;
+    Ok(found.queue_url().unwrap_or_default().to_owned())
 }
 
 async fn list(dlq: &DeadLetterQueue, store: &DynamoStore) -> anyhow::Result<()> {

@@ -5,3 +5,4 @@ pub mod client;
 pub mod dev;
 pub mod dlq;
 pub mod model;
+pub mod sweep;

@@ -37,6 +37,9 @@ enum Command {
     /// Inspect, redrive and purge the dead-letter queue (SQS, via the AWS configuration).
     #[command(subcommand)]
     Dlq(offpath::dlq::DlqCommand),
+    /// Repair stuck jobs once: fail those whose worker died on the last attempt,
+    /// re-enqueue those whose message was lost (AWS configuration; `dev` sweeps itself).
+    Sweep(offpath::sweep::SweepArgs),
     /// Measure the model and the pipeline.
     #[command(subcommand)]
     Bench(offpath::bench::BenchCommand),
@@ -66,6 +69,7 @@ async fn main() -> std::process::ExitCode {
             offpath::client::wait(&api, &id, std::time::Duration::from_secs(timeout_seconds)).await
         }
         Some(Command::Dlq(command)) => offpath::dlq::run(command).await,
+        Some(Command::Sweep(args)) => offpath::sweep::run(args).await,
         Some(Command::Dev(args)) => offpath::dev::run(args).await,
         Some(Command::Model(command)) => offpath::model::run(command).await,
         Some(Command::Bench(command)) => offpath::bench::run(command).await,

@@ -85,6 +85,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// (condition: failed with code `dead_lettered`). Its attempts are kept.
     async fn revive(&self, id: JobId) -> Result<Job, StoreError>;
 
+    /// Up to `limit` jobs that are not terminal (queued or running), for the sweep.
+    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -213,6 +213,16 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let jobs = self.jobs.lock().expect("store lock");
+        Ok(jobs
+            .values()
+            .filter(|job| !job.status.is_terminal())
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

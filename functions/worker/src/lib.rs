@@ -14,3 +14,4 @@ pub mod poller;
 
 pub use backoff::Backoff;
 pub use handler::{Worker, WorkerConfig, WorkerError};
+pub mod sweep;

@@ -1,0 +1,45 @@
+//! `offpath sweep`: one sweep of a deployment's jobs (AWS, LocalStack, moto), for a
+//! schedule or by hand. `offpath dev` sweeps by itself every minute.
+
+use std::time::Duration;
+
+use clap::Args;
+use offpath_aws::config::DEFAULT_QUEUE;
+use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_core::{Clock, JobQueue, SystemClock};
+use offpath_worker::sweep::{SweepSettings, sweep};
+
+use crate::dlq::queue_url;
+
+/// `offpath sweep` options.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// The jobs queue's visibility timeout: older leases and never-claimed jobs older
+    /// than this have lost their message.
+    #[arg(long, default_value_t = 360)]
+    pub grace_seconds: u64,
+    /// Most jobs to examine.
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: usize,
+}
+
+/// Runs one sweep and prints what it did.
+pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
+    let sdk = load_sdk_config().await?;
+    let settings = Settings::from_env()?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?;
+    let queue = SqsQueue::connect(sqs, url).await?;
+    let store = DynamoStore::from_sdk(&sdk, &settings.table);
+    let sweep_settings = SweepSettings {
+        grace: Duration::from_secs(args.grace_seconds),
+        max_receive_count: queue.max_receive_count().await?,
+        limit: args.limit,
+    };
+    let report = sweep(&store, &queue, &sweep_settings, SystemClock.now_epoch_ms()).await?;
+    println!(
+        "examined {} unfinished job(s): {} re-enqueued, {} dead-lettered",
+        report.examined, report.requeued, report.dead_lettered
+    );
+    Ok(())
+}

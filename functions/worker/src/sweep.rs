@@ -1,0 +1,93 @@
+//! The sweep: finds jobs that would otherwise stay non-terminal forever, because their
+//! worker died on the last attempt or their message was lost.
+
+use std::time::Duration;
+
+use offpath_core::{ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError};
+
+/// How the sweep judges jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// The queue's visibility timeout: a message always comes back within it, so a job
+    /// whose lease ended longer ago than this (or, never claimed, that was created
+    /// longer ago) has lost its message.
+    pub grace: Duration,
+    /// The queue's maxReceiveCount: a running job with this many attempts whose worker
+    /// died has no receive left, so it is written `failed`/`dead_lettered`.
+    pub max_receive_count: Option<u32>,
+    /// Most jobs one run examines.
+    pub limit: usize,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Non-terminal jobs examined.
+    pub examined: usize,
+    /// Jobs whose message was sent again.
+    pub requeued: usize,
+    /// Jobs written `failed` with code `dead_lettered`.
+    pub dead_lettered: usize,
+}
+
+/// The store or the queue failed; the next run continues.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Reading or writing jobs failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Sending a message failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// One sweep at time `now`. Re-sending a message that still exists only makes a
+/// duplicate, which the worker acknowledges.
+pub async fn sweep(
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
+    settings: &SweepSettings,
+    now_epoch_ms: u64,
+) -> Result<SweepReport, SweepError> {
+    let grace = settings.grace.as_millis() as u64;
+    let mut report = SweepReport::default();
+    for job in store.unfinished(settings.limit).await? {
+        report.examined += 1;
+        let lost = match job.status {
+            JobStatus::Running => job
+                .lease_until_epoch_ms
+                .is_none_or(|until| until + grace < now_epoch_ms),
+            // Released jobs (attempts > 0) wait out a backoff that can exceed the
+            // grace; only a job never claimed is judged by its age.
+            JobStatus::Queued => {
+                job.attempts == 0 && job.created_at_epoch_ms + grace < now_epoch_ms
+            }
+            _ => false,
+        };
+        if !lost {
+            continue;
+        }
+        let exhausted = settings
+            .max_receive_count
+            .is_some_and(|max| job.attempts >= max);
+        if job.status == JobStatus::Running && exhausted {
+            let error = ErrorInfo::new(
+                "dead_lettered",
+                format!(
+                    "the worker stopped during attempt {}, the last one",
+                    job.attempts
+                ),
+            );
+            match store.abandon(job.id, &error, now_epoch_ms).await {
+                Ok(_) => report.dead_lettered += 1,
+                Err(StoreError::Conflict(_)) => {} // it moved on meanwhile
+                Err(err) => return Err(err.into()),
+            }
+        } else {
+            queue.send(&JobMessage::new(job.id)).await?;
+            report.requeued += 1;
+        }
+        tracing::warn!(job_id = %job.id, status = %job.status, attempts = job.attempts, "sweep repaired a stuck job");
+    }
+    Ok(report)
+}
