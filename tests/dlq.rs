@@ -138,14 +138,7 @@ async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while stack.dlq.depth().await.unwrap().visible == 0 {
         assert!(Instant::now() < deadline, "message not in the DLQ");
-        assert!(
-            stack
-                .queue
-                .receive(10, Duration::from_secs(1))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(support::drained(stack.queue.as_ref()).await);
     }
     let listing = offpath(&stack, &["dlq", "list"]);
     assert!(listing.contains(&poisoned.to_string()), "{listing}");
@@ -218,14 +211,7 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
     assert!(redrive.contains("0 message(s) moved"), "{redrive}");
     assert_eq!(stack.dlq.depth().await.unwrap().visible, 2);
     offpath(&stack, &["dlq", "purge", "--yes"]);
-    assert!(
-        stack
-            .dlq
-            .receive(10, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(support::drained(stack.dlq.as_ref()).await);
 
     // Nothing is stuck: the sweep finds no unfinished job.
     let swept = offpath(&stack, &["sweep"]);

@@ -81,6 +81,15 @@ pub async fn stack(settings: QueueSettings) -> Stack {
     }
 }
 
+/// True when nothing can be received from `queue` within a second.
+pub async fn drained(queue: &dyn offpath_core::JobQueue) -> bool {
+    queue
+        .receive(10, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 /// Number of items in a table (a full scan).
 pub async fn item_count(table: &str) -> usize {
     let client = aws_sdk_dynamodb::Client::new(&sdk().await);
