@@ -137,3 +137,23 @@ fn jobs_of_one_group_share_one_pass_and_get_their_own_results() {
     assert_eq!(outputs[1], alone[0]);
     assert_ne!(outputs[0], outputs[1]);
 }
+
+#[test]
+fn a_truncated_weights_file_fails_with_a_sentence_that_says_what_to_do() {
+    let good = weights::resolve(false).unwrap();
+    let dir = std::env::temp_dir().join(format!("offpath-bad-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["tokenizer.json", "config.json"] {
+        std::fs::copy(good.dir.join(name), dir.join(name)).unwrap();
+    }
+    let bytes = std::fs::read(good.weights()).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..1_000_000]).unwrap();
+
+    let err = match MiniLm::load(&weights::ModelFiles { dir: dir.clone() }) {
+        Ok(_) => panic!("a truncated model must not load"),
+        Err(err) => err.to_string(),
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(err.contains("is corrupt"), "{err}");
+    assert!(err.contains("offpath model fetch"), "{err}");
+}

@@ -9,11 +9,21 @@ use offpath_inference::{MiniLm, weights};
 use offpath_worker::{Worker, WorkerConfig};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    // A wrong setting or a missing model stops the function at start-up with one
+    // sentence naming it.
+    if let Err(err) = run().await {
+        tracing::error!(error = %err, "offpath-worker stopped");
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let store = DynamoStore::from_sdk(&sdk, &settings.table);
