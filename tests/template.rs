@@ -150,6 +150,15 @@ fn the_template_keeps_aws_guidance() {
         t["Resources"]["JobsTable"]["Properties"]["SSESpecification"]["SSEEnabled"],
         true
     );
+    let sweep = &t["Resources"]["SweepFunction"];
+    assert_eq!(
+        sweep["Metadata"]["BuildProperties"]["Binary"],
+        "offpath-sweep"
+    );
+    assert_eq!(
+        sweep["Properties"]["Events"]["EveryFiveMinutes"]["Type"],
+        "Schedule"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,55 @@
+//! The sweep Lambda, on a schedule: fails jobs whose worker died on the last attempt
+//! and re-enqueues jobs whose message was lost (see `offpath_worker::sweep`).
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use offpath_aws::provision::QueueSettings;
+use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_core::{Clock, JobQueue, SystemClock};
+use offpath_worker::sweep::{SweepSettings, sweep};
+use serde_json::{Value, json};
+
+/// Most jobs one scheduled run examines.
+const LIMIT: usize = 10_000;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    if let Err(err) = run().await {
+        tracing::error!(error = %err, "offpath-sweep stopped");
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
+    let sdk = load_sdk_config().await?;
+    let settings = Settings::from_env()?;
+    let store = DynamoStore::from_sdk(&sdk, &settings.table);
+    let queue = SqsQueue::from_sdk(&sdk, settings.require_queue_url()?).await?;
+    let sweep_settings = SweepSettings {
+        // The jobs queue's visibility timeout, as template.yaml sets it.
+        grace: QueueSettings::default().visibility_timeout,
+        max_receive_count: queue.max_receive_count().await?,
+        limit: LIMIT,
+    };
+    let (store, queue, sweep_settings) = (&store, &queue, &sweep_settings);
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
+        let now = SystemClock.now_epoch_ms();
+        let report = sweep(store, queue, sweep_settings, now).await?;
+        tracing::info!(
+            examined = report.examined,
+            requeued = report.requeued,
+            dead_lettered = report.dead_lettered,
+            "sweep finished"
+        );
+        Ok::<_, lambda_runtime::Error>(json!({
+            "examined": report.examined,
+            "requeued": report.requeued,
+            "dead_lettered": report.dead_lettered,
+        }))
+    }))
+    .await
+}
