@@ -197,6 +197,12 @@ async fn bad_requests_get_their_4xx_and_leave_nothing_behind() {
             StatusCode::NOT_FOUND,
             "job_not_found",
         ),
+        (get("/jobs/%FF"), StatusCode::NOT_FOUND, "job_not_found"),
+        (
+            Request::delete("/jobs/%C3%28").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+        ),
         (get("/nope"), StatusCode::NOT_FOUND, "route_not_found"),
         (
             Request::put("/jobs").body(Body::empty()).unwrap(),

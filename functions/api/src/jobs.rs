@@ -3,8 +3,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use offpath_core::idempotency::validate_key;
 use offpath_core::{Job, JobId, StoreError};
@@ -51,13 +52,30 @@ pub(crate) async fn submit(
     Ok(response)
 }
 
+/// The `{id}` of a job route. A segment that is not a job id, including one that is
+/// not UTF-8 once decoded, answers the same 404 as an unknown id.
+pub(crate) struct JobIdParam(JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::JobNotFound)?;
+        id.parse()
+            .map(JobIdParam)
+            .map_err(|_| ApiError::JobNotFound)
+    }
+}
+
 /// `GET /jobs/{id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
     Principal(owner): Principal,
-    Path(id): Path<String>,
+    JobIdParam(id): JobIdParam,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&state, &owner, &id).await?;
+    let job = owned_job(&state, &owner, id).await?;
     Ok(Json(job.view()).into_response())
 }
 
@@ -65,9 +83,9 @@ pub(crate) async fn get(
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Principal(owner): Principal,
-    Path(id): Path<String>,
+    JobIdParam(id): JobIdParam,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&state, &owner, &id).await?;
+    let job = owned_job(&state, &owner, id).await?;
     match state.store.cancel(job.id, state.clock.now_epoch_ms()).await {
         Ok(job) => {
             tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
@@ -80,8 +98,7 @@ pub(crate) async fn cancel(
 
 /// The job with this id if the caller owns it; 404 otherwise, so ids of other
 /// owners' jobs are indistinguishable from absent ones.
-async fn owned_job(state: &AppState, owner: &str, id: &str) -> Result<Job, ApiError> {
-    let id: JobId = id.parse().map_err(|_| ApiError::JobNotFound)?;
+async fn owned_job(state: &AppState, owner: &str, id: JobId) -> Result<Job, ApiError> {
     match state.store.get(id).await? {
         Some(job) if job.owner == owner => Ok(job),
         _ => Err(ApiError::JobNotFound),
