@@ -64,10 +64,6 @@ pub struct DevArgs {
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let model = tokio::task::spawn_blocking(|| -> anyhow::Result<MiniLm> {
-        Ok(MiniLm::load(&weights::resolve(true)?)?)
-    })
-    .await??;
     let queue_settings = QueueSettings {
         visibility_timeout: Duration::from_secs(
             args.visibility_timeout_seconds
@@ -80,6 +76,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Backend::Embedded => embedded(&queue_settings),
         Backend::Aws => aws(&queue_settings).await?,
     };
+    // After the settings and resources are checked, so a wrong setting fails before a
+    // model download.
+    let model = tokio::task::spawn_blocking(|| -> anyhow::Result<MiniLm> {
+        Ok(MiniLm::load(&weights::resolve(true)?)?)
+    })
+    .await??;
     let config = WorkerConfig {
         lease: Duration::from_secs(args.lease_seconds),
         max_receive_count: queue.max_receive_count().await?,
