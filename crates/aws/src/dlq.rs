@@ -1,13 +1,12 @@
 //! Dead-letter queue operations for operators: inspect, move back, purge.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use offpath_core::{JobId, JobMessage, QueueError};
 
-use crate::sqs::sqs_error;
+use crate::sqs::{queue_arn, sqs_error, system_attribute};
 
 /// How long messages being inspected or moved stay hidden from other readers.
 const HOLD: Duration = Duration::from_secs(60);
@@ -67,12 +66,7 @@ impl DeadLetterQueue {
                 break;
             }
             for m in output.messages() {
-                let attribute = |name: MessageSystemAttributeName| {
-                    m.attributes()
-                        .and_then(|a| a.get(&name))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
+                let attribute = |name| system_attribute(m, name);
                 let body = m.body().unwrap_or_default().to_owned();
                 taken.push(DeadLetter {
                     message_id: m.message_id().unwrap_or_default().to_owned(),
@@ -126,12 +120,13 @@ impl DeadLetterQueue {
     /// Asks SQS to move every message back (StartMessageMoveTask). Endpoints without
     /// the API (moto) answer an error; callers then move messages one by one.
     pub async fn start_move_task(&self) -> Result<String, QueueError> {
-        let arns = self.arns().await?;
+        let source = queue_arn(&self.client, &self.dlq_url).await?;
+        let destination = queue_arn(&self.client, &self.queue_url).await?;
         let output = self
             .client
             .start_message_move_task()
-            .source_arn(&arns[0])
-            .destination_arn(&arns[1])
+            .source_arn(source)
+            .destination_arn(destination)
             .send()
             .await
             .map_err(sqs_error)?;
@@ -147,27 +142,5 @@ impl DeadLetterQueue {
             .await
             .map(|_| ())
             .map_err(sqs_error)
-    }
-
-    async fn arns(&self) -> Result<[String; 2], QueueError> {
-        let mut arns = Vec::new();
-        for url in [&self.dlq_url, &self.queue_url] {
-            let output = self
-                .client
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(sqs_error)?;
-            let attributes: HashMap<_, _> = output.attributes().cloned().unwrap_or_default();
-            arns.push(
-                attributes
-                    .get(&QueueAttributeName::QueueArn)
-                    .cloned()
-                    .ok_or_else(|| QueueError::Other(format!("{url} reported no QueueArn")))?,
-            );
-        }
-        Ok([arns[0].clone(), arns[1].clone()])
     }
 }

@@ -14,6 +14,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
 use crate::item::attr;
+use crate::sqs::queue_arn;
 
 /// The queue settings, shared with `template.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,9 @@ pub async fn provision(
         settings.dlq_retention.as_secs().to_string(),
     )]);
     let dlq_url = ensure_queue(&sqs, &names.dlq, dlq_attributes).await?;
-    let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
+    let dlq_arn = queue_arn(&sqs, &dlq_url)
+        .await
+        .map_err(|e| failed(format!("read the ARN of queue {dlq_url}"), e))?;
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": settings.max_receive_count,
@@ -256,21 +259,4 @@ async fn ensure_queue(
         }
         Err(err) => Err(failed(format!("create queue {name}"), err)),
     }
-}
-
-async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, ProvisionError> {
-    client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| failed(format!("read the ARN of queue {url}"), e))?
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .ok_or_else(|| ProvisionError {
-            action: format!("read the ARN of queue {url}"),
-            detail: "no QueueArn attribute".into(),
-        })
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use offpath_core::{JobMessage, JobQueue, QueueDepth, QueueError, QueueMessage};
 
 /// SQS-backed [`JobQueue`].
@@ -21,18 +21,7 @@ impl SqsQueue {
     /// Connects to the queue at `url`, reading its ARN (which also proves the URL).
     pub async fn connect(client: Client, url: impl Into<String>) -> Result<Self, QueueError> {
         let url = url.into();
-        let attributes = client
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(sqs_error)?;
-        let arn = attributes
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .ok_or_else(|| QueueError::Other(format!("queue {url} reported no QueueArn")))?;
+        let arn = queue_arn(&client, &url).await?;
         Ok(SqsQueue { client, url, arn })
     }
 
@@ -87,25 +76,20 @@ impl JobQueue for SqsQueue {
         Ok(output
             .messages()
             .iter()
-            .map(|m| {
-                let attribute = |name: MessageSystemAttributeName| {
-                    m.attributes()
-                        .and_then(|a| a.get(&name))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                QueueMessage {
-                    message_id: m.message_id().unwrap_or_default().to_owned(),
-                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
-                    body: m.body().unwrap_or_default().to_owned(),
-                    md5_of_body: m.md5_of_body().unwrap_or_default().to_owned(),
-                    receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
-                        as u32,
-                    sent_at_epoch_ms: attribute(MessageSystemAttributeName::SentTimestamp),
-                    first_received_at_epoch_ms: attribute(
-                        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
-                    ),
-                }
+            .map(|m| QueueMessage {
+                message_id: m.message_id().unwrap_or_default().to_owned(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                md5_of_body: m.md5_of_body().unwrap_or_default().to_owned(),
+                receive_count: system_attribute(
+                    m,
+                    MessageSystemAttributeName::ApproximateReceiveCount,
+                ) as u32,
+                sent_at_epoch_ms: system_attribute(m, MessageSystemAttributeName::SentTimestamp),
+                first_received_at_epoch_ms: system_attribute(
+                    m,
+                    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                ),
             })
             .collect())
     }
@@ -179,6 +163,31 @@ impl JobQueue for SqsQueue {
     fn arn(&self) -> &str {
         &self.arn
     }
+}
+
+/// The ARN of the queue at `url` (reading it also proves the URL).
+pub(crate) async fn queue_arn(client: &Client, url: &str) -> Result<String, QueueError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(sqs_error)?;
+    output
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| QueueError::Other(format!("queue {url} reported no QueueArn")))
+}
+
+/// A numeric system attribute of a received message (counts, timestamps); 0 if absent.
+pub(crate) fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> u64 {
+    message
+        .attributes()
+        .and_then(|a| a.get(&name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Maps an SDK error: connection failures, timeouts, throttling and 5xx are
