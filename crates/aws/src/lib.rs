@@ -12,6 +12,7 @@ mod sqs;
 
 pub mod config;
 pub mod dlq;
+pub mod lambda;
 pub mod provision;
 
 pub use config::{ConfigError, Settings, load_sdk_config};

@@ -3,29 +3,17 @@
 use std::sync::Arc;
 
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_aws::lambda::{Deployment, run_function};
 use offpath_core::JobStore;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    // A wrong setting stops the function at start-up with one sentence naming it.
-    if let Err(err) = run().await {
-        tracing::error!(error = %err, "offpath-api stopped");
-        return std::process::ExitCode::FAILURE;
-    }
-    std::process::ExitCode::SUCCESS
+    run_function("offpath-api", run()).await
 }
 
 async fn run() -> Result<(), lambda_http::Error> {
-    let sdk = load_sdk_config().await?;
-    let settings = Settings::from_env()?;
-    let store = DynamoStore::from_sdk(&sdk, &settings.table);
+    let Deployment { store, queue } = Deployment::from_env().await?;
     store.ping().await?;
-    let queue = SqsQueue::from_sdk(&sdk, settings.require_queue_url()?).await?;
     let state = AppState::new(Arc::new(store), Arc::new(queue), Auth::ApiGateway);
     lambda_http::run(app(state)).await
 }

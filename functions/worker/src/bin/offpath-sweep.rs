@@ -2,8 +2,8 @@
 //! and re-enqueues jobs whose message was lost (see `offpath_worker::sweep`).
 
 use lambda_runtime::{LambdaEvent, service_fn};
+use offpath_aws::lambda::{Deployment, run_function};
 use offpath_aws::provision::QueueSettings;
-use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{Clock, JobQueue, SystemClock};
 use offpath_worker::sweep::{SweepSettings, sweep};
 use serde_json::{Value, json};
@@ -13,22 +13,11 @@ const LIMIT: usize = 10_000;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    if let Err(err) = run().await {
-        tracing::error!(error = %err, "offpath-sweep stopped");
-        return std::process::ExitCode::FAILURE;
-    }
-    std::process::ExitCode::SUCCESS
+    run_function("offpath-sweep", run()).await
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    let sdk = load_sdk_config().await?;
-    let settings = Settings::from_env()?;
-    let store = DynamoStore::from_sdk(&sdk, &settings.table);
-    let queue = SqsQueue::from_sdk(&sdk, settings.require_queue_url()?).await?;
+    let Deployment { store, queue } = Deployment::from_env().await?;
     let sweep_settings = SweepSettings {
         // The jobs queue's visibility timeout, as template.yaml sets it.
         grace: QueueSettings::default().visibility_timeout,
