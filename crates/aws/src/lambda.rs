@@ -24,7 +24,10 @@ impl Deployment {
         let sdk = load_sdk_config().await?;
         let settings = Settings::from_env()?;
         let store = DynamoStore::from_sdk(&sdk, &settings.table);
-        let queue = SqsQueue::from_sdk(&sdk, settings.require_queue_url()?).await?;
+        let url = settings.require_queue_url()?;
+        let queue = SqsQueue::from_sdk(&sdk, url)
+            .await
+            .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
         Ok(Deployment { store, queue })
     }
 }

@@ -8,6 +8,7 @@
 
 mod dynamo;
 mod item;
+mod sdk;
 mod sqs;
 
 pub mod config;
