@@ -11,7 +11,9 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
-use offpath_core::{ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError};
+use offpath_core::{
+    DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError,
+};
 use serde_json::Value;
 
 use crate::item::{Item, attr, error_value, from_item, n, s, to_item};
@@ -26,7 +28,7 @@ const HELD: &str = "#status = :running AND #lease_owner = :token";
 const HELD_NOT_CANCELLED: &str =
     "#status = :running AND #lease_owner = :token AND #cancel_requested = :false";
 /// The job failed on its last receive and its message went to the dead-letter queue.
-const DEAD_LETTERED: &str = "#status = :failed AND #error.#code = :dead_lettered";
+const REVIVABLE: &str = "#status = :failed AND #error.#code = :dead_lettered";
 /// The job is not terminal (a scan filter).
 const UNFINISHED: &str = "#status IN (:queued, :running)";
 /// The job waits in the queue.
@@ -247,8 +249,8 @@ impl JobStore for DynamoStore {
     }
 
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
-        let values = vec![(":dead_lettered", s("dead_lettered"))];
-        self.update(id, DEAD_LETTERED, REVIVE, values).await
+        let values = vec![(":dead_lettered", s(DEAD_LETTERED))];
+        self.update(id, REVIVABLE, REVIVE, values).await
     }
 
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {

@@ -1,13 +1,13 @@
 //! `offpath dlq`: inspect, redrive and purge the dead-letter queue of a deployment
 //! (AWS, LocalStack, moto) through the standard AWS configuration.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Subcommand;
 use offpath_aws::config::{DEFAULT_DLQ, DEFAULT_QUEUE};
 use offpath_aws::dlq::{DeadLetter, DeadLetterQueue};
 use offpath_aws::{DynamoStore, Settings, load_sdk_config};
-use offpath_core::{JobStore, StoreError};
+use offpath_core::{Clock, JobStore, StoreError, SystemClock};
 
 /// Most messages one command reads.
 const MAX_MESSAGES: usize = 10_000;
@@ -186,10 +186,7 @@ async fn move_each(dlq: &DeadLetterQueue, letters: Vec<DeadLetter>) -> anyhow::R
 }
 
 fn age(sent_at_epoch_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let now = SystemClock.now_epoch_ms();
     let seconds = Duration::from_millis(now.saturating_sub(sent_at_epoch_ms)).as_secs();
     match seconds {
         s if s < 120 => format!("{s}s"),

@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
 
+/// The error code of a job that failed on its last receive (its message went to the
+/// dead-letter queue) or whose worker died on its last attempt. Only such a job can be
+/// revived by a redrive.
+pub const DEAD_LETTERED: &str = "dead_lettered";
+
 /// A job's error as stored and shown: a stable snake_case code and a human sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {

@@ -13,7 +13,7 @@ pub mod store;
 pub mod task;
 
 pub use clock::{Clock, SystemClock};
-pub use error::{ErrorInfo, QueueError, StoreError};
+pub use error::{DEAD_LETTERED, ErrorInfo, QueueError, StoreError};
 pub use job::{Job, JobId, JobView, NewJob};
 pub use message::JobMessage;
 pub use model::{Model, ModelError};

@@ -62,7 +62,7 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Job, StoreError>;
 
     /// Fails a job no live worker holds (condition: queued, or running with an expired
-    /// lease): dead-letter marking on the last receive.
+    /// lease): dead-letter marking on the last receive, and the sweep.
     async fn abandon(
         &self,
         id: JobId,

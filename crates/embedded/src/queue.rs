@@ -45,7 +45,6 @@ pub struct MemoryQueue {
     messages: Mutex<VecDeque<Stored>>,
     arrived: Notify,
     redrive: Option<Redrive>,
-    clock: Arc<dyn Clock>,
 }
 
 impl MemoryQueue {
@@ -57,7 +56,6 @@ impl MemoryQueue {
             messages: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
             redrive: None,
-            clock: Arc::new(SystemClock),
         }
     }
 
@@ -160,14 +158,14 @@ impl MemoryQueue {
 #[async_trait]
 impl JobQueue for MemoryQueue {
     async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
-        self.push(message.to_body(), self.clock.now_epoch_ms())
+        self.push(message.to_body(), SystemClock.now_epoch_ms())
     }
 
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(20));
         loop {
             let arrived = self.arrived.notified();
-            let now = self.clock.now_epoch_ms();
+            let now = SystemClock.now_epoch_ms();
             let wake_at = match self.take(max.clamp(1, 10) as usize, now) {
                 Ok(messages) => return Ok(messages),
                 Err(wake_at) => wake_at,
@@ -194,7 +192,7 @@ impl JobQueue for MemoryQueue {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        let now = self.clock.now_epoch_ms();
+        let now = SystemClock.now_epoch_ms();
         let changed = self.with_receipt(receipt_handle, |messages, index| {
             let m = &mut messages[index];
             let in_flight = m.visible_at_epoch_ms > now;
@@ -216,7 +214,7 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let now = self.clock.now_epoch_ms();
+        let now = SystemClock.now_epoch_ms();
         let messages = self.messages.lock().expect("queue lock");
         let visible = messages
             .iter()

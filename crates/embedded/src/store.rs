@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use offpath_core::{
-    Clock, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError, SystemClock,
+    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError,
+    SystemClock,
 };
 use serde_json::Value;
 
@@ -26,7 +27,6 @@ fn held(job: &Job, token: &str) -> bool {
 pub struct MemoryStore {
     jobs: Arc<Mutex<HashMap<JobId, Job>>>,
     capacity: usize,
-    clock: Arc<dyn Clock>,
 }
 
 impl MemoryStore {
@@ -35,7 +35,6 @@ impl MemoryStore {
         MemoryStore {
             jobs: Arc::new(Mutex::new(HashMap::new())),
             capacity,
-            clock: Arc::new(SystemClock),
         }
     }
 
@@ -56,6 +55,11 @@ impl MemoryStore {
         Ok(job.clone())
     }
 
+    fn failed(job: &mut Job, error: &ErrorInfo, now: u64) {
+        job.error = Some(error.clone());
+        Self::finish(job, JobStatus::Failed, now);
+    }
+
     fn finish(job: &mut Job, status: JobStatus, now: u64) {
         job.status = status;
         job.finished_at_epoch_ms = Some(now);
@@ -72,7 +76,7 @@ impl JobStore for MemoryStore {
             return Err(StoreError::Conflict(Box::new(existing.clone())));
         }
         if jobs.len() >= self.capacity {
-            let now_s = self.clock.now_epoch_ms() / 1000;
+            let now_s = SystemClock.now_epoch_ms() / 1000;
             jobs.retain(|_, job| job.expires_at_epoch_s > now_s);
             if jobs.len() >= self.capacity {
                 return Err(StoreError::Unavailable(format!(
@@ -131,10 +135,7 @@ impl JobStore for MemoryStore {
         self.update(
             id,
             |job| held(job, token) && !job.cancel_requested,
-            |job| {
-                job.error = Some(error.clone());
-                Self::finish(job, JobStatus::Failed, now);
-            },
+            |job| Self::failed(job, error, now),
         )
     }
 
@@ -162,10 +163,7 @@ impl JobStore for MemoryStore {
         self.update(
             id,
             |job| unheld(job, now),
-            |job| {
-                job.error = Some(error.clone());
-                Self::finish(job, JobStatus::Failed, now);
-            },
+            |job| Self::failed(job, error, now),
         )
     }
 
@@ -190,10 +188,7 @@ impl JobStore for MemoryStore {
             id,
             |job| {
                 job.status == JobStatus::Failed
-                    && job
-                        .error
-                        .as_ref()
-                        .is_some_and(|e| e.code == "dead_lettered")
+                    && job.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED)
             },
             |job| {
                 job.status = JobStatus::Queued;

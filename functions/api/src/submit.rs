@@ -138,7 +138,7 @@ pub(crate) async fn submit(
                     && let Err(cleanup) = state.store.delete_unstarted(job.id).await
                 {
                     tracing::warn!(job_id = %job.id, error = %cleanup,
-                            "enqueue failed and the job could not be removed; it stays queued without a message");
+                            "enqueue failed and the job could not be removed; the sweep re-enqueues it");
                 }
                 return Err(err.into());
             }

@@ -10,8 +10,8 @@ use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::{
-    Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, Model, ModelError,
-    StoreError, SystemClock, Task, TaskInput,
+    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, Model,
+    ModelError, StoreError, SystemClock, Task, TaskInput,
 };
 use serde_json::Value;
 
@@ -80,12 +80,11 @@ pub struct Worker {
     store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     model: Arc<dyn Model>,
-    clock: Arc<dyn Clock>,
     config: WorkerConfig,
 }
 
 impl Worker {
-    /// A worker over the given ports with the system clock.
+    /// A worker over the given ports; time is the system clock.
     pub fn new(
         store: Arc<dyn JobStore>,
         queue: Arc<dyn JobQueue>,
@@ -96,7 +95,6 @@ impl Worker {
             store,
             queue,
             model,
-            clock: Arc::new(SystemClock),
             config,
         }
     }
@@ -193,7 +191,7 @@ impl Worker {
                 Outcome::Retry(Some(Duration::ZERO))
             })?;
         let id = message.job_id;
-        let now = self.clock.now_epoch_ms();
+        let now = SystemClock.now_epoch_ms();
         let lease = Lease {
             token: uuid::Uuid::new_v4().to_string(),
             until_epoch_ms: now + self.config.lease.as_millis() as u64,
@@ -242,7 +240,7 @@ impl Worker {
 
     /// The outcome for a message whose job could not be claimed.
     fn unclaimable(&self, current: &Job, last: bool) -> Outcome {
-        let now = self.clock.now_epoch_ms();
+        let now = SystemClock.now_epoch_ms();
         if current.status.is_terminal() {
             tracing::info!(job_id = %current.id, status = %current.status, "duplicate delivery of a finished job");
             Outcome::Done
@@ -305,7 +303,7 @@ impl Worker {
             ..
         } = claimed;
         let id = job.id;
-        let now = self.clock.now_epoch_ms();
+        let now = SystemClock.now_epoch_ms();
         let (cause, retry_after) = match result {
             Inference::Output(output) => {
                 let written = self.store.complete(id, &lease.token, &output, now).await;
@@ -324,7 +322,7 @@ impl Worker {
         };
         if self.is_last_receive(receive_count) {
             let error = ErrorInfo::new(
-                "dead_lettered",
+                DEAD_LETTERED,
                 format!("gave up after {receive_count} attempts; last error: {cause}"),
             );
             tracing::error!(job_id = %id, %cause, "last attempt failed; the message goes to the dead-letter queue");
@@ -351,7 +349,7 @@ impl Worker {
             && current.cancel_requested
             && current.lease_owner.as_deref() == Some(&lease.token)
         {
-            let now = self.clock.now_epoch_ms();
+            let now = SystemClock.now_epoch_ms();
             let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
             return self.finish_write(id, cancelled);
         }
@@ -379,10 +377,10 @@ impl Worker {
 
     /// Marks a job nobody holds as dead-lettered (best effort: the store may be down).
     async fn dead_letter_unheld(&self, id: JobId, cause: &str) {
-        let error = ErrorInfo::new("dead_lettered", format!("gave up; last error: {cause}"));
+        let error = ErrorInfo::new(DEAD_LETTERED, format!("gave up; last error: {cause}"));
         match self
             .store
-            .abandon(id, &error, self.clock.now_epoch_ms())
+            .abandon(id, &error, SystemClock.now_epoch_ms())
             .await
         {
             Ok(_) => tracing::error!(job_id = %id, "job dead-lettered"),

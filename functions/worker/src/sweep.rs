@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use offpath_core::{ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError};
+use offpath_core::{
+    DEAD_LETTERED, ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError,
+};
 
 /// How the sweep judges jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,7 @@ pub async fn sweep(
             .is_some_and(|max| job.attempts >= max);
         if job.status == JobStatus::Running && exhausted {
             let error = ErrorInfo::new(
-                "dead_lettered",
+                DEAD_LETTERED,
                 format!(
                     "the worker stopped during attempt {}, the last one",
                     job.attempts
