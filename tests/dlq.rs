@@ -11,25 +11,13 @@ use std::time::{Duration, Instant};
 
 use offpath_api::{AppState, Auth, app};
 use offpath_core::{JobId, JobQueue, JobStatus, JobStore};
+use offpath_worker::Worker;
 use offpath_worker::poller::process_batch;
-use offpath_worker::{Backoff, Worker, WorkerConfig};
 use support::{Stack, TestModel, fast_queue, stack};
 use tower::ServiceExt;
 
 fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
-    Worker::new(
-        stack.store.clone(),
-        stack.queue.clone(),
-        model,
-        WorkerConfig {
-            lease: Duration::from_secs(10),
-            max_receive_count: Some(3),
-            backoff: Backoff {
-                base: Duration::from_millis(100),
-                max: Duration::from_millis(200),
-            },
-        },
-    )
+    stack.worker(model, Duration::from_millis(100))
 }
 
 async fn submit(stack: &Stack, text: &str) -> JobId {

@@ -38,19 +38,23 @@ async fn submit(dev: &Dev, body: &Value, key: Option<&str>) -> reqwest::Response
     request.send().await.unwrap()
 }
 
+async fn get_json(url: String) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Polls a job until it is terminal; returns the statuses seen, in order.
 async fn wait_terminal(dev: &Dev, id: &str) -> (Vec<String>, Value) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen: Vec<String> = Vec::new();
     loop {
-        let job: Value = client()
-            .get(format!("{}/jobs/{id}", dev.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = get_json(format!("{}/jobs/{id}", dev.url)).await;
         let status = job["status"].as_str().unwrap().to_owned();
         if seen.last() != Some(&status) {
             seen.push(status.clone());
@@ -312,14 +316,7 @@ async fn dev_creates_missing_resources_idempotently_and_stops_on_ctrl_c() {
     let table = support::unique("dev-created");
     for _ in 0..2 {
         let dev = Dev::start(&[("OFFPATH_TABLE", &table)], &[]);
-        let health: Value = client()
-            .get(format!("{}/health", dev.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = get_json(format!("{}/health", dev.url)).await;
         assert_eq!(health["status"], "ok");
         assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
     }

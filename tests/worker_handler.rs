@@ -12,24 +12,12 @@ use offpath_core::{
     Clock, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock,
 };
 use offpath_worker::poller::sqs_event;
-use offpath_worker::{Backoff, Worker, WorkerConfig, WorkerError};
+use offpath_worker::{Worker, WorkerError};
 use serde_json::{Value, json};
 use support::{Stack, TestModel, embed_input, fast_queue, stack};
 
 fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
-    Worker::new(
-        stack.store.clone(),
-        stack.queue.clone(),
-        model,
-        WorkerConfig {
-            lease: Duration::from_secs(30),
-            max_receive_count: Some(3),
-            backoff: Backoff {
-                base: Duration::from_secs(6),
-                max: Duration::from_secs(12),
-            },
-        },
-    )
+    stack.worker(model, Duration::from_secs(6))
 }
 
 async fn create(stack: &Stack, task: &str, input: Value) -> JobId {

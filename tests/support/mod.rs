@@ -15,6 +15,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use offpath_aws::provision::{QueueSettings, ResourceNames, Resources, provision};
 use offpath_aws::{DynamoStore, SqsQueue};
 use offpath_core::{Model, ModelError, Task, TaskInput};
+use offpath_worker::{Backoff, Worker, WorkerConfig};
 use serde_json::{Value, json};
 
 /// The shared AWS configuration, pointed at the test endpoint.
@@ -64,6 +65,26 @@ pub struct Stack {
     pub store: Arc<DynamoStore>,
     pub queue: Arc<SqsQueue>,
     pub dlq: Arc<SqsQueue>,
+}
+
+impl Stack {
+    /// A worker on this stack with a test model: lease 30 s, maxReceiveCount 3 (as
+    /// `fast_queue`), backoff from `backoff_base` up to twice that.
+    pub fn worker(&self, model: Arc<TestModel>, backoff_base: Duration) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            self.queue.clone(),
+            model,
+            WorkerConfig {
+                lease: Duration::from_secs(30),
+                max_receive_count: Some(3),
+                backoff: Backoff {
+                    base: backoff_base,
+                    max: backoff_base * 2,
+                },
+            },
+        )
+    }
 }
 
 pub async fn stack(settings: QueueSettings) -> Stack {
