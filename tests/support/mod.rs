@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod dev;
+pub mod lambda;
 pub mod proxy;
 
 use std::sync::Arc;

@@ -1,8 +1,11 @@
-//! What the Lambda functions share at start-up: JSON logs, the table and queue the
-//! environment names, and one sentence when start-up fails.
+//! What the Lambda functions share at start-up: JSON logs, CloudWatch Embedded Metric
+//! Format metrics, the table and queue the environment names, and one sentence when
+//! start-up fails.
 
 use std::fmt::Display;
 use std::process::ExitCode;
+
+use metrics_cloudwatch_embedded::Collector;
 
 use crate::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 
@@ -32,7 +35,26 @@ impl Deployment {
     }
 }
 
-/// A function's `main`: sets up JSON logs, then runs `run`. If it fails, the error is
+/// The CloudWatch namespace of offpath's metrics.
+pub const METRICS_NAMESPACE: &str = "offpath";
+
+/// Installs the metrics recorder: each invocation ends with Embedded Metric Format
+/// lines on stdout, in namespace [`METRICS_NAMESPACE`] with dimension `Function` (the
+/// Lambda function's name) and the invocation's `RequestId` as a property. Hand it to
+/// `metrics_cloudwatch_embedded::lambda::service::run` (or `run_http`), which flushes
+/// after every invocation and logs within a span that carries the request id.
+pub fn metrics(function: &str) -> Result<&'static Collector, BoxError> {
+    let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| function.to_owned());
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(METRICS_NAMESPACE)
+        .with_dimension("Function", name)
+        .with_lambda_request_id("RequestId")
+        .init()?;
+    offpath_core::metrics::describe();
+    Ok(collector)
+}
+
+/// A function's `main`: sets up JSON logs (level from `RUST_LOG`, `info` when unset), then runs `run`. If it fails, the error is
 /// logged as one sentence and the process exits non-zero.
 pub async fn run_function<E: Display>(
     name: &str,
@@ -40,7 +62,11 @@ pub async fn run_function<E: Display>(
 ) -> ExitCode {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+                .from_env_lossy(),
+        )
         .init();
     match run.await {
         Ok(()) => ExitCode::SUCCESS,

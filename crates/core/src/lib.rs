@@ -6,6 +6,7 @@ pub mod error;
 pub mod idempotency;
 pub mod job;
 pub mod message;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod status;

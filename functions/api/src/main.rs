@@ -1,9 +1,11 @@
-//! The API Lambda: wires DynamoDB and SQS to the router and hands it to `lambda_http`.
+//! The API Lambda: wires DynamoDB and SQS to the router and serves it through
+//! `lambda_http`, with a metrics flush after every request.
 
 use std::sync::Arc;
 
+use metrics_cloudwatch_embedded::lambda::service::run_http;
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::lambda::{Deployment, run_function};
+use offpath_aws::lambda::{Deployment, metrics, run_function};
 use offpath_core::JobStore;
 
 #[tokio::main]
@@ -15,5 +17,5 @@ async fn run() -> Result<(), lambda_http::Error> {
     let Deployment { store, queue } = Deployment::from_env().await?;
     store.ping().await?;
     let state = AppState::new(Arc::new(store), Arc::new(queue), Auth::ApiGateway);
-    lambda_http::run(app(state)).await
+    run_http(metrics("offpath-api")?, app(state)).await
 }

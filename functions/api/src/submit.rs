@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use offpath_core::idempotency::{job_id_for_key, request_hash};
-use offpath_core::{Job, JobId, JobMessage, JobStatus, NewJob, StoreError, Task, TaskInput};
+use offpath_core::{
+    Job, JobId, JobMessage, JobStatus, NewJob, StoreError, Task, TaskInput, metrics,
+};
 use serde_json::Value;
 
 use crate::{ApiError, AppState};
@@ -143,6 +145,7 @@ pub(crate) async fn submit(
                 return Err(err.into());
             }
             tracing::info!(job_id = %job.id, task = %job.task, "job submitted");
+            metrics::count(metrics::JOBS_SUBMITTED);
             Ok(Submitted::Created(job))
         }
         Err(StoreError::Conflict(existing)) => {

@@ -10,10 +10,11 @@ use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::{
-    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, Model,
-    ModelError, StoreError, SystemClock, Task, TaskInput,
+    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease,
+    Model, ModelError, StoreError, SystemClock, Task, TaskInput, metrics,
 };
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 
@@ -150,7 +151,9 @@ impl Worker {
         // 3. Record the outcomes.
         let finishes = join_all(finished.into_iter().map(|((index, c), result)| {
             let fallback = self.config.backoff.delay(c.receive_count);
-            let step = async move { Ok::<_, Outcome>(self.finish(c, result).await) };
+            let span = tracing::info_span!("job", job_id = %c.job.id);
+            let step =
+                async move { Ok::<_, Outcome>(self.finish(c, result).await) }.instrument(span);
             async move { (index, guarded(step, fallback).await) }
         }))
         .await;
@@ -191,6 +194,19 @@ impl Worker {
                 Outcome::Retry(Some(Duration::ZERO))
             })?;
         let id = message.job_id;
+        self.claim_job(id, record, receive_count, last)
+            .instrument(tracing::info_span!("job", job_id = %id))
+            .await
+    }
+
+    /// Claims the job a record names and checks its input.
+    async fn claim_job(
+        &self,
+        id: JobId,
+        record: &SqsMessage,
+        receive_count: u32,
+        last: bool,
+    ) -> Result<Claimed, Outcome> {
         let now = SystemClock.now_epoch_ms();
         let lease = Lease {
             token: uuid::Uuid::new_v4().to_string(),
@@ -214,6 +230,13 @@ impl Worker {
             }
         };
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
+        if let Some(sent) = record
+            .attributes
+            .get("SentTimestamp")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            metrics::queue_wait(now.saturating_sub(sent));
+        }
         if job.cancel_requested {
             self.finish_write(id, self.store.finish_cancelled(id, &lease.token, now).await);
             return Err(Outcome::Done);
@@ -287,7 +310,10 @@ impl Worker {
 
     async fn run_model(&self, task: Task, inputs: Vec<TaskInput>) -> Inference {
         let model = Arc::clone(&self.model);
-        match tokio::task::spawn_blocking(move || model.run(task, &inputs)).await {
+        let started = std::time::Instant::now();
+        let ran = tokio::task::spawn_blocking(move || model.run(task, &inputs)).await;
+        metrics::inference(task.as_str(), started.elapsed().as_secs_f64() * 1000.0);
+        match ran {
             Ok(Ok(outputs)) => Inference::Output(Value::Array(outputs)),
             Ok(Err(err)) => Inference::Failed(err),
             Err(join) => Inference::Crashed(panic_text(join)),
@@ -362,6 +388,7 @@ impl Worker {
         match written {
             Ok(job) => {
                 tracing::info!(job_id = %id, status = %job.status, attempts = job.attempts, "job finished");
+                count_finished(&job);
                 Outcome::Done
             }
             Err(StoreError::Conflict(current)) => {
@@ -383,7 +410,10 @@ impl Worker {
             .abandon(id, &error, SystemClock.now_epoch_ms())
             .await
         {
-            Ok(_) => tracing::error!(job_id = %id, "job dead-lettered"),
+            Ok(job) => {
+                tracing::error!(job_id = %id, "job dead-lettered");
+                count_finished(&job);
+            }
             Err(err) => {
                 tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; it stays queued (redrive its message from the DLQ)")
             }
@@ -414,6 +444,19 @@ async fn guarded<T>(
             Err(Outcome::Retry(Some(retry_after)))
         }
     }
+}
+
+/// Counts a job that reached a terminal state under its metric.
+fn count_finished(job: &Job) {
+    let name = match job.status {
+        JobStatus::Succeeded => metrics::JOBS_SUCCEEDED,
+        JobStatus::Failed if job.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED) => {
+            metrics::JOBS_DEAD_LETTERED
+        }
+        JobStatus::Failed => metrics::JOBS_FAILED,
+        JobStatus::Queued | JobStatus::Running | JobStatus::Cancelled => return,
+    };
+    metrics::count(name);
 }
 
 fn receive_count(record: &SqsMessage) -> u32 {

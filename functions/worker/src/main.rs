@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use offpath_aws::lambda::{Deployment, run_function};
+use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
+use offpath_aws::lambda::{Deployment, metrics, run_function};
 use offpath_core::JobQueue;
 use offpath_inference::{MiniLm, weights};
 use offpath_worker::{Worker, WorkerConfig};
@@ -24,11 +25,11 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let model = MiniLm::load(&weights::resolve(false)?)?;
     let worker = Worker::new(Arc::new(store), Arc::new(queue), Arc::new(model), config);
     let worker = &worker;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+    let handler = service_fn(move |event: LambdaEvent<_>| async move {
         worker
             .handle(event)
             .await
             .map_err(lambda_runtime::Error::from)
-    }))
-    .await
+    });
+    run_lambda(metrics("offpath-worker")?, handler).await
 }

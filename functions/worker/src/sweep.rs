@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use offpath_core::{
     DEAD_LETTERED, ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError,
+    metrics,
 };
 
 /// How the sweep judges jobs.
@@ -81,7 +82,10 @@ pub async fn sweep(
                 ),
             );
             match store.abandon(job.id, &error, now_epoch_ms).await {
-                Ok(_) => report.dead_lettered += 1,
+                Ok(_) => {
+                    report.dead_lettered += 1;
+                    metrics::count(metrics::JOBS_DEAD_LETTERED);
+                }
                 Err(StoreError::Conflict(_)) => {} // it moved on meanwhile
                 Err(err) => return Err(err.into()),
             }

@@ -2,7 +2,8 @@
 //! and re-enqueues jobs whose message was lost (see `offpath_worker::sweep`).
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use offpath_aws::lambda::{Deployment, run_function};
+use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
+use offpath_aws::lambda::{Deployment, metrics, run_function};
 use offpath_aws::provision::QueueSettings;
 use offpath_core::{Clock, JobQueue, SystemClock};
 use offpath_worker::sweep::{SweepSettings, sweep};
@@ -25,7 +26,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         limit: LIMIT,
     };
     let (store, queue, sweep_settings) = (&store, &queue, &sweep_settings);
-    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
+    let handler = service_fn(move |_: LambdaEvent<Value>| async move {
         let now = SystemClock.now_epoch_ms();
         let report = sweep(store, queue, sweep_settings, now).await?;
         tracing::info!(
@@ -39,6 +40,6 @@ async fn run() -> Result<(), lambda_runtime::Error> {
             "requeued": report.requeued,
             "dead_lettered": report.dead_lettered,
         }))
-    }))
-    .await
+    });
+    run_lambda(metrics("offpath-sweep")?, handler).await
 }

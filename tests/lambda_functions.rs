@@ -1,0 +1,194 @@
+//! The Lambda bootstrap binaries, run as Lambda runs them (a loopback Runtime API,
+//! `tests/support/lambda.rs`) against moto: an API Gateway event submits a job, the
+//! SQS event of its message runs it through the real model, and every line the
+//! functions print is JSON: logs carry the request id (and the job id where there is
+//! a job), and each invocation ends with CloudWatch Embedded Metric Format lines.
+
+mod support;
+
+use offpath_core::{JobId, JobQueue, JobStatus, JobStore, metrics};
+use serde_json::{Value, json};
+use support::lambda::Function;
+use support::{Stack, fast_queue, stack};
+
+fn env(stack: &Stack) -> Vec<(&'static str, String)> {
+    vec![
+        ("OFFPATH_TABLE", stack.resources.table.clone()),
+        ("OFFPATH_QUEUE_URL", stack.resources.queue_url.clone()),
+        ("RUST_LOG", "info".into()),
+    ]
+}
+
+async fn start(package: &str, bin: &str, stack: &Stack) -> Function {
+    let env = env(stack);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Function::start(package, bin, &env).await
+}
+
+/// The log lines (not metric documents) printed from line `from` on.
+fn logs(lines: &[Value], from: usize) -> Vec<&Value> {
+    lines[from..]
+        .iter()
+        .filter(|l| l.get("_aws").is_none())
+        .collect()
+}
+
+/// The request id and job id a log line carries, in its fields or its spans.
+fn ids(line: &Value) -> (Option<&str>, Option<&str>) {
+    let mut scopes: Vec<&Value> = line["spans"].as_array().into_iter().flatten().collect();
+    scopes.push(&line["fields"]);
+    let find = |key: &str| scopes.iter().find_map(|s| s[key].as_str());
+    (find("requestId"), find("job_id"))
+}
+
+/// The metric documents from line `from` on, each as (metric names, document).
+/// Counters are numbers, histograms arrays of the values recorded.
+fn metric_documents(lines: &[Value], from: usize) -> Vec<(Vec<String>, &Value)> {
+    lines[from..]
+        .iter()
+        .filter_map(|l| {
+            let directive = &l["_aws"]["CloudWatchMetrics"][0];
+            let names = directive["Metrics"]
+                .as_array()?
+                .iter()
+                .map(|m| m["Name"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(directive["Namespace"], "offpath", "{l}");
+            Some((names, l))
+        })
+        .collect()
+}
+
+/// The unit a metric document declares for `name`.
+fn unit<'a>(document: &'a Value, name: &str) -> &'a str {
+    document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == name)
+        .and_then(|m| m["Unit"].as_str())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_metrics() {
+    let stack = stack(fast_queue()).await;
+
+    // The API function answers an API Gateway HTTP API event with a JWT principal.
+    let api = start("offpath-api", "offpath-api", &stack).await;
+    let mut event: Value =
+        serde_json::from_str(include_str!("fixtures/apigw_http_event.json")).unwrap();
+    event["body"] = json!({"task": "embed", "input": {"texts": ["A man is eating food."]}})
+        .to_string()
+        .into();
+    let response = api.invoke("api-request-1", event).await.expect("answered");
+    assert_eq!(response["statusCode"], 202, "{response}");
+    let job: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    let id: JobId = job["id"].as_str().unwrap().to_owned().try_into().unwrap();
+
+    // The worker function runs the SQS event Lambda would build from its message.
+    let messages = stack
+        .queue
+        .receive(10, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let sqs_event = offpath_worker::poller::sqs_event(stack.queue.arn(), &messages);
+    let worker = start("offpath-worker", "offpath-worker", &stack).await;
+    let before_invoke = worker.json_lines().len();
+    let answer = worker
+        .invoke(
+            "worker-request-1",
+            serde_json::to_value(&sqs_event).unwrap(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let finished = stack.store.get(id).await.unwrap().expect("the job exists");
+    assert_eq!(finished.status, JobStatus::Succeeded);
+    assert_eq!(finished.output.unwrap()["dimensions"], 384);
+
+    // Logs: JSON (json_lines panics otherwise), each with the request id; the
+    // worker's with the job id too.
+    let api_lines = api.json_lines();
+    let api_logs = logs(&api_lines, 0);
+    assert!(
+        api_logs
+            .iter()
+            .any(|l| l["fields"]["message"] == "job submitted"),
+        "{api_lines:#?}"
+    );
+    for line in &api_logs {
+        assert_eq!(ids(line).0, Some("api-request-1"), "{line}");
+    }
+    let worker_lines = worker.json_lines();
+    let worker_logs = logs(&worker_lines, before_invoke);
+    assert!(
+        worker_logs
+            .iter()
+            .any(|l| l["fields"]["message"] == "job finished"),
+        "{worker_lines:#?}"
+    );
+    for line in &worker_logs {
+        assert_eq!(
+            ids(line),
+            (Some("worker-request-1"), Some(id.to_string().as_str())),
+            "{line}"
+        );
+    }
+
+    // Metrics: one EMF document per metric, with the request id as a property.
+    let api_metrics = metric_documents(&api_lines, 0);
+    let submitted = api_metrics
+        .iter()
+        .find(|(names, _)| names == &[metrics::JOBS_SUBMITTED])
+        .unwrap_or_else(|| panic!("{api_lines:#?}"))
+        .1;
+    assert_eq!(submitted[metrics::JOBS_SUBMITTED], 1);
+    assert_eq!(unit(submitted, metrics::JOBS_SUBMITTED), "Count");
+    assert_eq!(submitted["RequestId"], "api-request-1");
+    assert_eq!(submitted["Function"], "offpath-api");
+    let worker_metrics = metric_documents(&worker_lines, before_invoke);
+    let find = |name: &str| {
+        worker_metrics
+            .iter()
+            .find(|(names, _)| names.iter().any(|n| n == name))
+            .unwrap_or_else(|| panic!("no {name} in {worker_lines:#?}"))
+            .1
+    };
+    assert_eq!(find(metrics::JOBS_SUCCEEDED)[metrics::JOBS_SUCCEEDED], 1);
+    let wait = find(metrics::QUEUE_WAIT_TIME);
+    assert!(
+        wait[metrics::QUEUE_WAIT_TIME][0].as_f64().unwrap() >= 0.0,
+        "{wait}"
+    );
+    assert_eq!(unit(wait, metrics::QUEUE_WAIT_TIME), "Milliseconds");
+    let inference = find(metrics::INFERENCE_DURATION);
+    assert_eq!(inference["task"], "embed");
+    assert!(
+        inference[metrics::INFERENCE_DURATION][0].as_f64().unwrap() > 0.0,
+        "{inference}"
+    );
+    assert_eq!(inference["RequestId"], "worker-request-1");
+}
+
+#[tokio::test]
+async fn the_sweep_function_answers_its_scheduled_event() {
+    let stack = stack(fast_queue()).await;
+    let sweep = start("offpath-worker", "offpath-sweep", &stack).await;
+    let event: Value = json!({"source": "aws.scheduler", "detail-type": "Scheduled Event"});
+    let answer = sweep
+        .invoke("sweep-request-1", event)
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer,
+        json!({"examined": 0, "requeued": 0, "dead_lettered": 0})
+    );
+    let lines = sweep.json_lines();
+    let finished = logs(&lines, 0)
+        .into_iter()
+        .find(|l| l["fields"]["message"] == "sweep finished")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(ids(finished).0, Some("sweep-request-1"));
+}
