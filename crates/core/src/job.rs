@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,9 +17,14 @@ use crate::status::JobStatus;
 pub struct JobId(Uuid);
 
 impl JobId {
-    /// A fresh random, time-ordered id.
+    /// A fresh time-ordered id (UUIDv7) whose other 74 bits are all random, so it
+    /// cannot be guessed from an id made just before it.
     pub fn random() -> Self {
-        JobId(Uuid::now_v7())
+        let random: [u8; 10] = rand::random();
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        JobId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
     }
 
     /// The id derived from a 16-byte digest (see [`crate::idempotency::job_id_for_key`]).

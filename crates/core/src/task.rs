@@ -165,10 +165,16 @@ impl TaskInput {
             }
             Task::Classify => {
                 fields.only(&["text", "labels"])?;
-                TaskInput::Classify(ClassifyInput {
-                    text: fields.string("text")?,
-                    labels: fields.strings("labels", 2)?,
-                })
+                let text = fields.string("text")?;
+                let labels = fields.strings("labels", 2)?;
+                if let Some(repeat) = (1..labels.len()).find(|&i| labels[..i].contains(&labels[i]))
+                {
+                    return Err(InputError::new(
+                        format!("input.labels[{repeat}]"),
+                        "repeats an earlier label; labels must be distinct",
+                    ));
+                }
+                TaskInput::Classify(ClassifyInput { text, labels })
             }
         };
         Ok(parsed)
@@ -324,6 +330,13 @@ mod tests {
         assert!(
             err(Task::Classify, json!({"text": "t", "labels": ["one"]}))
                 .contains("must hold 2 to 32")
+        );
+        assert_eq!(
+            err(
+                Task::Classify,
+                json!({"text": "t", "labels": ["a", "b", "a"]})
+            ),
+            "input.labels[2]: repeats an earlier label; labels must be distinct"
         );
     }
 

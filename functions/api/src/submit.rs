@@ -8,6 +8,7 @@ use offpath_core::{
 };
 use serde_json::Value;
 
+use crate::error::RETRY_AFTER;
 use crate::{ApiError, AppState};
 
 /// Limits on submissions.
@@ -23,7 +24,8 @@ pub struct SubmitLimits {
     pub max_ttl: Duration,
     /// A replay of a job still queued after this long re-sends its message, repairing
     /// a job whose first enqueue failed. Younger jobs are left alone, so racing
-    /// duplicates do not flood the queue.
+    /// duplicates do not flood the queue. It equals the `Retry-After` of a 503, so a
+    /// client that waits as told before its retry always repairs its job.
     pub requeue_after: Duration,
 }
 
@@ -34,7 +36,7 @@ impl Default for SubmitLimits {
             default_ttl: Duration::from_secs(7 * 24 * 3600),
             min_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
-            requeue_after: Duration::from_secs(5),
+            requeue_after: RETRY_AFTER,
         }
     }
 }
