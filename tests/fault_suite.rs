@@ -203,8 +203,8 @@ async fn duplicate_deliveries(backend: Backend) {
     let store = Arc::new(Observed::new(ports.store.clone(), Arc::clone(&finishes)));
     let pool = Pool::start(&ports, store, model.clone(), 4);
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(300)).await;
-    let drained = wait_drained(ports.queue.as_ref(), Duration::from_secs(60)).await;
+    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let drained = wait_drained(ports.queue.as_ref(), scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
 
@@ -284,7 +284,7 @@ async fn worker_crashes(backend: Backend) {
     };
     let mut last_sweep = Instant::now();
     let mut swept = 0;
-    let limit = Duration::from_secs(300);
+    let limit = scale.patience;
     let all_terminal = loop {
         for (crash, task) in &mut slots {
             if crash.dead.load(Ordering::SeqCst) {
@@ -466,7 +466,7 @@ async fn enqueue_failure(backend: Backend) {
     }
     let model: Arc<CountingModel> = Arc::default();
     let pool = Pool::start(&ports, ports.store.clone(), model, 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(120)).await;
+    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done
@@ -511,7 +511,7 @@ async fn throttling(backend: Backend) {
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(120)).await;
+    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done
@@ -563,7 +563,7 @@ async fn poison(backend: Backend) {
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(120)).await;
+    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
     // The last attempt is recorded before SQS moves the message: wait for the moves.
     let drained = wait_drained(ports.queue.as_ref(), Duration::from_secs(30)).await;
     let poisoned_ids: HashSet<JobId> = poisoned.iter().map(|(id, _)| *id).collect();
@@ -588,7 +588,7 @@ async fn poison(backend: Backend) {
         ports.queue.send(&JobMessage::new(id)).await.unwrap();
         ports.dlq.delete(&letter.receipt_handle).await.unwrap();
     }
-    let (after, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(120)).await;
+    let (after, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = after
@@ -835,7 +835,7 @@ async fn endpoint_outage() {
         .flatten()
         .map(|id| id.try_into().unwrap())
         .collect();
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::from_secs(120)).await;
+    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done
