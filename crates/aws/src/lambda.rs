@@ -54,8 +54,9 @@ pub fn metrics(function: &str) -> Result<&'static Collector, BoxError> {
     Ok(collector)
 }
 
-/// A function's `main`: sets up JSON logs (level from `RUST_LOG`, `info` when unset), then runs `run`. If it fails, the error is
-/// logged as one sentence and the process exits non-zero.
+/// A function's `main`: sets up JSON logs (level from `RUST_LOG`, `info` when unset),
+/// then runs `run`. If it fails, the error is logged as one sentence and the process
+/// exits non-zero.
 pub async fn run_function<E: Display>(
     name: &str,
     run: impl Future<Output = Result<(), E>>,
