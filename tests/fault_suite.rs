@@ -203,8 +203,15 @@ async fn duplicate_deliveries(backend: Backend) {
     let store = Arc::new(Observed::new(ports.store.clone(), Arc::clone(&finishes)));
     let pool = Pool::start(&ports, store, model.clone(), 4);
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    // Every delivery handled is the queue drained; only then read the jobs.
     let drained = wait_drained(ports.queue.as_ref(), scale.patience).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        Duration::from_secs(30),
+    )
+    .await;
     let elapsed = started.elapsed();
     pool.stop().await;
 
@@ -299,17 +306,20 @@ async fn worker_crashes(backend: Backend) {
                 *task = spawn(crash);
             }
         }
-        if last_sweep.elapsed() >= Duration::from_secs(2) {
+        // The scheduled sweep, run when the workers are idle: a scan of a large table
+        // on every pass would starve them on moto.
+        if last_sweep.elapsed() >= Duration::from_secs(2)
+            && faults::queue_empty(ports.queue.as_ref()).await
+        {
             let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
             let report = sweep(ports.store.as_ref(), ports.queue.as_ref(), &settings, now)
                 .await
                 .expect("sweep");
             swept += report.requeued + report.dead_lettered;
             last_sweep = Instant::now();
-        }
-        let unfinished = ports.store.unfinished(10_000).await.unwrap();
-        if unfinished.is_empty() {
-            break true;
+            if report.examined == 0 {
+                break true;
+            }
         }
         if started.elapsed() > limit {
             break false;
@@ -320,7 +330,13 @@ async fn worker_crashes(backend: Backend) {
     for (_, task) in &slots {
         task.abort();
     }
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, Duration::ZERO).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        Duration::ZERO,
+    )
+    .await;
     let succeeded = done
         .values()
         .filter(|j| j.status == JobStatus::Succeeded)
@@ -466,7 +482,13 @@ async fn enqueue_failure(backend: Backend) {
     }
     let model: Arc<CountingModel> = Arc::default();
     let pool = Pool::start(&ports, ports.store.clone(), model, 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        scale.patience,
+    )
+    .await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done
@@ -511,7 +533,13 @@ async fn throttling(backend: Backend) {
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        scale.patience,
+    )
+    .await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done
@@ -563,7 +591,13 @@ async fn poison(backend: Backend) {
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        scale.patience,
+    )
+    .await;
     // The last attempt is recorded before SQS moves the message: wait for the moves.
     let drained = wait_drained(ports.queue.as_ref(), Duration::from_secs(30)).await;
     let poisoned_ids: HashSet<JobId> = poisoned.iter().map(|(id, _)| *id).collect();
@@ -588,7 +622,13 @@ async fn poison(backend: Backend) {
         ports.queue.send(&JobMessage::new(id)).await.unwrap();
         ports.dlq.delete(&letter.receipt_handle).await.unwrap();
     }
-    let (after, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let (after, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        scale.patience,
+    )
+    .await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = after
@@ -835,7 +875,13 @@ async fn endpoint_outage() {
         .flatten()
         .map(|id| id.try_into().unwrap())
         .collect();
-    let (done, _) = wait_terminal(ports.store.as_ref(), &ids, scale.patience).await;
+    let (done, _) = wait_terminal(
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        &ids,
+        scale.patience,
+    )
+    .await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = done

@@ -393,20 +393,34 @@ pub fn spawn_poller(
     tokio::spawn(run(worker, ports.queue.clone(), settings, shutdown))
 }
 
-/// Waits until none of the jobs is unfinished (or `limit` passes), watching with one
-/// consistent scan per pass rather than a read per job; returns the jobs as then read
-/// and how long it took.
+/// True when the queue holds no message, visible or in flight.
+pub async fn queue_empty(queue: &dyn JobQueue) -> bool {
+    let depth = queue.depth().await.expect("depth");
+    depth.visible + depth.in_flight == 0
+}
+
+/// Waits until none of the jobs is unfinished (or `limit` passes); returns the jobs as
+/// then read and how long it took. The store is scanned only when the queue is empty
+/// or every 5 s: a scan per pass of a large table would starve the workers on moto.
 pub async fn wait_terminal(
     store: &dyn JobStore,
+    queue: &dyn JobQueue,
     ids: &[JobId],
     limit: Duration,
 ) -> (HashMap<JobId, Job>, Duration) {
     let started = Instant::now();
     let wanted: HashSet<JobId> = ids.iter().copied().collect();
+    let mut last_scan: Option<Instant> = None;
     loop {
-        let unfinished = store.unfinished(100_000).await.expect("unfinished");
-        let waiting = unfinished.iter().any(|j| wanted.contains(&j.id));
-        if !waiting || started.elapsed() >= limit {
+        let due = last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+        if due || queue_empty(queue).await {
+            last_scan = Some(Instant::now());
+            let unfinished = store.unfinished(100_000).await.expect("unfinished");
+            if !unfinished.iter().any(|j| wanted.contains(&j.id)) {
+                break;
+            }
+        }
+        if started.elapsed() >= limit {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
