@@ -85,6 +85,12 @@ async fn wait_drained(queue: &dyn JobQueue, limit: Duration) -> bool {
     false
 }
 
+/// True when the queue holds fewer than `count` messages, visible or in flight.
+async fn queue_below(queue: &dyn JobQueue, count: u64) -> bool {
+    let depth = queue.depth().await.expect("depth");
+    depth.visible + depth.in_flight < count
+}
+
 /// Takes every message from a dead-letter queue.
 async fn take_all(dlq: &dyn JobQueue) -> Vec<QueueMessage> {
     let mut all = Vec::new();
@@ -196,12 +202,20 @@ async fn duplicate_deliveries(backend: Backend) {
         .collect();
     deliveries.shuffle(&mut rand::rng());
     let started = Instant::now();
-    enqueue(ports.queue.as_ref(), &deliveries).await;
 
     let model = Arc::new(CountingModel::default());
     let finishes = Arc::default();
     let store = Arc::new(Observed::new(ports.store.clone(), Arc::clone(&finishes)));
     let pool = Pool::start(&ports, store, model.clone(), 4);
+    // The producer sends the shuffled deliveries while the workers run, keeping at
+    // most 500 messages in the queue: moto lists every message of a queue on each
+    // receive (moto/sqs/models.py, `Queue.messages`), which thousands make crawl.
+    for chunk in deliveries.chunks(250) {
+        while !queue_below(ports.queue.as_ref(), 250).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        enqueue(ports.queue.as_ref(), chunk).await;
+    }
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
     // Every delivery handled is the queue drained; only then read the jobs.
     let drained = wait_drained(ports.queue.as_ref(), scale.patience).await;
