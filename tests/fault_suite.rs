@@ -198,9 +198,11 @@ async fn duplicate_deliveries(backend: Backend) {
         scale.duplicate_jobs,
     )
     .await;
+    // Every message is sent ten times (10,000 deliveries over 1,000 jobs at full
+    // size), and the copies are shuffled together.
     let mut deliveries: Vec<JobId> = jobs
         .iter()
-        .flat_map(|(id, _)| std::iter::repeat_n(*id, rand::random_range(1..=10)))
+        .flat_map(|(id, _)| std::iter::repeat_n(*id, 10))
         .collect();
     deliveries.shuffle(&mut rand::rng());
     let started = Instant::now();
@@ -545,9 +547,10 @@ async fn throttling(backend: Backend) {
     let jobs = create_many(ports.store.as_ref(), "throttled", scale.jobs).await;
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
     let model: Arc<CountingModel> = Arc::default();
-    *model.throttle_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1200));
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
+    // From the moment the workers start: enqueueing a full-size load takes longer.
+    *model.throttle_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1200));
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
     let (done, _) = wait_terminal(
         ports.store.as_ref(),
