@@ -19,3 +19,10 @@ pub mod provision;
 pub use config::{ConfigError, Settings, load_sdk_config};
 pub use dynamo::DynamoStore;
 pub use sqs::SqsQueue;
+
+/// The DynamoDB item offpath writes for `job` (benchmarks time a bare PutItem of it).
+pub fn job_item(
+    job: &offpath_core::Job,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    item::to_item(job)
+}

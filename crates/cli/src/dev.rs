@@ -105,9 +105,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     serve(args, store, queue, worker, auth, sweep).await
 }
 
-type Ports = (Arc<dyn JobStore>, Arc<dyn JobQueue>);
+/// A job store and the jobs queue.
+pub(crate) type Ports = (Arc<dyn JobStore>, Arc<dyn JobQueue>);
 
-fn embedded(settings: &QueueSettings) -> Ports {
+/// The embedded store and queue (with its dead-letter queue).
+pub(crate) fn embedded(settings: &QueueSettings) -> Ports {
     let options = |name: &str, visibility_timeout| QueueOptions {
         name: name.into(),
         visibility_timeout,

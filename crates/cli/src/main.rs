@@ -50,14 +50,19 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Benchmarks log warnings only: a line per job would cost time and bury the figures.
+    let default_filter = match cli.command {
+        Some(Command::Bench(_)) => "warn",
+        _ => "info,aws_config=warn,aws_smithy_runtime=warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let cli = Cli::parse();
     let api = cli.api;
     let result = match cli.command {
         Some(Command::Submit(options)) => offpath::client::submit(&api, options).await,

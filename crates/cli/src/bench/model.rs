@@ -1,20 +1,15 @@
-//! `offpath bench`: measured figures, printed and written as JSON.
+//! `offpath bench model`: throughput per batch size, start-up, memory, micro-batching,
+//! and optionally sentence-transformers on the same sentences.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use offpath_core::{Model, Task, TaskInput};
 use offpath_inference::{MiniLm, weights};
 use serde_json::{Value, json};
 
-/// Benchmarks.
-#[derive(Debug, Clone, Subcommand)]
-pub enum BenchCommand {
-    /// Model throughput per batch size, start-up time, peak memory, and jobs/s with and
-    /// without micro-batching.
-    Model(ModelBench),
-}
+use super::{peak_rss_kib, round};
 
 /// `offpath bench model` options.
 #[derive(Debug, Clone, Args)]
@@ -25,17 +20,23 @@ pub struct ModelBench {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// A Python with sentence-transformers and torch: runs the same sentences through
+    /// it (infra/bench/sentence_transformers_bench.py) in the same run, side by side.
+    #[arg(long)]
+    pub python: Option<std::path::PathBuf>,
 }
 
-/// Runs a benchmark.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Model(options) => tokio::task::spawn_blocking(move || model(options)).await?,
-    }
-}
+/// The sentence-transformers side of `bench model --python`.
+const ST_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../infra/bench/sentence_transformers_bench.py"
+);
+
+/// Batch sizes the model benchmark measures.
+const BATCHES: [usize; 4] = [1, 8, 32, 64];
 
 /// Sentences of everyday length (8-30 tokens), cycled to fill batches.
-fn sentences() -> Vec<String> {
+pub(super) fn sentences() -> Vec<String> {
     let subjects = [
         "A man",
         "The new intern",
@@ -75,7 +76,8 @@ fn sentences() -> Vec<String> {
     out
 }
 
-fn model(options: ModelBench) -> anyhow::Result<()> {
+/// Runs the model benchmark (blocking).
+pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let budget = Duration::from_secs_f64(options.seconds);
     let files = weights::resolve(true)?;
     let ready_ms = startup_ms()?;
@@ -83,7 +85,7 @@ fn model(options: ModelBench) -> anyhow::Result<()> {
     let corpus = sentences();
 
     let mut throughput = Vec::new();
-    for batch in [1usize, 8, 32, 64] {
+    for batch in BATCHES {
         let texts: Vec<&str> = corpus
             .iter()
             .cycle()
@@ -96,6 +98,13 @@ fn model(options: ModelBench) -> anyhow::Result<()> {
         println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
         throughput.push(json!({"batch": batch, "sentences_per_second": round(per_second)}));
     }
+
+    let reference = match &options.python {
+        Some(python) => Some(sentence_transformers(
+            python, &files.dir, &corpus, &options,
+        )?),
+        None => None,
+    };
 
     // Ten embed jobs (one SQS batch) of one text each: one pass for all, or one each.
     let jobs: Vec<TaskInput> = corpus
@@ -131,12 +140,50 @@ fn model(options: ModelBench) -> anyhow::Result<()> {
         "jobs_per_second": {"micro_batched": round(with), "one_pass_per_job": round(without), "speedup": round(with / without)},
         "start_to_ready_ms": round(ready_ms),
         "peak_rss_mib": round(peak_rss_mib),
+        "sentence_transformers": reference,
     });
     if let Some(path) = options.json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Runs the same sentences through sentence-transformers in a child Python, prints its
+/// figures beside ours and returns its JSON report.
+fn sentence_transformers(
+    python: &std::path::Path,
+    model_dir: &std::path::Path,
+    corpus: &[String],
+    options: &ModelBench,
+) -> anyhow::Result<Value> {
+    let sentences = std::env::temp_dir().join(format!("offpath-bench-{}.json", std::process::id()));
+    std::fs::write(&sentences, serde_json::to_vec(corpus)?)?;
+    let output = Command::new(python)
+        .arg(ST_SCRIPT)
+        .arg(model_dir)
+        .arg(&sentences)
+        .arg(options.seconds.to_string())
+        .args(BATCHES.map(|b| b.to_string()))
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    std::fs::remove_file(&sentences)?;
+    let output = output.map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} {ST_SCRIPT} failed ({}); does it have sentence-transformers and torch?",
+        python.display(),
+        output.status
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    for row in report["throughput"].as_array().into_iter().flatten() {
+        println!(
+            "sentence-transformers batch {:>2}: {:>7.1} sentences/s",
+            row["batch"],
+            row["sentences_per_second"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(report)
 }
 
 /// Runs `step` until `budget` is spent; returns the summed counts and the time taken.
@@ -168,18 +215,4 @@ fn startup_ms() -> anyhow::Result<f64> {
     }
     runs.sort_by(f64::total_cmp);
     Ok(runs[2])
-}
-
-/// Peak resident memory of this process (VmHWM), KiB.
-fn peak_rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
-}
-
-fn round(x: f64) -> Value {
-    Value::from((x * 10.0).round() / 10.0)
 }

