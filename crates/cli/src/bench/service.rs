@@ -67,7 +67,8 @@ const LIGHT_TEXT: &str = "How do message queues keep web requests fast?";
 const HEAVY_TEXTS: usize = 32;
 /// Worker pollers in the responsiveness runs.
 const POLLERS: usize = 2;
-/// Bare write + send pairs timed after each offpath responsiveness run, at its rate.
+/// Most bare write + send pairs timed after each offpath responsiveness run, at its
+/// rate (never longer than the run itself).
 const FLOOR_SAMPLES: usize = 200;
 
 /// Runs the service benchmark and writes `service-<backend>.json` and plots.
@@ -243,9 +244,10 @@ impl Bench {
             probe.run(Task::Embed, &[heavy]).map(|_| start.elapsed())
         })
         .await??;
-        // Three times the work the run lasts, so the workers stay busy throughout.
-        let backlog =
-            (3.0 * self.options.seconds as f64 / one_heavy.as_secs_f64()).ceil() as usize + 4;
+        // Three times the work the load and the floor samples after it last, so the
+        // workers stay busy throughout.
+        let busy = 2.0 * self.options.seconds as f64;
+        let backlog = (3.0 * busy / one_heavy.as_secs_f64()).ceil() as usize + 4;
         println!(
             "one heavy job ({HEAVY_TEXTS} long texts) takes {:.0} ms on the inference core; backlog {backlog}",
             one_heavy.as_secs_f64() * 1000.0
@@ -310,7 +312,8 @@ impl Bench {
         // The same endpoint without offpath, at the same rate, in the same state: does
         // it slow down too?
         let interval = Duration::from_secs(1) / self.options.rate;
-        let floor = Floor::new(&ports).latency(FLOOR_SAMPLES, interval).await?;
+        let samples = FLOOR_SAMPLES.min((self.options.rate as u64 * self.options.seconds) as usize);
+        let floor = Floor::new(&ports).latency(samples, interval).await?;
         let busy_after = unfinished(ports.store.as_ref(), &heavy).await?;
         workers.stop().await;
         let mut run = load.json();
