@@ -110,7 +110,13 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
 
     // Logs: JSON (json_lines panics otherwise), each with the request id; the
     // worker's with the job id too.
-    let api_lines = api.json_lines();
+    let api_lines = api
+        .json_lines_when(|lines| {
+            lines
+                .iter()
+                .any(|l| l.get(metrics::JOBS_SUBMITTED).is_some())
+        })
+        .await;
     let api_logs = logs(&api_lines, 0);
     assert!(
         api_logs
@@ -121,7 +127,22 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
     for line in &api_logs {
         assert_eq!(ids(line).0, Some("api-request-1"), "{line}");
     }
-    let worker_lines = worker.json_lines();
+    let worker_lines = worker
+        .json_lines_when(|lines| {
+            [
+                metrics::JOBS_SUCCEEDED,
+                metrics::QUEUE_WAIT_TIME,
+                metrics::INFERENCE_DURATION,
+            ]
+            .iter()
+            .all(|m| {
+                lines
+                    .iter()
+                    .skip(before_invoke)
+                    .any(|l| l.get(*m).is_some())
+            })
+        })
+        .await;
     let worker_logs = logs(&worker_lines, before_invoke);
     assert!(
         worker_logs
@@ -185,7 +206,13 @@ async fn the_sweep_function_answers_its_scheduled_event() {
         answer,
         json!({"examined": 0, "requeued": 0, "dead_lettered": 0})
     );
-    let lines = sweep.json_lines();
+    let lines = sweep
+        .json_lines_when(|lines| {
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "sweep finished")
+        })
+        .await;
     let finished = logs(&lines, 0)
         .into_iter()
         .find(|l| l["fields"]["message"] == "sweep finished")

@@ -140,6 +140,19 @@ impl Function {
             .expect("the function process went away")
     }
 
+    /// The JSON lines once `done` holds for them (at most 10 s): a function answers
+    /// before the threads that collect its output have read its last lines.
+    pub async fn json_lines_when(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.json_lines();
+            if done(&lines) || tokio::time::Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The lines printed so far that parse as JSON.
     pub fn json_lines(&self) -> Vec<Value> {
         self.lines
