@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use faults::{
     Backend, CountingModel, Crash, Observed, Pool, Ports, Row, create, embed, ports, report, scale,
-    spawn_poller, wait_terminal,
+    spawn_poller, succeeded,
 };
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
@@ -223,13 +223,7 @@ async fn duplicate_deliveries(backend: Backend) {
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
     // Every delivery handled is the queue drained; only then read the jobs.
     let drained = wait_drained(ports.queue.as_ref(), scale.patience).await;
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (done, _) = ports.wait_terminal(&ids, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
     pool.stop().await;
 
@@ -348,17 +342,8 @@ async fn worker_crashes(backend: Backend) {
     for (_, task) in &slots {
         task.abort();
     }
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        Duration::ZERO,
-    )
-    .await;
-    let succeeded = done
-        .values()
-        .filter(|j| j.status == JobStatus::Succeeded)
-        .count();
+    let (done, _) = ports.wait_terminal(&ids, Duration::ZERO).await;
+    let succeeded = succeeded(&done);
     let dead_lettered = done
         .values()
         .filter(|j| j.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED))
@@ -500,19 +485,10 @@ async fn enqueue_failure(backend: Backend) {
     }
     let model: Arc<CountingModel> = Arc::default();
     let pool = Pool::start(&ports, ports.store.clone(), model, 2);
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        scale.patience,
-    )
-    .await;
+    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
-    let succeeded = done
-        .values()
-        .filter(|j| j.status == JobStatus::Succeeded)
-        .count();
+    let succeeded = succeeded(&done);
     let residue = ports.store.unfinished(10_000).await.unwrap().len();
     report(Row {
         scenario: "5 SQS send fails after the write",
@@ -552,19 +528,10 @@ async fn throttling(backend: Backend) {
     // From the moment the workers start: enqueueing a full-size load takes longer.
     *model.throttle_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1200));
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        scale.patience,
-    )
-    .await;
+    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
-    let succeeded = done
-        .values()
-        .filter(|j| j.status == JobStatus::Succeeded)
-        .count();
+    let succeeded = succeeded(&done);
     let max_attempts = done.values().map(|j| j.attempts).max().unwrap_or(0);
     let dead = take_all(ports.dlq.as_ref()).await.len();
     report(Row {
@@ -610,13 +577,7 @@ async fn poison(backend: Backend) {
     let started = Instant::now();
     enqueue(ports.queue.as_ref(), &ids).await;
     let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        scale.patience,
-    )
-    .await;
+    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
     // The last attempt is recorded before SQS moves the message: wait for the moves.
     let drained = wait_drained(ports.queue.as_ref(), Duration::from_secs(30)).await;
     let poisoned_ids: HashSet<JobId> = poisoned.iter().map(|(id, _)| *id).collect();
@@ -641,19 +602,10 @@ async fn poison(backend: Backend) {
         ports.queue.send(&JobMessage::new(id)).await.unwrap();
         ports.dlq.delete(&letter.receipt_handle).await.unwrap();
     }
-    let (after, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        scale.patience,
-    )
-    .await;
+    let (after, _) = ports.wait_terminal(&ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
-    let succeeded = after
-        .values()
-        .filter(|j| j.status == JobStatus::Succeeded)
-        .count();
+    let succeeded = succeeded(&after);
     report(Row {
         scenario: "7 poison",
         backend,
@@ -894,19 +846,10 @@ async fn endpoint_outage() {
         .flatten()
         .map(|id| id.try_into().unwrap())
         .collect();
-    let (done, _) = wait_terminal(
-        ports.store.as_ref(),
-        ports.queue.as_ref(),
-        &ids,
-        scale.patience,
-    )
-    .await;
+    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
-    let succeeded = done
-        .values()
-        .filter(|j| j.status == JobStatus::Succeeded)
-        .count();
+    let succeeded = succeeded(&done);
     let items = support::item_count(&table).await;
     report(Row {
         scenario: "4 endpoint outage",

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use offpath_aws::provision::QueueSettings;
 use offpath_core::{
-    ErrorInfo, Job, JobId, JobQueue, JobStore, Lease, Model, ModelError, NewJob, StoreError, Task,
-    TaskInput,
+    ErrorInfo, Job, JobId, JobQueue, JobStatus, JobStore, Lease, Model, ModelError, NewJob,
+    StoreError, Task, TaskInput,
 };
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
 use offpath_worker::poller::{PollSettings, run};
@@ -85,6 +85,24 @@ pub struct Ports {
     pub queue: Arc<dyn JobQueue>,
     pub dlq: Arc<dyn JobQueue>,
     pub settings: QueueSettings,
+}
+
+impl Ports {
+    /// [`wait_terminal`] over this store and queue.
+    pub async fn wait_terminal(
+        &self,
+        ids: &[JobId],
+        limit: Duration,
+    ) -> (HashMap<JobId, Job>, Duration) {
+        wait_terminal(self.store.as_ref(), self.queue.as_ref(), ids, limit).await
+    }
+}
+
+/// How many of `jobs` succeeded.
+pub fn succeeded(jobs: &HashMap<JobId, Job>) -> usize {
+    jobs.values()
+        .filter(|j| j.status == JobStatus::Succeeded)
+        .count()
 }
 
 /// A fresh table, queue and DLQ on `backend`, with this visibility timeout and
