@@ -5,7 +5,9 @@
 //! [`MiniLm`] implements the `Model` port: it runs `embed`, `rank` and `classify`
 //! over many jobs in one batched pass.
 
+mod encoder;
 mod error;
+mod kernels;
 mod minilm;
 mod tasks;
 pub mod weights;

@@ -1,12 +1,14 @@
 //! all-MiniLM-L6-v2: tokenize, BERT forward, attention-mask mean pooling, L2 norm.
 
-use candle_core::{DType, Device, Tensor};
+use std::ops::Range;
+
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use rayon::prelude::*;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::LoadError;
+use crate::encoder::{Config, Encoder};
 use crate::weights::ModelFiles;
 
 /// The model's name, reported in outputs.
@@ -16,53 +18,27 @@ pub const DIMENSIONS: usize = 384;
 /// Longest input in tokens, special tokens included (sentence-transformers'
 /// `max_seq_length`); longer inputs are truncated.
 pub const MAX_TOKENS: usize = 256;
-/// Most sequences in one forward pass. Sequences are sorted by length first, so each
-/// pass pads only to its own longest member (length bucketing), and a batch is split
-/// into at least one pass per core, run in parallel (data parallelism: candle runs
-/// its elementwise kernels on one thread per pass).
-const PASS_SIZE: usize = 32;
+/// About the most tokens in one forward pass, which bounds its memory (~30 MB of
+/// activations). A batch is split into contiguous passes of about equal token counts,
+/// at least one per core, run in parallel (candle runs its elementwise kernels, and
+/// ours, on the calling thread; its matrix products use idle cores too).
+const PASS_TOKENS: usize = 4096;
 
 /// The loaded model. Load once per process; [`MiniLm::embed`] is safe to call from
 /// several threads.
 pub struct MiniLm {
-    bert: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl MiniLm {
-    /// Loads the model from `files`, memory-mapping the weights.
+    /// Loads the model from `files`, memory-mapping the weights. The tokenizer and the
+    /// weights load on two threads.
     pub fn load(files: &ModelFiles) -> Result<Self, LoadError> {
-        let config_path = files.config();
-        let bytes = std::fs::read(&config_path).map_err(|e| LoadError::corrupt(&config_path, e))?;
-        let config: Config =
-            serde_json::from_slice(&bytes).map_err(|e| LoadError::corrupt(&config_path, e))?;
-        let tokenizer_path = files.tokenizer();
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| LoadError::corrupt(&tokenizer_path, e))?;
-        // The shipped tokenizer pins padding and truncation at 128; the model reads 256.
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..TruncationParams::default()
-            }))
-            .map_err(|e| LoadError::corrupt(&tokenizer_path, e))?;
-        tokenizer.with_padding(None);
-
-        let device = Device::Cpu;
-        let weights = files.weights();
-        // SAFETY: the weights file is mapped read-only; offpath never writes it while
-        // the process runs, and the fetcher replaces files by rename, not in place.
-        #[allow(unsafe_code)]
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&weights), DType::F32, &device)
-        }
-        .map_err(|e| LoadError::corrupt(&weights, e))?;
-        let bert = BertModel::load(vb, &config).map_err(|e| LoadError::corrupt(&weights, e))?;
+        let (tokenizer, encoder) = rayon::join(|| tokenizer(files), || encoder(files));
         Ok(MiniLm {
-            bert,
-            tokenizer,
-            device,
+            encoder: encoder?,
+            tokenizer: tokenizer?,
         })
     }
 
@@ -72,68 +48,108 @@ impl MiniLm {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError(e.to_string()))?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| encodings[i].get_ids().len());
-        let per_pass = texts
-            .len()
-            .div_ceil(rayon::current_num_threads())
-            .clamp(1, PASS_SIZE);
-        let passes: Vec<&[usize]> = order.chunks(per_pass).collect();
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let passes = passes(&lengths, rayon::current_num_threads());
         let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = passes
-            .par_iter()
-            .map(|pass| self.pass(&encodings, pass))
+            .into_par_iter()
+            .map(|pass| self.pass(&encodings[pass.clone()], &lengths[pass]))
             .collect();
-        let mut vectors = vec![Vec::new(); texts.len()];
-        for (pass, rows) in passes.iter().zip(results) {
-            for (&i, row) in pass.iter().zip(rows?) {
-                vectors[i] = row;
-            }
+        let mut vectors = Vec::with_capacity(texts.len());
+        for pass in results {
+            vectors.extend(pass?);
         }
         Ok(vectors)
     }
 
-    /// One forward pass over the texts at `pass`, padded to the longest of them.
-    fn pass(
-        &self,
-        encodings: &[tokenizers::Encoding],
-        pass: &[usize],
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let longest = pass
+    /// One forward pass over some sequences, then attention-mask mean pooling (the mean
+    /// of each sequence's own tokens: there is no padding) and L2 normalisation.
+    fn pass(&self, encodings: &[Encoding], lengths: &[usize]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let ids: Vec<u32> = encodings
             .iter()
-            .map(|&i| encodings[i].get_ids().len())
-            .max()
-            .unwrap_or(0);
-        let mut ids = Vec::with_capacity(pass.len() * longest);
-        let mut mask = Vec::with_capacity(pass.len() * longest);
-        for &i in pass {
-            let own = encodings[i].get_ids();
-            ids.extend_from_slice(own);
-            ids.extend(std::iter::repeat_n(0, longest - own.len()));
-            mask.extend(std::iter::repeat_n(1u32, own.len()));
-            mask.extend(std::iter::repeat_n(0u32, longest - own.len()));
-        }
-        self.forward(ids, mask, pass.len(), longest)
+            .flat_map(|e| e.get_ids())
+            .copied()
+            .collect();
+        let hidden = self.encoder.forward(&ids, lengths)?;
+        let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut rows = hidden.chunks_exact(DIMENSIONS);
+        let vectors = lengths
+            .iter()
+            .map(|&length| {
+                let mut mean = vec![0f32; DIMENSIONS];
+                for row in rows.by_ref().take(length) {
+                    for (m, x) in mean.iter_mut().zip(row) {
+                        *m += x;
+                    }
+                }
+                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                // The mean's 1/length cancels in the normalisation.
+                mean.iter_mut().for_each(|m| *m /= norm);
+                mean
+            })
+            .collect();
+        Ok(vectors)
     }
+}
 
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        batch: usize,
-        length: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let shape = (batch, length);
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &token_types, Some(&mask))?;
-        // Mean over real tokens, then L2 normalisation.
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let mean = summed.broadcast_div(&mask.sum(1)?)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        Ok(mean.broadcast_div(&norm)?.to_vec2()?)
+/// Reads the tokenizer, set to truncate at [`MAX_TOKENS`] and not to pad.
+fn tokenizer(files: &ModelFiles) -> Result<Tokenizer, LoadError> {
+    let path = files.tokenizer();
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| LoadError::corrupt(&path, e))?;
+    // The shipped tokenizer pins padding and truncation at 128; the model reads 256.
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: MAX_TOKENS,
+            ..TruncationParams::default()
+        }))
+        .map_err(|e| LoadError::corrupt(&path, e))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+/// Reads the configuration and the weights.
+fn encoder(files: &ModelFiles) -> Result<Encoder, LoadError> {
+    let config_path = files.config();
+    let bytes = std::fs::read(&config_path).map_err(|e| LoadError::corrupt(&config_path, e))?;
+    let config: Config =
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::corrupt(&config_path, e))?;
+    let weights = files.weights();
+    // SAFETY: the weights file is mapped read-only; offpath never writes it while the
+    // process runs, and the fetcher replaces files by rename, not in place.
+    #[allow(unsafe_code)]
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            std::slice::from_ref(&weights),
+            DType::F32,
+            &Device::Cpu,
+        )
     }
+    .map_err(|e| LoadError::corrupt(&weights, e))?;
+    Encoder::load(vb, &config).map_err(|e| LoadError::corrupt(&weights, e))
+}
+
+/// Splits sequences of `lengths` tokens into contiguous passes of about equal token
+/// counts: `threads` of them, or more of about [`PASS_TOKENS`] each for long batches.
+fn passes(lengths: &[usize], threads: usize) -> Vec<Range<usize>> {
+    let total: usize = lengths.iter().sum();
+    let target = total.div_ceil(threads.max(1)).clamp(1, PASS_TOKENS);
+    let mut passes = Vec::new();
+    let (mut first, mut tokens) = (0, 0);
+    for (i, &length) in lengths.iter().enumerate() {
+        // Close the pass before this sequence if that lands nearer the target.
+        if tokens > 0 && tokens + length > target && tokens + length - target > target - tokens {
+            passes.push(first..i);
+            (first, tokens) = (i, 0);
+        }
+        tokens += length;
+        if tokens >= target {
+            passes.push(first..i + 1);
+            (first, tokens) = (i + 1, 0);
+        }
+    }
+    if first < lengths.len() {
+        passes.push(first..lengths.len());
+    }
+    passes
 }
 
 /// Inference failed inside the model (a bug or exhausted memory, not bad input).
@@ -144,5 +160,24 @@ pub struct EmbedError(String);
 impl From<candle_core::Error> for EmbedError {
     fn from(err: candle_core::Error) -> Self {
         EmbedError(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_split_tokens_evenly_and_keep_order() {
+        assert_eq!(passes(&[10; 32], 2), [0..16, 16..32]);
+        assert_eq!(passes(&[20], 2), [Range { start: 0, end: 1 }]);
+        assert_eq!(passes(&[], 2), Vec::<Range<usize>>::new());
+        assert_eq!(passes(&[5, 30, 5, 5, 5], 2), [0..2, 2..5]);
+        assert_eq!(passes(&[10, 10, 4, 8], 2), [0..2, 2..4]);
+        assert_eq!(passes(&[10, 4, 10, 8], 2), [0..2, 2..4]);
+        // A long batch: passes of about PASS_TOKENS, more than one per core.
+        let long = passes(&[256; 64], 2);
+        assert_eq!(long.len(), 4);
+        assert!(long.iter().all(|p| p.len() == 16));
     }
 }

@@ -1,0 +1,142 @@
+//! The BERT encoder of all-MiniLM-L6-v2 over unpadded sequences: the tokens of every
+//! sequence in a pass are rows of one matrix, so each dense layer is one matrix product
+//! over all of them and no token is padding; only attention looks at sequence
+//! boundaries ([`Attention`]). Query, key and value are one fused projection; bias,
+//! GELU and residual + layer norm are in-place kernels.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::kernels::{Attention, Dense, Gelu, ResidualNorm};
+
+/// The parts of the model's `config.json` the encoder reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Config {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_attention_heads: usize,
+    num_hidden_layers: usize,
+    max_position_embeddings: usize,
+    type_vocab_size: usize,
+    vocab_size: usize,
+    layer_norm_eps: f64,
+    hidden_act: String,
+}
+
+/// The encoder's weights, loaded once.
+pub(crate) struct Encoder {
+    words: Tensor,
+    /// Position embeddings plus token type 0's (the only type a single text has).
+    positions: Tensor,
+    embedding_norm: ResidualNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+}
+
+struct Layer {
+    /// `[query | key | value]`, fused.
+    qkv: Dense,
+    output: Dense,
+    attention_norm: ResidualNorm,
+    up: Dense,
+    down: Dense,
+    output_norm: ResidualNorm,
+}
+
+impl Encoder {
+    /// Loads the encoder from a BERT checkpoint (Hugging Face names).
+    pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        if config.hidden_act != "gelu" {
+            candle_core::bail!("hidden_act {:?} is not gelu", config.hidden_act);
+        }
+        let hidden = config.hidden_size;
+        let eps = config.layer_norm_eps as f32;
+        let embeddings = vb.pp("embeddings");
+        let token_types = embeddings.get(
+            (config.type_vocab_size, hidden),
+            "token_type_embeddings.weight",
+        )?;
+        let positions = embeddings
+            .get(
+                (config.max_position_embeddings, hidden),
+                "position_embeddings.weight",
+            )?
+            .broadcast_add(&token_types.get(0)?)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), config, eps))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Encoder {
+            words: embeddings.get((config.vocab_size, hidden), "word_embeddings.weight")?,
+            positions,
+            embedding_norm: norm(&embeddings.pp("LayerNorm"), hidden, eps)?,
+            layers,
+            heads: config.num_attention_heads,
+        })
+    }
+
+    /// The last hidden state of each token: `ids` holds the sequences one after the
+    /// other, `lengths` their token counts. Returns one row per token.
+    pub(crate) fn forward(&self, ids: &[u32], lengths: &[usize]) -> candle_core::Result<Tensor> {
+        let device = self.words.device();
+        let positions: Vec<u32> = lengths.iter().flat_map(|&n| 0..n as u32).collect();
+        let mut x = self.words.embedding(&Tensor::new(ids, device)?)?;
+        let positions = self.positions.embedding(&Tensor::new(positions, device)?)?;
+        x.inplace_op2(&positions, &self.embedding_norm)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, lengths, self.heads)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Layer {
+    fn load(vb: &VarBuilder, config: &Config, eps: f32) -> candle_core::Result<Self> {
+        let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let dense = |name: &str, outputs: usize, inputs: usize| {
+            let vb = vb.pp(name);
+            Dense::new(
+                &vb.get((outputs, inputs), "weight")?,
+                &vb.get(outputs, "bias")?,
+            )
+        };
+        let attention = vb.pp("attention.self");
+        let projections = ["query", "key", "value"].map(|name| attention.pp(name));
+        let [weights, biases] =
+            [(vec![hidden, hidden], "weight"), (vec![hidden], "bias")].map(|(shape, name)| {
+                projections
+                    .iter()
+                    .map(|p| p.get(shape.clone(), name))
+                    .collect::<candle_core::Result<Vec<_>>>()
+            });
+        Ok(Layer {
+            qkv: Dense::new(&Tensor::cat(&weights?, 0)?, &Tensor::cat(&biases?, 0)?)?,
+            output: dense("attention.output.dense", hidden, hidden)?,
+            attention_norm: norm(&vb.pp("attention.output.LayerNorm"), hidden, eps)?,
+            up: dense("intermediate.dense", intermediate, hidden)?,
+            down: dense("output.dense", hidden, intermediate)?,
+            output_norm: norm(&vb.pp("output.LayerNorm"), hidden, eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let context = qkv.apply_op1_no_bwd(&Attention { lengths, heads })?;
+        let attended = self.output.forward(&context)?;
+        attended.inplace_op2(x, &self.attention_norm)?;
+        let inner = self.up.forward(&attended)?;
+        inner.inplace_op1(&Gelu)?;
+        let out = self.down.forward(&inner)?;
+        out.inplace_op2(&attended, &self.output_norm)?;
+        Ok(out)
+    }
+}
+
+/// A layer norm's scale and shift.
+fn norm(vb: &VarBuilder, hidden: usize, eps: f32) -> candle_core::Result<ResidualNorm> {
+    Ok(ResidualNorm {
+        gamma: vb.get(hidden, "weight")?.to_vec1()?,
+        beta: vb.get(hidden, "bias")?.to_vec1()?,
+        eps,
+    })
+}

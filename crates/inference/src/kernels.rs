@@ -1,0 +1,359 @@
+//! The encoder's CPU kernels as candle custom ops: bias, GELU, residual + layer norm,
+//! and self-attention over unpadded sequences. Each is one pass over rows of `f32`,
+//! in place where it can be, written as plain loops over slices that the compiler
+//! vectorises; candle's stock ops would take a pass (and an allocation) per step.
+
+use candle_core::{
+    CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor, bail,
+};
+
+/// A dense layer, `x W + b`.
+pub(crate) struct Dense {
+    /// `W`, `inputs x outputs`: the layout candle's matrix product reads fastest.
+    weight: Tensor,
+    bias: Vec<f32>,
+}
+
+impl Dense {
+    /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Ok(Dense {
+            weight: weight.t()?.contiguous()?,
+            bias: bias.to_vec1()?,
+        })
+    }
+
+    /// `x W + b` for rows `x`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let product = x.matmul(&self.weight)?;
+        product.inplace_op1(&AddBias(&self.bias))?;
+        Ok(product)
+    }
+}
+
+/// Adds a bias to every row, in place.
+struct AddBias<'a>(&'a [f32]);
+
+impl InplaceOp1 for AddBias<'_> {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        for row in rows_mut(storage, layout, self.0.len())? {
+            for (x, b) in row.iter_mut().zip(self.0) {
+                *x += b;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exact (erf) GELU, in place.
+pub(crate) struct Gelu;
+
+impl InplaceOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let width = layout.dims().last().copied().unwrap_or(1);
+        for row in rows_mut(storage, layout, width)? {
+            for x in row {
+                *x = gelu(*x);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds a residual (the op's second tensor) to every row, then normalises each row
+/// (BERT's post-norm layer norm), in place.
+pub(crate) struct ResidualNorm {
+    /// The layer norm's scale, one per column.
+    pub(crate) gamma: Vec<f32>,
+    /// The layer norm's shift, one per column.
+    pub(crate) beta: Vec<f32>,
+    /// Added to the variance.
+    pub(crate) eps: f32,
+}
+
+impl InplaceOp2 for ResidualNorm {
+    fn name(&self) -> &'static str {
+        "residual-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> Result<()> {
+        let width = self.gamma.len();
+        let residual = elements(residual, residual_layout)?;
+        let rows = rows_mut(storage, layout, width)?;
+        if residual.len() != rows.len() * width {
+            bail!("the residual's shape differs from the input's");
+        }
+        for (row, residual) in rows.zip(residual.chunks_exact(width)) {
+            for (x, r) in row.iter_mut().zip(residual) {
+                *x += r;
+            }
+            let mean = sum(row.iter().copied()) / width as f32;
+            let variance = sum(row.iter().map(|x| (x - mean) * (x - mean))) / width as f32;
+            let scale = (variance + self.eps).sqrt().recip();
+            for ((x, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *x = (*x - mean) * scale * g + b;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Multi-head self-attention over the fused query/key/value projection of unpadded
+/// sequences: rows `[q | k | v]`, one per token, the sequences one
+/// after the other. Each sequence attends only to itself, so there is no padding and no
+/// mask. Returns one row of `heads * head_size` per token.
+pub(crate) struct Attention<'a> {
+    /// Tokens per sequence, in row order.
+    pub(crate) lengths: &'a [usize],
+    /// Attention heads.
+    pub(crate) heads: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = elements(storage, layout)?;
+        let tokens: usize = self.lengths.iter().sum();
+        let width = layout.dims().last().copied().unwrap_or(0);
+        let hidden = width / 3;
+        if width % 3 != 0 || hidden % self.heads != 0 || qkv.len() != tokens * width {
+            bail!(
+                "attention: {tokens} tokens do not fit the shape {:?}",
+                layout.dims()
+            );
+        }
+        let head_size = hidden / self.heads;
+        let scale = (head_size as f32).sqrt().recip();
+        let mut out = vec![0f32; tokens * hidden];
+        // One sequence's keys and values for one head, gathered contiguous.
+        let longest = self.lengths.iter().copied().max().unwrap_or(0);
+        let mut keys = vec![0f32; longest * head_size];
+        let mut values = vec![0f32; longest * head_size];
+        let mut weights = vec![0f32; longest];
+        let mut first = 0;
+        for &length in self.lengths {
+            let rows = &qkv[first * width..(first + length) * width];
+            let out_rows = &mut out[first * hidden..(first + length) * hidden];
+            for head in 0..self.heads {
+                let [q, k, v] = [0, 1, 2].map(|part| part * hidden + head * head_size);
+                for ((row, key), value) in rows
+                    .chunks_exact(width)
+                    .zip(keys.chunks_exact_mut(head_size))
+                    .zip(values.chunks_exact_mut(head_size))
+                {
+                    key.copy_from_slice(&row[k..k + head_size]);
+                    value.copy_from_slice(&row[v..v + head_size]);
+                }
+                for (row, out_row) in rows
+                    .chunks_exact(width)
+                    .zip(out_rows.chunks_exact_mut(hidden))
+                {
+                    let query = &row[q..q + head_size];
+                    let weights = &mut weights[..length];
+                    for (w, key) in weights.iter_mut().zip(keys.chunks_exact(head_size)) {
+                        *w = dot(query, key) * scale;
+                    }
+                    softmax(weights);
+                    let context = &mut out_row[head * head_size..(head + 1) * head_size];
+                    for (w, value) in weights.iter().zip(values.chunks_exact(head_size)) {
+                        for (c, x) in context.iter_mut().zip(value) {
+                            *c += w * x;
+                        }
+                    }
+                }
+            }
+            first += length;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+    }
+}
+
+/// The elements of a contiguous `f32` tensor.
+fn elements<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        bail!("expected a contiguous f32 tensor");
+    };
+    Ok(&data[start..end])
+}
+
+/// The rows of a contiguous `f32` tensor whose last dimension is `width`, mutable.
+fn rows_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    width: usize,
+) -> Result<std::slice::ChunksExactMut<'a, f32>> {
+    let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        bail!("expected a contiguous f32 tensor");
+    };
+    if layout.dims().last() != Some(&width) {
+        bail!("expected rows of {width}, got shape {:?}", layout.dims());
+    }
+    Ok(data[start..end].chunks_exact_mut(width))
+}
+
+/// Lanes for the vectorised reductions: eight independent partial sums, which the
+/// compiler keeps in SIMD registers (one running sum would force strict order).
+const LANES: usize = 8;
+
+/// The sum of `values`, in [`LANES`] partial sums.
+fn sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for (i, x) in values.enumerate() {
+        lanes[i % LANES] += x;
+    }
+    lanes.iter().sum()
+}
+
+/// The dot product of two equally long slices, in [`LANES`] partial sums.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_body, b_body) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_body
+        .remainder()
+        .iter()
+        .zip(b_body.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_body.zip(b_body) {
+        for lane in 0..LANES {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Softmax in place, shifted by the maximum so that `exp` cannot overflow.
+fn softmax(weights: &mut [f32]) {
+    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for w in weights.iter_mut() {
+        *w = (*w - max).exp();
+    }
+    let total = weights.iter().sum::<f32>().recip();
+    for w in weights.iter_mut() {
+        *w *= total;
+    }
+}
+
+/// The exact GELU, `x * Φ(x)`, as BERT and sentence-transformers compute it.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// The error function to within a few ulps of `f32`: a rational approximation on
+/// [-4, 4] (Eigen's and XLA's `erf` for `f32`), beyond which `erf` is ±1 in `f32`.
+/// Branch-free, so that a loop of it vectorises, unlike libm's `erff`.
+fn erf(x: f32) -> f32 {
+    const ALPHA: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ];
+    const BETA: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329_3e-3,
+        -1.426_474e-2,
+    ];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = ALPHA.iter().fold(0.0, |acc, c| acc * x2 + c);
+    let q = BETA.iter().fold(0.0, |acc, c| acc * x2 + c);
+    x * p / q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn erf_is_within_a_few_ulps_of_libm() {
+        let worst = (-6000..=6000)
+            .map(|i| i as f64 / 1000.0)
+            .map(|x| (erf(x as f32) as f64 - libm::erf(x)).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-6, "worst error {worst}");
+    }
+
+    #[test]
+    fn dense_adds_the_bias_to_the_product() {
+        // A checkpoint's weight is outputs x inputs: here 3 x 2.
+        let weight = Tensor::new(&[[1f32, 2.0], [0.0, 1.0], [-1.0, 0.5]], &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[0.5f32, 0.0, 1.0], &Device::Cpu).unwrap();
+        let dense = Dense::new(&weight, &bias).unwrap();
+        let x = Tensor::new(&[[1f32, 1.0], [2.0, -1.0]], &Device::Cpu).unwrap();
+        let y = dense.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, [[3.5, 1.0, 0.5], [0.5, -1.0, -1.5]]);
+    }
+
+    #[test]
+    fn residual_norm_matches_the_textbook_layer_norm() {
+        let input = [1.0, 2.0, 4.0, -3.0, 0.5, 0.25];
+        let residual = [0.5, 0.0, -1.0, 1.0, 1.0, 1.0];
+        let op = ResidualNorm {
+            gamma: vec![1.0, 2.0, 0.5],
+            beta: vec![0.0, 1.0, -1.0],
+            eps: 1e-12,
+        };
+        let x = Tensor::new(&input, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let r = Tensor::new(&residual, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        x.inplace_op2(&r, &op).unwrap();
+        let got = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for row in 0..2 {
+            let v: Vec<f32> = (0..3)
+                .map(|c| input[row * 3 + c] + residual[row * 3 + c])
+                .collect();
+            let mean = v.iter().sum::<f32>() / 3.0;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 3.0;
+            for c in 0..3 {
+                let want = (v[c] - mean) / var.sqrt() * op.gamma[c] + op.beta[c];
+                assert!((got[row * 3 + c] - want).abs() < 1e-5, "{got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_stays_within_each_sequence() {
+        // Two heads of size 1; with zero queries every key weighs the same, so each
+        // token's context is the mean of its own sequence's values.
+        let qkv: Vec<f32> = [0.0f32, 10.0, 20.0]
+            .iter()
+            .flat_map(|&value| [0.0, 0.0, 1.0, 2.0, value, -value])
+            .collect();
+        let op = Attention {
+            lengths: &[2, 1],
+            heads: 2,
+        };
+        let qkv = Tensor::from_vec(qkv, (3, 6), &Device::Cpu).unwrap();
+        let out = qkv.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(out, [[5.0, -5.0], [5.0, -5.0], [20.0, -20.0]]);
+    }
+}
