@@ -120,8 +120,10 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        let context = qkv.apply_op1_no_bwd(&Attention { lengths, heads })?;
+        let context = self
+            .qkv
+            .forward(x)?
+            .apply_op1_no_bwd(&Attention { lengths, heads })?;
         let attended = self.output.forward(&context)?;
         attended.inplace_op2(x, &self.attention_norm)?;
         let inner = self.up.forward(&attended)?;

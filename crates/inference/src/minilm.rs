@@ -18,8 +18,8 @@ pub const DIMENSIONS: usize = 384;
 /// Longest input in tokens, special tokens included (sentence-transformers'
 /// `max_seq_length`); longer inputs are truncated.
 pub const MAX_TOKENS: usize = 256;
-/// About the most tokens in one forward pass, which bounds its memory (~30 MB of
-/// activations). A batch is split into contiguous passes of about equal token counts,
+/// About the most tokens in one forward pass, which bounds its memory (about 45 MB
+/// of activations). A batch is split into contiguous passes of about equal token counts,
 /// at least one per core, run in parallel (candle runs its elementwise kernels, and
 /// ours, on the calling thread; its matrix products use idle cores too).
 const PASS_TOKENS: usize = 4096;
