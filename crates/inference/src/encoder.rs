@@ -102,15 +102,16 @@ impl Layer {
         };
         let attention = vb.pp("attention.self");
         let projections = ["query", "key", "value"].map(|name| attention.pp(name));
-        let [weights, biases] =
-            [(vec![hidden, hidden], "weight"), (vec![hidden], "bias")].map(|(shape, name)| {
-                projections
-                    .iter()
-                    .map(|p| p.get(shape.clone(), name))
-                    .collect::<candle_core::Result<Vec<_>>>()
-            });
+        let weights = projections
+            .iter()
+            .map(|p| p.get((hidden, hidden), "weight"))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let biases = projections
+            .iter()
+            .map(|p| p.get(hidden, "bias"))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Layer {
-            qkv: Dense::new(&Tensor::cat(&weights?, 0)?, &Tensor::cat(&biases?, 0)?)?,
+            qkv: Dense::new(&Tensor::cat(&weights, 0)?, &Tensor::cat(&biases, 0)?)?,
             output: dense("attention.output.dense", hidden, hidden)?,
             attention_norm: norm(&vb.pp("attention.output.LayerNorm"), hidden, eps)?,
             up: dense("intermediate.dense", intermediate, hidden)?,

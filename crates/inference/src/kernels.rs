@@ -58,11 +58,8 @@ impl InplaceOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let width = layout.dims().last().copied().unwrap_or(1);
-        for row in rows_mut(storage, layout, width)? {
-            for x in row {
-                *x = gelu(*x);
-            }
+        for x in elements_mut(storage, layout)? {
+            *x = gelu(*x);
         }
         Ok(())
     }
@@ -193,19 +190,24 @@ fn elements<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     Ok(&data[start..end])
 }
 
+/// The elements of a contiguous `f32` tensor, mutable.
+fn elements_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
+    let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        bail!("expected a contiguous f32 tensor");
+    };
+    Ok(&mut data[start..end])
+}
+
 /// The rows of a contiguous `f32` tensor whose last dimension is `width`, mutable.
 fn rows_mut<'a>(
     storage: &'a mut CpuStorage,
     layout: &Layout,
     width: usize,
 ) -> Result<std::slice::ChunksExactMut<'a, f32>> {
-    let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-        bail!("expected a contiguous f32 tensor");
-    };
     if layout.dims().last() != Some(&width) {
         bail!("expected rows of {width}, got shape {:?}", layout.dims());
     }
-    Ok(data[start..end].chunks_exact_mut(width))
+    Ok(elements_mut(storage, layout)?.chunks_exact_mut(width))
 }
 
 /// Lanes for the vectorised reductions: eight independent partial sums, which the
