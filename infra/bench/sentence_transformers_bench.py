@@ -3,8 +3,13 @@ for `offpath bench model --python PYTHON`, which runs it in the same session on 
 same sentences and prints the two side by side.
 
 Usage: python sentence_transformers_bench.py MODEL_DIR SENTENCES_JSON SECONDS BATCH...
-Prints one JSON object: {"versions": {...}, "threads": n, "throughput": [...]}.
+Prints one JSON object: {"versions": {...}, "threads": n, "throughput": [...],
+"throughput_bf16": [...]}: `throughput` in float32 (PyTorch's default), `throughput_bf16`
+under CPU autocast to bfloat16, the precision offpath's products use on CPUs with
+AVX-512 BF16.
 """
+
+import contextlib
 
 import json
 import os
@@ -29,16 +34,14 @@ def main() -> None:
     model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     # All the cores this process may use, as the Rust benchmark uses.
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    results = []
-    for batch in batches:
-        texts = [corpus[i % len(corpus)] for i in range(batch)]
-        model.encode(texts, batch_size=batch, normalize_embeddings=True)  # warm-up
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            model.encode(texts, batch_size=batch, normalize_embeddings=True)
-            count += batch
-        rate = count / (time.perf_counter() - start)
-        results.append({"batch": batch, "sentences_per_second": round(rate, 1)})
+    precisions = {
+        "throughput": contextlib.nullcontext,
+        "throughput_bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    }
+    report = {}
+    for name, precision in precisions.items():
+        with precision():
+            report[name] = [rate(model, corpus, batch, seconds) for batch in batches]
     print(
         json.dumps(
             {
@@ -47,10 +50,22 @@ def main() -> None:
                     "torch": torch.__version__,
                 },
                 "threads": torch.get_num_threads(),
-                "throughput": results,
+                **report,
             }
         )
     )
+
+
+def rate(model: SentenceTransformer, corpus: list, batch: int, seconds: float) -> dict:
+    """Sentences/second encoding batches of `batch` sentences for `seconds`."""
+    texts = [corpus[i % len(corpus)] for i in range(batch)]
+    model.encode(texts, batch_size=batch, normalize_embeddings=True)  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.encode(texts, batch_size=batch, normalize_embeddings=True)
+        count += batch
+    per_second = count / (time.perf_counter() - start)
+    return {"batch": batch, "sentences_per_second": round(per_second, 1)}
 
 
 if __name__ == "__main__":

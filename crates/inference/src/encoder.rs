@@ -8,7 +8,8 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::kernels::{Attention, Dense, Gelu, ResidualNorm};
+use crate::dense::{Activation, Dense};
+use crate::kernels::{Attention, ResidualNorm};
 
 /// The parts of the model's `config.json` the encoder reads.
 #[derive(Debug, Deserialize)]
@@ -93,11 +94,12 @@ impl Encoder {
 impl Layer {
     fn load(vb: &VarBuilder, config: &Config, eps: f32) -> candle_core::Result<Self> {
         let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
-        let dense = |name: &str, outputs: usize, inputs: usize| {
+        let dense = |name: &str, outputs: usize, inputs: usize, activation| {
             let vb = vb.pp(name);
             Dense::new(
                 &vb.get((outputs, inputs), "weight")?,
                 &vb.get(outputs, "bias")?,
+                activation,
             )
         };
         let attention = vb.pp("attention.self");
@@ -111,11 +113,20 @@ impl Layer {
             .map(|p| p.get(hidden, "bias"))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Layer {
-            qkv: Dense::new(&Tensor::cat(&weights, 0)?, &Tensor::cat(&biases, 0)?)?,
-            output: dense("attention.output.dense", hidden, hidden)?,
+            qkv: Dense::new(
+                &Tensor::cat(&weights, 0)?,
+                &Tensor::cat(&biases, 0)?,
+                Activation::Identity,
+            )?,
+            output: dense(
+                "attention.output.dense",
+                hidden,
+                hidden,
+                Activation::Identity,
+            )?,
             attention_norm: norm(&vb.pp("attention.output.LayerNorm"), hidden, eps)?,
-            up: dense("intermediate.dense", intermediate, hidden)?,
-            down: dense("output.dense", hidden, intermediate)?,
+            up: dense("intermediate.dense", intermediate, hidden, Activation::Gelu)?,
+            down: dense("output.dense", hidden, intermediate, Activation::Identity)?,
             output_norm: norm(&vb.pp("output.LayerNorm"), hidden, eps)?,
         })
     }
@@ -128,7 +139,6 @@ impl Layer {
         let attended = self.output.forward(&context)?;
         attended.inplace_op2(x, &self.attention_norm)?;
         let inner = self.up.forward(&attended)?;
-        inner.inplace_op1(&Gelu)?;
         let out = self.down.forward(&inner)?;
         out.inplace_op2(&attended, &self.output_norm)?;
         Ok(out)

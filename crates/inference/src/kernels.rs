@@ -3,36 +3,10 @@
 //! in place where it can be, written as plain loops over slices that the compiler
 //! vectorises; candle's stock ops would take a pass (and an allocation) per step.
 
-use candle_core::{
-    CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor, bail,
-};
-
-/// A dense layer, `x W + b`.
-pub(crate) struct Dense {
-    /// `W`, `inputs x outputs`: the layout candle's matrix product reads fastest.
-    weight: Tensor,
-    bias: Vec<f32>,
-}
-
-impl Dense {
-    /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias.
-    pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        Ok(Dense {
-            weight: weight.t()?.contiguous()?,
-            bias: bias.to_vec1()?,
-        })
-    }
-
-    /// `x W + b` for rows `x`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let product = x.matmul(&self.weight)?;
-        product.inplace_op1(&AddBias(&self.bias))?;
-        Ok(product)
-    }
-}
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Result, Shape, bail};
 
 /// Adds a bias to every row, in place.
-struct AddBias<'a>(&'a [f32]);
+pub(crate) struct AddBias<'a>(pub(crate) &'a [f32]);
 
 impl InplaceOp1 for AddBias<'_> {
     fn name(&self) -> &'static str {
@@ -58,9 +32,7 @@ impl InplaceOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        for x in elements_mut(storage, layout)? {
-            *x = gelu(*x);
-        }
+        gelu_in_place(elements_mut(storage, layout)?);
         Ok(())
     }
 }
@@ -183,7 +155,7 @@ impl CustomOp1 for Attention<'_> {
 }
 
 /// The elements of a contiguous `f32` tensor.
-fn elements<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn elements<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
         bail!("expected a contiguous f32 tensor");
     };
@@ -253,6 +225,13 @@ fn softmax(weights: &mut [f32]) {
     }
 }
 
+/// [`gelu`] over `values`, in place.
+pub(crate) fn gelu_in_place(values: &mut [f32]) {
+    for x in values {
+        *x = gelu(*x);
+    }
+}
+
 /// The exact GELU, `x * Φ(x)`, as BERT and sentence-transformers compute it.
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -297,17 +276,6 @@ mod tests {
             .map(|x| (erf(x as f32) as f64 - libm::erf(x)).abs())
             .fold(0.0, f64::max);
         assert!(worst < 1e-6, "worst error {worst}");
-    }
-
-    #[test]
-    fn dense_adds_the_bias_to_the_product() {
-        // A checkpoint's weight is outputs x inputs: here 3 x 2.
-        let weight = Tensor::new(&[[1f32, 2.0], [0.0, 1.0], [-1.0, 0.5]], &Device::Cpu).unwrap();
-        let bias = Tensor::new(&[0.5f32, 0.0, 1.0], &Device::Cpu).unwrap();
-        let dense = Dense::new(&weight, &bias).unwrap();
-        let x = Tensor::new(&[[1f32, 1.0], [2.0, -1.0]], &Device::Cpu).unwrap();
-        let y = dense.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(y, [[3.5, 1.0, 0.5], [0.5, -1.0, -1.5]]);
     }
 
     #[test]

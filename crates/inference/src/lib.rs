@@ -5,6 +5,9 @@
 //! [`MiniLm`] implements the `Model` port: it runs `embed`, `rank` and `classify`
 //! over many jobs in one batched pass.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
+mod dense;
 mod encoder;
 mod error;
 mod kernels;

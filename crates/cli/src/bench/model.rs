@@ -35,7 +35,7 @@ const ST_SCRIPT: &str = concat!(
 /// Batch sizes the model benchmark measures.
 const BATCHES: [usize; 4] = [1, 8, 32, 64];
 
-/// Sentences of everyday length (8-30 tokens), cycled to fill batches.
+/// Sentences of everyday length (10-22 tokens), cycled to fill batches.
 pub(super) fn sentences() -> Vec<String> {
     let subjects = [
         "A man",
@@ -83,6 +83,7 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let ready_ms = startup_ms()?;
     let model = MiniLm::load(&files)?;
     let corpus = sentences();
+    println!("products in {}", model.precision());
 
     let mut throughput = Vec::new();
     for batch in BATCHES {
@@ -136,6 +137,7 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         "model": offpath_inference::MODEL_NAME,
         "command": "cargo run --release -- bench model",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "precision": model.precision(),
         "throughput": throughput,
         "jobs_per_second": {"micro_batched": round(with), "one_pass_per_job": round(without), "speedup": round(with / without)},
         "start_to_ready_ms": round(ready_ms),
@@ -176,12 +178,14 @@ fn sentence_transformers(
         output.status
     );
     let report: Value = serde_json::from_slice(&output.stdout)?;
-    for row in report["throughput"].as_array().into_iter().flatten() {
-        println!(
-            "sentence-transformers batch {:>2}: {:>7.1} sentences/s",
-            row["batch"],
-            row["sentences_per_second"].as_f64().unwrap_or(f64::NAN)
-        );
+    for (key, precision) in [("throughput", "float32"), ("throughput_bf16", "bfloat16")] {
+        for row in report[key].as_array().into_iter().flatten() {
+            println!(
+                "sentence-transformers {precision} batch {:>2}: {:>7.1} sentences/s",
+                row["batch"],
+                row["sentences_per_second"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
     }
     Ok(report)
 }
