@@ -95,7 +95,24 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
     assert_eq!(messages.len(), 1);
     let sqs_event = offpath_worker::poller::sqs_event(stack.queue.arn(), &messages);
     let worker = start("offpath-worker", "offpath-worker", &stack).await;
-    let before_invoke = worker.json_lines().len();
+    // Init ends with loading the model, logged (outside any invocation) with the
+    // precision its products run in on this CPU.
+    let init = worker
+        .json_lines_when(|lines| {
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "model loaded")
+        })
+        .await;
+    let loaded = init
+        .iter()
+        .find(|l| l["fields"]["message"] == "model loaded")
+        .unwrap_or_else(|| panic!("{init:#?}"));
+    assert!(
+        ["bfloat16", "float32"].contains(&loaded["fields"]["precision"].as_str().unwrap_or("")),
+        "{loaded}"
+    );
+    let before_invoke = init.len();
     let answer = worker
         .invoke(
             "worker-request-1",

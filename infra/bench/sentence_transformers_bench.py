@@ -10,7 +10,6 @@ AVX-512 BF16.
 """
 
 import contextlib
-
 import json
 import os
 import sys
