@@ -56,11 +56,16 @@ def main() -> None:
 
 
 def rate(model: SentenceTransformer, corpus: list, batch: int, seconds: float) -> dict:
-    """Sentences/second encoding batches of `batch` sentences for `seconds`."""
-    texts = [corpus[i % len(corpus)] for i in range(batch)]
-    model.encode(texts, batch_size=batch, normalize_embeddings=True)  # warm-up
+    """Sentences/second encoding batches of `batch` sentences for `seconds`, over
+    consecutive batches that walk the corpus whole, as `offpath bench model` does."""
+    batches = [
+        [corpus[(k * batch + i) % len(corpus)] for i in range(batch)]
+        for k in range(-(-len(corpus) // batch))
+    ]
+    model.encode(batches[0], batch_size=batch, normalize_embeddings=True)  # warm-up
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        texts = batches[(count // batch) % len(batches)]
         model.encode(texts, batch_size=batch, normalize_embeddings=True)
         count += batch
     per_second = count / (time.perf_counter() - start)

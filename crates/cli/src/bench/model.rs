@@ -34,6 +34,8 @@ const ST_SCRIPT: &str = concat!(
 
 /// Batch sizes the model benchmark measures.
 const BATCHES: [usize; 4] = [1, 8, 32, 64];
+/// Jobs in one SQS batch of the micro-batching measurement (SQS's most per receive).
+const SQS_BATCH: usize = 10;
 
 /// Sentences of everyday length (10-22 tokens), cycled to fill batches.
 pub(super) fn sentences() -> Vec<String> {
@@ -87,14 +89,13 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
 
     let mut throughput = Vec::new();
     for batch in BATCHES {
-        let texts: Vec<&str> = corpus
-            .iter()
-            .cycle()
-            .take(batch)
-            .map(String::as_str)
-            .collect();
-        model.embed(&texts)?; // warm-up
-        let (sentences, elapsed) = repeat(budget, || model.embed(&texts).map(|_| batch))?;
+        let batches = batches(&corpus, batch);
+        model.embed(&batches[0])?; // warm-up
+        let mut next = batches.iter().cycle();
+        let (sentences, elapsed) = repeat(budget, || {
+            let texts = next.next().expect("a cycle never ends");
+            model.embed(texts).map(|_| batch)
+        })?;
         let per_second = sentences as f64 / elapsed.as_secs_f64();
         println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
         throughput.push(json!({"batch": batch, "sentences_per_second": round(per_second)}));
@@ -107,15 +108,29 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         None => None,
     };
 
-    // Ten embed jobs (one SQS batch) of one text each: one pass for all, or one each.
-    let jobs: Vec<TaskInput> = corpus
+    // SQS batches of ten one-text embed jobs, over the corpus: one pass for each SQS
+    // batch, or one pass for each job.
+    let jobs: Vec<Vec<TaskInput>> = batches(&corpus, SQS_BATCH)
         .iter()
-        .take(10)
-        .map(|t| TaskInput::parse(Task::Embed, &json!({"texts": [t]})).expect("valid input"))
+        .map(|texts| {
+            texts
+                .iter()
+                .map(|t| {
+                    TaskInput::parse(Task::Embed, &json!({"texts": [t]})).expect("valid input")
+                })
+                .collect()
+        })
         .collect();
-    let (batched, t1) = repeat(budget, || model.run(Task::Embed, &jobs).map(|o| o.len()))?;
+    let mut next = jobs.iter().cycle();
+    let (batched, t1) = repeat(budget, || {
+        let batch = next.next().expect("a cycle never ends");
+        model.run(Task::Embed, batch).map(|o| o.len())
+    })?;
+    let mut next = jobs.iter().cycle();
     let (single, t2) = repeat(budget, || {
-        jobs.iter()
+        let batch = next.next().expect("a cycle never ends");
+        batch
+            .iter()
             .map(|job| {
                 model
                     .run(Task::Embed, std::slice::from_ref(job))
@@ -190,6 +205,20 @@ fn sentence_transformers(
     Ok(report)
 }
 
+/// Consecutive batches of `size` sentences that together walk the corpus whole (the
+/// last wraps round to its start), so that every batch size measures the same mix of
+/// lengths. sentence_transformers_bench.py batches the same way.
+fn batches(corpus: &[String], size: usize) -> Vec<Vec<&str>> {
+    let count = corpus.len().div_ceil(size);
+    (0..count)
+        .map(|k| {
+            (0..size)
+                .map(|i| corpus[(k * size + i) % corpus.len()].as_str())
+                .collect()
+        })
+        .collect()
+}
+
 /// Runs `step` until `budget` is spent; returns the summed counts and the time taken.
 fn repeat<E: std::error::Error + Send + Sync + 'static>(
     budget: Duration,
@@ -219,4 +248,24 @@ fn startup_ms() -> anyhow::Result<f64> {
     }
     runs.sort_by(f64::total_cmp);
     Ok(runs[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_walk_the_whole_corpus_in_order() {
+        let corpus = sentences();
+        for size in BATCHES.into_iter().chain([SQS_BATCH]) {
+            let batches = batches(&corpus, size);
+            assert!(batches.iter().all(|b| b.len() == size));
+            let walked: Vec<&str> = batches.concat();
+            // Every sentence once, in order, then the start again to fill the last batch.
+            for (i, text) in walked.iter().enumerate() {
+                assert_eq!(*text, corpus[i % corpus.len()], "batch size {size}");
+            }
+            assert!(walked.len() >= corpus.len() && walked.len() < corpus.len() + size);
+        }
+    }
 }
