@@ -25,6 +25,21 @@ async fn start(package: &str, bin: &str, stack: &Stack) -> Function {
     Function::start(package, bin, &env).await
 }
 
+/// Every JSON line `function` has printed once one of them is the log message
+/// `message`, and that line's index (panics with the lines if none comes within
+/// `json_lines_when`'s bound).
+async fn logged(function: &Function, message: &str) -> (Vec<Value>, usize) {
+    let is_it = |l: &Value| l["fields"]["message"] == message;
+    let lines = function
+        .json_lines_when(|lines| lines.iter().any(is_it))
+        .await;
+    let index = lines
+        .iter()
+        .position(is_it)
+        .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"));
+    (lines, index)
+}
+
 /// The log lines (not metric documents) printed from line `from` on.
 fn logs(lines: &[Value], from: usize) -> Vec<&Value> {
     lines[from..]
@@ -97,17 +112,8 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
     let worker = start("offpath-worker", "offpath-worker", &stack).await;
     // Init ends with loading the model, logged (outside any invocation) with the
     // precision its products run in on this CPU.
-    let init = worker
-        .json_lines_when(|lines| {
-            lines
-                .iter()
-                .any(|l| l["fields"]["message"] == "model loaded")
-        })
-        .await;
-    let loaded = init
-        .iter()
-        .find(|l| l["fields"]["message"] == "model loaded")
-        .unwrap_or_else(|| panic!("{init:#?}"));
+    let (init, loaded) = logged(&worker, "model loaded").await;
+    let loaded = &init[loaded];
     assert!(
         ["bfloat16", "float32"].contains(&loaded["fields"]["precision"].as_str().unwrap_or("")),
         "{loaded}"
@@ -223,16 +229,6 @@ async fn the_sweep_function_answers_its_scheduled_event() {
         answer,
         json!({"examined": 0, "requeued": 0, "dead_lettered": 0})
     );
-    let lines = sweep
-        .json_lines_when(|lines| {
-            lines
-                .iter()
-                .any(|l| l["fields"]["message"] == "sweep finished")
-        })
-        .await;
-    let finished = logs(&lines, 0)
-        .into_iter()
-        .find(|l| l["fields"]["message"] == "sweep finished")
-        .unwrap_or_else(|| panic!("{lines:#?}"));
-    assert_eq!(ids(finished).0, Some("sweep-request-1"));
+    let (lines, finished) = logged(&sweep, "sweep finished").await;
+    assert_eq!(ids(&lines[finished]).0, Some("sweep-request-1"));
 }

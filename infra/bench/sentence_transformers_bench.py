@@ -11,6 +11,7 @@ AVX-512 BF16.
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -60,7 +61,7 @@ def rate(model: SentenceTransformer, corpus: list, batch: int, seconds: float) -
     consecutive batches that walk the corpus whole, as `offpath bench model` does."""
     batches = [
         [corpus[(k * batch + i) % len(corpus)] for i in range(batch)]
-        for k in range(-(-len(corpus) // batch))
+        for k in range(math.ceil(len(corpus) / batch))
     ]
     model.encode(batches[0], batch_size=batch, normalize_embeddings=True)  # warm-up
     count, start = 0, time.perf_counter()

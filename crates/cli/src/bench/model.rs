@@ -37,7 +37,7 @@ const BATCHES: [usize; 4] = [1, 8, 32, 64];
 /// Jobs in one SQS batch of the micro-batching measurement (SQS's most per receive).
 const SQS_BATCH: usize = 10;
 
-/// Sentences of everyday length (10-22 tokens), cycled to fill batches.
+/// Sentences of everyday length (10-22 tokens), walked in batches by [`batches`].
 pub(super) fn sentences() -> Vec<String> {
     let subjects = [
         "A man",
