@@ -163,24 +163,37 @@ impl Worker {
             };
         }
 
-        // 4. Back off and report.
+        // 4. Back off, all messages at once (one by one, slow calls could keep the
+        // last message past its visibility timeout), and report.
+        let mut back_offs = Vec::new();
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in records.iter().zip(&outcomes) {
             if let Outcome::Retry(visibility) = outcome {
-                if let (Some(visibility), Some(handle)) = (visibility, &record.receipt_handle)
-                    && let Err(err) = self.queue.change_visibility(handle, *visibility).await
-                {
-                    tracing::warn!(error = %err, "could not change message visibility");
+                if let (Some(visibility), Some(handle)) = (visibility, &record.receipt_handle) {
+                    back_offs.push(self.back_off(handle, *visibility));
                 }
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = record.message_id.clone().unwrap_or_default();
                 response.batch_item_failures.push(failure);
             }
         }
+        join_all(back_offs).await;
         if count > 0 && response.batch_item_failures.len() == count {
             return Err(WorkerError::AllFailed(count));
         }
         Ok(response)
+    }
+
+    /// Hides a message for `visibility` before it comes back. Best effort: if this
+    /// fails, the queue's visibility timeout applies.
+    async fn back_off(&self, receipt_handle: &str, visibility: Duration) {
+        if let Err(err) = self
+            .queue
+            .change_visibility(receipt_handle, visibility)
+            .await
+        {
+            tracing::warn!(error = %err, "could not change message visibility");
+        }
     }
 
     /// Decodes a record and claims its job. `Err` is the record's final outcome.
