@@ -567,7 +567,9 @@ async fn scenario_6_throttled_inference_backs_off_and_succeeds() {
 
 async fn poison(backend: Backend) {
     let scale = scale();
-    let ports = ports(backend, Duration::from_secs(2), 3).await;
+    // Retries come back after the worker's backoff; the visibility timeout (and the
+    // lease, 3/4 of it) only has to outlast a batch on a loaded machine.
+    let ports = ports(backend, Duration::from_secs(5), 3).await;
     let mut jobs = create_many(ports.store.as_ref(), "healthy", scale.jobs).await;
     let poisoned = create_many(ports.store.as_ref(), "poison", scale.jobs / 10).await;
     jobs.extend(poisoned.iter().cloned());
