@@ -91,11 +91,8 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     for batch in BATCHES {
         let batches = batches(&corpus, batch);
         model.embed(&batches[0])?; // warm-up
-        let mut next = batches.iter().cycle();
-        let (sentences, elapsed) = repeat(budget, || {
-            let texts = next.next().expect("a cycle never ends");
-            model.embed(texts).map(|_| batch)
-        })?;
+        let (sentences, elapsed) =
+            repeat(budget, &batches, |texts| model.embed(texts).map(|_| batch))?;
         let per_second = sentences as f64 / elapsed.as_secs_f64();
         println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
         throughput.push(json!({"batch": batch, "sentences_per_second": round(per_second)}));
@@ -110,25 +107,17 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
 
     // SQS batches of ten one-text embed jobs, over the corpus: one pass for each SQS
     // batch, or one pass for each job.
+    let job = |text: &&str| {
+        TaskInput::parse(Task::Embed, &json!({"texts": [text]})).expect("valid input")
+    };
     let jobs: Vec<Vec<TaskInput>> = batches(&corpus, SQS_BATCH)
         .iter()
-        .map(|texts| {
-            texts
-                .iter()
-                .map(|t| {
-                    TaskInput::parse(Task::Embed, &json!({"texts": [t]})).expect("valid input")
-                })
-                .collect()
-        })
+        .map(|texts| texts.iter().map(job).collect())
         .collect();
-    let mut next = jobs.iter().cycle();
-    let (batched, t1) = repeat(budget, || {
-        let batch = next.next().expect("a cycle never ends");
+    let (batched, t1) = repeat(budget, &jobs, |batch| {
         model.run(Task::Embed, batch).map(|o| o.len())
     })?;
-    let mut next = jobs.iter().cycle();
-    let (single, t2) = repeat(budget, || {
-        let batch = next.next().expect("a cycle never ends");
+    let (single, t2) = repeat(budget, &jobs, |batch| {
         batch
             .iter()
             .map(|job| {
@@ -219,15 +208,20 @@ fn batches(corpus: &[String], size: usize) -> Vec<Vec<&str>> {
         .collect()
 }
 
-/// Runs `step` until `budget` is spent; returns the summed counts and the time taken.
-fn repeat<E: std::error::Error + Send + Sync + 'static>(
+/// Runs `step` on each of `inputs` in turn, round and round, until `budget` is
+/// spent; returns the summed counts and the time taken.
+fn repeat<T, E: std::error::Error + Send + Sync + 'static>(
     budget: Duration,
-    mut step: impl FnMut() -> Result<usize, E>,
+    inputs: &[T],
+    mut step: impl FnMut(&T) -> Result<usize, E>,
 ) -> anyhow::Result<(usize, Duration)> {
     let start = Instant::now();
     let mut count = 0;
-    while start.elapsed() < budget {
-        count += step()?;
+    for input in inputs.iter().cycle() {
+        if start.elapsed() >= budget {
+            break;
+        }
+        count += step(input)?;
     }
     Ok((count, start.elapsed()))
 }
