@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use offpath_core::{Model, Task, TaskInput};
-use offpath_inference::{DIMENSIONS, MiniLm, weights};
+use offpath_inference::{DIMENSIONS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
 fn model() -> &'static MiniLm {
@@ -37,11 +37,12 @@ fn reference() -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-#[test]
-fn embeddings_match_the_reference_implementation() {
+/// Checks `model`'s embeddings of the fixture's sentences against the reference and
+/// returns the lowest cosine.
+fn check_against_the_reference(model: &MiniLm) -> f32 {
     let reference = reference();
     let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).collect();
-    let vectors = model().embed(&texts).unwrap();
+    let vectors = model.embed(&texts).unwrap();
     let mut lowest = f32::INFINITY;
     for ((text, want), got) in reference.iter().zip(&vectors) {
         assert_eq!(got.len(), DIMENSIONS);
@@ -51,7 +52,25 @@ fn embeddings_match_the_reference_implementation() {
         assert!(similarity >= 0.999, "{text:?}: cosine {similarity}");
         lowest = lowest.min(similarity);
     }
-    eprintln!("lowest cosine against the reference: {lowest}");
+    lowest
+}
+
+#[test]
+fn embeddings_match_the_reference_implementation() {
+    let lowest = check_against_the_reference(model());
+    let precision = model().precision().name();
+    eprintln!("lowest cosine against the reference, {precision}: {lowest}");
+}
+
+/// The `f32` products that CPUs without AVX-512 BF16 run (arm64, x86-64 before Intel
+/// Cooper Lake and AMD Zen 4), checked end to end even where the default is bfloat16.
+#[test]
+fn float32_products_match_the_reference_implementation() {
+    let files = weights::resolve(false).expect("model files (tests/run fetches them)");
+    let model = MiniLm::load_in(&files, Precision::Float32).expect("model loads");
+    assert_eq!(model.precision(), Precision::Float32);
+    let lowest = check_against_the_reference(&model);
+    eprintln!("lowest cosine against the reference, float32: {lowest}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces every figure and plot in BENCHMARKS.md, on this machine, in one run:
 #   - the model: throughput per batch size, start-up, memory, micro-batching, and
-#     sentence-transformers on the same sentences (docs/bench/model.json);
+#     sentence-transformers on the same sentences (docs/bench/model.json), then the
+#     same with float32 products, what CPUs without AVX-512 BF16 run
+#     (docs/bench/model-float32.json);
 #   - the service on the embedded backend and on moto: responsiveness, submit
 #     overhead, pipeline throughput, cost; cold starts of the cargo-lambda bootstraps
 #     (docs/bench/service-*.json, docs/bench/*.png).
@@ -31,6 +33,9 @@ offpath="$target/release/offpath"
 
 echo "==> bench model" >&2
 "$offpath" bench model --json docs/bench/model.json --python "$python"
+echo "==> bench model, float32 products" >&2
+"$offpath" bench model --precision float32 --json docs/bench/model-float32.json \
+  --python "$python"
 echo "==> bench service, embedded" >&2
 "$offpath" bench service --backend embedded --out docs/bench
 

@@ -1,7 +1,7 @@
-//! Dense layers, `x W + b`, optionally followed by GELU. Where the CPU has AVX-512 BF16
-//! the product runs in bfloat16 with `f32` sums ([`crate::bf16`]), with the bias and the
-//! GELU applied inside it; elsewhere (arm64, older x86-64) it is candle's `f32` matrix
-//! product followed by in-place bias and GELU passes.
+//! Dense layers, `x W + b`, optionally followed by GELU, in either [`Precision`]. In
+//! bfloat16 (CPUs with AVX-512 BF16) the product has `f32` sums ([`crate::bf16`]) and
+//! applies the bias and the GELU inside it; in `f32` (every CPU: arm64, older x86-64)
+//! it is candle's matrix product followed by in-place bias and GELU passes.
 
 #[cfg(target_arch = "x86_64")]
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
@@ -20,14 +20,50 @@ pub(crate) enum Activation {
     Gelu,
 }
 
-/// The precision of the products on this CPU: `"bfloat16"` where it has AVX-512 BF16,
-/// else `"float32"`.
-pub(crate) fn precision() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if crate::bf16::available() {
-        return "bfloat16";
+/// The precision of the dense layers' products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// bfloat16 products with `f32` sums ([`crate::bf16`]): CPUs with AVX-512 BF16.
+    Bfloat16,
+    /// candle's `f32` products: every CPU.
+    Float32,
+}
+
+impl Precision {
+    /// Every precision this CPU runs, fastest first.
+    pub fn supported() -> Vec<Precision> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::bf16::available() {
+            return vec![Precision::Bfloat16, Precision::Float32];
+        }
+        vec![Precision::Float32]
     }
-    "float32"
+
+    /// The fastest precision this CPU runs.
+    pub fn best() -> Precision {
+        Precision::supported()[0]
+    }
+
+    /// Its name in logs and benchmark results: `"bfloat16"` or `"float32"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Bfloat16 => "bfloat16",
+            Precision::Float32 => "float32",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// Parses a [`Precision::name`].
+    fn from_str(name: &str) -> std::result::Result<Self, Self::Err> {
+        match name {
+            "bfloat16" => Ok(Precision::Bfloat16),
+            "float32" => Ok(Precision::Float32),
+            _ => Err(format!("{name:?} is not bfloat16 or float32")),
+        }
+    }
 }
 
 /// A dense layer.
@@ -47,14 +83,22 @@ enum Product {
 }
 
 impl Dense {
-    /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias, in
-    /// bfloat16 where the CPU supports it.
-    pub(crate) fn new(weight: &Tensor, bias: &Tensor, activation: Activation) -> Result<Self> {
-        #[cfg(target_arch = "x86_64")]
-        if crate::bf16::available() {
-            return Self::bf16(weight, bias, activation);
+    /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias, with
+    /// products in `precision`, which must be one this CPU runs
+    /// ([`Precision::supported`]).
+    pub(crate) fn new(
+        weight: &Tensor,
+        bias: &Tensor,
+        activation: Activation,
+        precision: Precision,
+    ) -> Result<Self> {
+        match precision {
+            #[cfg(target_arch = "x86_64")]
+            Precision::Bfloat16 => Self::bf16(weight, bias, activation),
+            #[cfg(not(target_arch = "x86_64"))]
+            Precision::Bfloat16 => candle_core::bail!("bfloat16 products need x86-64"),
+            Precision::Float32 => Self::f32(weight, bias, activation),
         }
-        Self::f32(weight, bias, activation)
     }
 
     /// A dense layer on candle's `f32` product.
@@ -138,18 +182,16 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Each way of multiplying this CPU has, named.
+    /// A layer for each precision this CPU runs.
     fn layers(
         weight: &Tensor,
         bias: &Tensor,
         activation: Activation,
     ) -> Vec<(&'static str, Dense)> {
-        let mut layers = vec![("f32", Dense::f32(weight, bias, activation).unwrap())];
-        #[cfg(target_arch = "x86_64")]
-        if crate::bf16::available() {
-            layers.push(("bf16", Dense::bf16(weight, bias, activation).unwrap()));
-        }
-        layers
+        Precision::supported()
+            .into_iter()
+            .map(|p| (p.name(), Dense::new(weight, bias, activation, p).unwrap()))
+            .collect()
     }
 
     #[test]

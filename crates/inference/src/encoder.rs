@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::dense::{Activation, Dense};
+use crate::dense::{Activation, Dense, Precision};
 use crate::kernels::{Attention, ResidualNorm};
 
 /// The parts of the model's `config.json` the encoder reads.
@@ -46,8 +46,13 @@ struct Layer {
 }
 
 impl Encoder {
-    /// Loads the encoder from a BERT checkpoint (Hugging Face names).
-    pub(crate) fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+    /// Loads the encoder from a BERT checkpoint (Hugging Face names), with dense
+    /// products in `precision`.
+    pub(crate) fn load(
+        vb: VarBuilder,
+        config: &Config,
+        precision: Precision,
+    ) -> candle_core::Result<Self> {
         if config.hidden_act != "gelu" {
             candle_core::bail!("hidden_act {:?} is not gelu", config.hidden_act);
         }
@@ -65,7 +70,7 @@ impl Encoder {
             )?
             .broadcast_add(&token_types.get(0)?)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), config, eps))
+            .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), config, eps, precision))
             .collect::<candle_core::Result<_>>()?;
         Ok(Encoder {
             words: embeddings.get((config.vocab_size, hidden), "word_embeddings.weight")?,
@@ -92,7 +97,12 @@ impl Encoder {
 }
 
 impl Layer {
-    fn load(vb: &VarBuilder, config: &Config, eps: f32) -> candle_core::Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        config: &Config,
+        eps: f32,
+        precision: Precision,
+    ) -> candle_core::Result<Self> {
         let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
         let dense = |name: &str, outputs: usize, inputs: usize, activation| {
             let vb = vb.pp(name);
@@ -100,6 +110,7 @@ impl Layer {
                 &vb.get((outputs, inputs), "weight")?,
                 &vb.get(outputs, "bias")?,
                 activation,
+                precision,
             )
         };
         let attention = vb.pp("attention.self");
@@ -117,6 +128,7 @@ impl Layer {
                 &Tensor::cat(&weights, 0)?,
                 &Tensor::cat(&biases, 0)?,
                 Activation::Identity,
+                precision,
             )?,
             output: dense(
                 "attention.output.dense",

@@ -50,4 +50,9 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The CPU cannot run the requested precision's products.
+    #[error(
+        "this CPU cannot run {0} products (they need AVX-512 BF16 on x86-64); load the model in float32"
+    )]
+    Unsupported(&'static str),
 }

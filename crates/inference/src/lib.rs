@@ -15,5 +15,6 @@ mod minilm;
 mod tasks;
 pub mod weights;
 
+pub use dense::Precision;
 pub use error::LoadError;
 pub use minilm::{DIMENSIONS, MAX_TOKENS, MODEL_NAME, MiniLm};

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::LoadError;
+use crate::dense::Precision;
 use crate::encoder::{Config, Encoder};
 use crate::weights::ModelFiles;
 
@@ -29,26 +30,37 @@ const PASS_TOKENS: usize = 4096;
 pub struct MiniLm {
     encoder: Encoder,
     tokenizer: Tokenizer,
+    precision: Precision,
 }
 
 impl MiniLm {
-    /// Loads the model from `files`, memory-mapping the weights. The tokenizer and the
-    /// weights load on two threads.
+    /// Loads the model from `files`, memory-mapping the weights, with products in the
+    /// fastest precision this CPU runs ([`Precision::best`]).
     pub fn load(files: &ModelFiles) -> Result<Self, LoadError> {
-        let (tokenizer, encoder) = rayon::join(|| tokenizer(files), || encoder(files));
+        Self::load_in(files, Precision::best())
+    }
+
+    /// Loads the model from `files` with products in `precision`, which must be one
+    /// this CPU runs ([`Precision::supported`]). The tokenizer and the weights load on
+    /// two threads.
+    pub fn load_in(files: &ModelFiles, precision: Precision) -> Result<Self, LoadError> {
+        if !Precision::supported().contains(&precision) {
+            return Err(LoadError::Unsupported(precision.name()));
+        }
+        let (tokenizer, encoder) = rayon::join(|| tokenizer(files), || encoder(files, precision));
         let model = MiniLm {
             encoder: encoder?,
             tokenizer: tokenizer?,
+            precision,
         };
-        tracing::info!(precision = model.precision(), "model loaded");
+        tracing::info!(precision = precision.name(), "model loaded");
         Ok(model)
     }
 
-    /// The precision of the dense layers' products on this CPU: `"bfloat16"` (with
-    /// `f32` sums) where it has AVX-512 BF16, else `"float32"`. Either way embeddings
-    /// match the `f32` reference to cosine >= 0.9999.
-    pub fn precision(&self) -> &'static str {
-        crate::dense::precision()
+    /// The precision of the dense layers' products. Either way embeddings match the
+    /// `f32` reference to cosine >= 0.9999 (tests/minilm.rs).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Embeds texts: one unit vector of [`DIMENSIONS`] per text, in order.
@@ -115,8 +127,8 @@ fn tokenizer(files: &ModelFiles) -> Result<Tokenizer, LoadError> {
     Ok(tokenizer)
 }
 
-/// Reads the configuration and the weights.
-fn encoder(files: &ModelFiles) -> Result<Encoder, LoadError> {
+/// Reads the configuration and the weights, for products in `precision`.
+fn encoder(files: &ModelFiles, precision: Precision) -> Result<Encoder, LoadError> {
     let config_path = files.config();
     let bytes = std::fs::read(&config_path).map_err(|e| LoadError::corrupt(&config_path, e))?;
     let config: Config =
@@ -133,7 +145,7 @@ fn encoder(files: &ModelFiles) -> Result<Encoder, LoadError> {
         )
     }
     .map_err(|e| LoadError::corrupt(&weights, e))?;
-    Encoder::load(vb, &config).map_err(|e| LoadError::corrupt(&weights, e))
+    Encoder::load(vb, &config, precision).map_err(|e| LoadError::corrupt(&weights, e))
 }
 
 /// Splits sequences of `lengths` tokens into contiguous passes of about equal token

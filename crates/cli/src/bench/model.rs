@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use offpath_core::{Model, Task, TaskInput};
-use offpath_inference::{MiniLm, weights};
+use offpath_inference::{MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
 use super::{peak_rss_kib, round};
@@ -24,6 +24,10 @@ pub struct ModelBench {
     /// it (infra/bench/sentence_transformers_bench.py) in the same run, side by side.
     #[arg(long)]
     pub python: Option<std::path::PathBuf>,
+    /// The products' precision, `bfloat16` or `float32`; the fastest this CPU runs when
+    /// unset. `float32` measures what CPUs without AVX-512 BF16 get.
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 /// The sentence-transformers side of `bench model --python`.
@@ -83,9 +87,9 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let budget = Duration::from_secs_f64(options.seconds);
     let files = weights::resolve(true)?;
     let ready_ms = startup_ms()?;
-    let model = MiniLm::load(&files)?;
+    let model = MiniLm::load_in(&files, options.precision.unwrap_or_else(Precision::best))?;
     let corpus = sentences();
-    println!("products in {}", model.precision());
+    println!("products in {}", model.precision().name());
 
     let mut throughput = Vec::new();
     for batch in BATCHES {
@@ -139,9 +143,12 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let result = json!({
         "benchmark": "model",
         "model": offpath_inference::MODEL_NAME,
-        "command": "cargo run --release -- bench model",
+        "command": match options.precision {
+            Some(precision) => format!("offpath bench model --precision {}", precision.name()),
+            None => "offpath bench model".to_owned(),
+        },
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "precision": model.precision(),
+        "precision": model.precision().name(),
         "throughput": throughput,
         "jobs_per_second": {"micro_batched": round(with), "one_pass_per_job": round(without), "speedup": round(with / without)},
         "start_to_ready_ms": round(ready_ms),
