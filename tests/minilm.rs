@@ -7,12 +7,14 @@ use offpath_core::{Model, Task, TaskInput};
 use offpath_inference::{DIMENSIONS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
+/// The model files `tests/run` fetched.
+fn files() -> weights::ModelFiles {
+    weights::resolve(false).expect("model files (tests/run fetches them)")
+}
+
 fn model() -> &'static MiniLm {
     static MODEL: OnceLock<MiniLm> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let files = weights::resolve(false).expect("model files (tests/run fetches them)");
-        MiniLm::load(&files).expect("model loads")
-    })
+    MODEL.get_or_init(|| MiniLm::load(&files()).expect("model loads"))
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -66,8 +68,7 @@ fn embeddings_match_the_reference_implementation() {
 /// Cooper Lake and AMD Zen 4), checked end to end even where the default is bfloat16.
 #[test]
 fn float32_products_match_the_reference_implementation() {
-    let files = weights::resolve(false).expect("model files (tests/run fetches them)");
-    let model = MiniLm::load_in(&files, Precision::Float32).expect("model loads");
+    let model = MiniLm::load_in(&files(), Precision::Float32).expect("model loads");
     assert_eq!(model.precision(), Precision::Float32);
     let lowest = check_against_the_reference(&model);
     eprintln!("lowest cosine against the reference, float32: {lowest}");
@@ -162,7 +163,7 @@ fn jobs_of_one_group_share_one_pass_and_get_their_own_results() {
 
 #[test]
 fn a_truncated_weights_file_fails_with_a_sentence_that_says_what_to_do() {
-    let good = weights::resolve(false).unwrap();
+    let good = files();
     let dir = std::env::temp_dir().join(format!("offpath-bad-model-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["tokenizer.json", "config.json"] {

@@ -52,7 +52,8 @@ pub enum LoadError {
     },
     /// The CPU cannot run the requested precision's products.
     #[error(
-        "this CPU cannot run {0} products (they need AVX-512 BF16 on x86-64); load the model in float32"
+        "this CPU cannot run {} products (they need AVX-512 BF16 on x86-64); load the model in float32",
+        .0.name()
     )]
-    Unsupported(&'static str),
+    Unsupported(crate::Precision),
 }

@@ -45,7 +45,7 @@ impl MiniLm {
     /// two threads.
     pub fn load_in(files: &ModelFiles, precision: Precision) -> Result<Self, LoadError> {
         if !Precision::supported().contains(&precision) {
-            return Err(LoadError::Unsupported(precision.name()));
+            return Err(LoadError::Unsupported(precision));
         }
         let (tokenizer, encoder) = rayon::join(|| tokenizer(files), || encoder(files, precision));
         let model = MiniLm {
