@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Starts moto server (from .venv) on a free loopback port and prints the environment
-# that points the AWS SDKs at it, for `eval "$(infra/moto/start.sh)"`. The server's
-# pid is in the printed MOTO_PID; stop it with `kill $MOTO_PID`.
+# Starts moto server (from .venv, through infra/moto/server.py) on a free loopback
+# port and prints the environment that points the AWS SDKs at it, for
+# `eval "$(infra/moto/start.sh)"`. The server's pid is in the printed MOTO_PID; stop
+# it with `kill $MOTO_PID`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 "$root/infra/venv.sh"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 log="${MOTO_LOG:-$root/target/moto.log}"
 mkdir -p "$(dirname "$log")"
-"$root/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+# moto server with DynamoDB requests one at a time (infra/moto/server.py says why).
+"$root/.venv/bin/python" "$root/infra/moto/server.py" 127.0.0.1 "$port" >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
   if curl -fs "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
