@@ -1,8 +1,6 @@
 //! The API router, called with `tower::ServiceExt::oneshot`, on DynamoDB and SQS
 //! (moto): status codes, idempotency, owners, outages.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +10,19 @@ use axum::http::{Request, StatusCode};
 use http::Response;
 use offpath_api::{AppState, Auth, SubmitLimits, app};
 use offpath_aws::{DynamoStore, SqsQueue};
-use offpath_core::{JobQueue, JobStatus, JobStore};
+use offpath_core::{JobStatus, QueueSettings};
+use offpath_testkit::{CountTask, Proxy, Stack, drained, fast_queue, item_count};
 use serde_json::Value;
-use support::proxy::Proxy;
-use support::{Stack, fast_queue, item_count, stack};
 use tower::ServiceExt;
 
 const EMBED: &str = r#"{"task":"embed","input":{"texts":["hello"]}}"#;
 
+async fn stack(settings: QueueSettings) -> Stack {
+    Stack::moto(settings).await
+}
+
 fn state(stack: &Stack) -> AppState {
-    AppState::new(stack.store.clone(), stack.queue.clone(), Auth::SingleTenant)
+    AppState::new(&stack.ports, Stack::tasks(), Auth::SingleTenant)
 }
 
 async fn call(
@@ -69,6 +70,7 @@ async fn a_submit_answers_202_with_the_job_and_enqueues_it() {
     assert_eq!(body["attempts"], 0);
     assert!(!headers.contains_key("idempotent-replayed"));
     let messages = stack
+        .ports
         .queue
         .receive(10, Duration::from_secs(2))
         .await
@@ -100,9 +102,10 @@ async fn the_same_key_replays_and_another_body_is_refused() {
     let (status, _, body) = call(&state, submit(other, Some("key-1"))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["code"], "idempotency_key_reused");
-    assert_eq!(item_count(&stack.resources.table).await, 1);
+    assert_eq!(item_count(&stack.resources().table).await, 1);
     // A young job is not re-sent by replays: one message for one job.
     let messages = stack
+        .ports
         .queue
         .receive(10, Duration::from_secs(1))
         .await
@@ -226,14 +229,14 @@ async fn bad_requests_get_their_4xx_and_leave_nothing_behind() {
         submit(r#"{"task":"rank","input":{"query":"q"}}"#, None),
     )
     .await;
-    assert_eq!(body["error"]["message"], "input.documents: is required");
+    assert_eq!(body["error"]["message"], "input: missing field `documents`");
 
     assert_eq!(
-        item_count(&stack.resources.table).await,
+        item_count(&stack.resources().table).await,
         0,
         "no item left behind"
     );
-    assert!(support::drained(stack.queue.as_ref()).await);
+    assert!(drained(stack.ports.queue.as_ref()).await);
 }
 
 #[tokio::test]
@@ -317,7 +320,7 @@ async fn health_and_openapi_answer() {
 
     let (status, _, doc) = call(&state, get("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     // Every documented operation is routed.
     for (path, operations) in doc["paths"].as_object().unwrap() {
         let concrete = path.replace("{id}", "0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80");
@@ -345,7 +348,7 @@ async fn a_store_outage_is_a_503_with_retry_after() {
     let mut state = state(&stack);
     state.store = Arc::new(DynamoStore::from_sdk(
         &proxy.sdk().await,
-        &stack.resources.table,
+        &stack.resources().table,
     ));
     proxy.go_down();
     for request in [
@@ -371,7 +374,7 @@ async fn a_failed_enqueue_leaves_nothing_half_done() {
     let proxy = Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
     let mut state = state(&stack);
     state.queue = Arc::new(
-        SqsQueue::from_sdk(&proxy.sdk().await, &stack.resources.queue_url)
+        SqsQueue::from_sdk(&proxy.sdk().await, &stack.resources().queue_url)
             .await
             .unwrap(),
     );
@@ -387,12 +390,12 @@ async fn a_failed_enqueue_leaves_nothing_half_done() {
         (status, headers["retry-after"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "2")
     );
-    assert_eq!(item_count(&stack.resources.table).await, 0);
+    assert_eq!(item_count(&stack.resources().table).await, 0);
 
     // With a key it stays queued, and the client's retry re-sends its message.
     let (status, _, _) = call(&state, submit(EMBED, Some("retry-me"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(item_count(&stack.resources.table).await, 1);
+    assert_eq!(item_count(&stack.resources().table).await, 1);
     proxy.come_back();
     let (status, headers, job) = call(&state, submit(EMBED, Some("retry-me"))).await;
     assert_eq!(
@@ -400,6 +403,7 @@ async fn a_failed_enqueue_leaves_nothing_half_done() {
         (StatusCode::ACCEPTED, "true")
     );
     let messages = stack
+        .ports
         .queue
         .receive(10, Duration::from_secs(2))
         .await
@@ -408,7 +412,54 @@ async fn a_failed_enqueue_leaves_nothing_half_done() {
     assert!(messages[0].body.contains(job["id"].as_str().unwrap()));
     let id = job["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
-        stack.store.get(id).await.unwrap().unwrap().status,
+        stack.ports.store.get(id).await.unwrap().unwrap().status,
         JobStatus::Queued
+    );
+}
+
+#[tokio::test]
+async fn the_document_and_the_checks_follow_the_registry() {
+    let stack = stack(fast_queue()).await;
+    let mut state = state(&stack);
+    state.tasks = Arc::new(offpath_tasks::registry().with(CountTask));
+    let (status, _, doc) = call(&state, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["CountInput"].is_object() && schemas["CountOutput"].is_object());
+    let variants: Vec<&str> = schemas["SubmitRequest"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["properties"]["task"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["classify", "count", "embed", "rank"]);
+    assert_eq!(
+        schemas["TaskName"]["enum"],
+        serde_json::json!(["classify", "count", "embed", "rank"])
+    );
+    let (status, _, body) = call(&state, submit(r#"{"task":"count","input":{}}"#, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["message"], "input: missing field `text`");
+    let (status, _, body) = call(
+        &state,
+        submit(r#"{"task":"count","input":{"text":"a b"}}"#, None),
+    )
+    .await;
+    assert_eq!(
+        (status, body["task"].as_str()),
+        (StatusCode::ACCEPTED, Some("count"))
+    );
+    // Without the task registered, it is unknown.
+    let (status, _, body) = call(
+        &self::state(&stack),
+        submit(r#"{"task":"count","input":{"text":"a"}}"#, None),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("unknown task \"count\"; known tasks are classify, embed and rank")
+        )
     );
 }

@@ -1,22 +1,18 @@
-//! The port properties (tests/conformance) against the DynamoDB and SQS adapters on
-//! an AWS-protocol endpoint (moto, or LocalStack).
-
-#[macro_use]
-mod conformance;
-mod support;
+//! The port properties (the test kit's conformance suite) against the DynamoDB and
+//! SQS adapters on an AWS-protocol endpoint (moto, or LocalStack).
 
 use std::sync::Arc;
 
 use offpath_core::{JobQueue, JobStore};
-use support::{fast_queue, stack};
+use offpath_testkit::{Stack, fast_queue};
 
 async fn store() -> Arc<dyn JobStore> {
-    stack(fast_queue()).await.store
+    Stack::moto(fast_queue()).await.ports.store
 }
 
 async fn queues() -> (Arc<dyn JobQueue>, Arc<dyn JobQueue>) {
-    let stack = stack(fast_queue()).await;
-    (stack.queue, stack.dlq)
+    let stack = Stack::moto(fast_queue()).await;
+    (stack.ports.queue.clone(), stack.dlq().clone())
 }
 
-conformance_suite!(store: store(), queues: queues());
+offpath_testkit::conformance_suite!(store: store(), queues: queues());

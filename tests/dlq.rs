@@ -2,26 +2,28 @@
 //! `offpath dlq list` and by the AWS CLI, and completes after `offpath dlq redrive`
 //! once its cause is fixed.
 
-mod support;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use offpath_api::{AppState, Auth, app};
-use offpath_core::{JobId, JobQueue, JobStatus, JobStore};
+use offpath_core::{JobId, JobStatus, QueueSettings};
+use offpath_testkit::{Stack, TestModel, binary, drained, fast_queue};
 use offpath_worker::Worker;
 use offpath_worker::poller::process_batch;
-use support::{Stack, TestModel, fast_queue, stack};
 use tower::ServiceExt;
+
+async fn stack(settings: QueueSettings) -> Stack {
+    Stack::moto(settings).await
+}
 
 fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
     stack.worker(model, Duration::from_millis(100))
 }
 
 async fn submit(stack: &Stack, text: &str) -> JobId {
-    let state = AppState::new(stack.store.clone(), stack.queue.clone(), Auth::SingleTenant);
+    let state = AppState::new(&stack.ports, Stack::tasks(), Auth::SingleTenant);
     let body = format!(r#"{{"task":"embed","input":{{"texts":["{text}"]}}}}"#);
     let request = axum::http::Request::post("/jobs")
         .header("content-type", "application/json")
@@ -40,23 +42,18 @@ async fn drive(stack: &Stack, worker: &Worker, done: impl AsyncFn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done().await {
         assert!(Instant::now() < deadline, "condition not reached in 60 s");
-        let messages = stack
-            .queue
-            .receive(10, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let queue = stack.ports.queue.as_ref();
+        let messages = queue.receive(10, Duration::from_secs(1)).await.unwrap();
         if !messages.is_empty() {
-            process_batch(worker, stack.queue.as_ref(), messages).await;
+            process_batch(worker, queue, messages).await;
         }
     }
 }
 
 fn offpath(stack: &Stack, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_offpath"))
+    let output = Command::new(binary("offpath"))
         .args(args)
-        .env("OFFPATH_TABLE", &stack.resources.table)
-        .env("OFFPATH_QUEUE_URL", &stack.resources.queue_url)
-        .env("OFFPATH_DLQ_URL", &stack.resources.dlq_url)
+        .envs(stack.env())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -69,13 +66,13 @@ fn offpath(stack: &Stack, args: &[&str]) -> String {
 }
 
 fn aws_cli_sees(stack: &Stack, job: JobId) -> bool {
-    let aws = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/aws");
+    let aws = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/aws");
     let output = Command::new(aws)
         .args([
             "sqs",
             "receive-message",
             "--queue-url",
-            &stack.resources.dlq_url,
+            &stack.resources().dlq_url,
         ])
         .args([
             "--visibility-timeout",
@@ -105,28 +102,35 @@ async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
     let stack = stack(fast_queue()).await;
     let model = Arc::new(TestModel::default());
     let worker = worker(&stack, model.clone());
-    let poisoned = submit(&stack, "panic in the model").await;
+    let poisoned = submit(&stack, "poison in the model").await;
     let healthy = submit(&stack, "fine").await;
 
-    let store = stack.store.clone();
+    let store = stack.ports.store.clone();
     drive(&stack, &worker, async || {
         let job = store.get(poisoned).await.unwrap().unwrap();
         job.status == JobStatus::Failed
     })
     .await;
-    let job = stack.store.get(poisoned).await.unwrap().unwrap();
+    let job = stack.ports.store.get(poisoned).await.unwrap().unwrap();
     assert_eq!(job.error.as_ref().unwrap().code, "dead_lettered");
     assert_eq!(job.attempts, 3);
     assert_eq!(
-        stack.store.get(healthy).await.unwrap().unwrap().status,
+        stack
+            .ports
+            .store
+            .get(healthy)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         JobStatus::Succeeded
     );
 
     // SQS moves the message on the receive after the third; then both tools see it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.dlq.depth().await.unwrap().visible == 0 {
+    while stack.dlq().depth().await.unwrap().visible == 0 {
         assert!(Instant::now() < deadline, "message not in the DLQ");
-        assert!(support::drained(stack.queue.as_ref()).await);
+        assert!(drained(stack.ports.queue.as_ref()).await);
     }
     let listing = offpath(&stack, &["dlq", "list"]);
     assert!(listing.contains(&poisoned.to_string()), "{listing}");
@@ -142,17 +146,24 @@ async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
     let redrive = offpath(&stack, &["dlq", "redrive", &poisoned.to_string()]);
     assert!(redrive.contains("1 message(s) moved"), "{redrive}");
     assert_eq!(
-        stack.store.get(poisoned).await.unwrap().unwrap().status,
+        stack
+            .ports
+            .store
+            .get(poisoned)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         JobStatus::Queued
     );
     drive(&stack, &worker, async || {
         store.get(poisoned).await.unwrap().unwrap().status == JobStatus::Succeeded
     })
     .await;
-    let job = stack.store.get(poisoned).await.unwrap().unwrap();
+    let job = stack.ports.store.get(poisoned).await.unwrap().unwrap();
     assert_eq!(job.attempts, 4);
     assert!(job.error.is_none());
-    assert_eq!(stack.dlq.depth().await.unwrap().visible, 0);
+    assert_eq!(stack.dlq().depth().await.unwrap().visible, 0);
 }
 
 #[tokio::test]
@@ -160,14 +171,15 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
     let stack = stack(fast_queue()).await;
     let model = Arc::new(TestModel::default());
     let worker = worker(&stack, model.clone());
-    let poisoned = submit(&stack, "panic again").await;
-    let store = stack.store.clone();
+    let poisoned = submit(&stack, "poison again").await;
+    let store = stack.ports.store.clone();
     drive(&stack, &worker, async || {
         store.get(poisoned).await.unwrap().unwrap().status == JobStatus::Failed
     })
     .await;
-    while stack.dlq.depth().await.unwrap().visible < 1 {
+    while stack.dlq().depth().await.unwrap().visible < 1 {
         stack
+            .ports
             .queue
             .receive(10, Duration::from_secs(1))
             .await
@@ -185,10 +197,10 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
     .await;
 
     // Messages that are not job messages stay for inspection, then purge removes them.
-    let sqs = aws_sdk_sqs::Client::new(&support::sdk().await);
+    let sqs = aws_sdk_sqs::Client::new(&offpath_testkit::sdk().await);
     for body in ["garbage one", "garbage two"] {
         sqs.send_message()
-            .queue_url(&stack.resources.dlq_url)
+            .queue_url(&stack.resources().dlq_url)
             .message_body(body)
             .send()
             .await
@@ -197,9 +209,9 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
     let redrive = offpath(&stack, &["dlq", "redrive", "--all"]);
     assert_eq!(redrive.matches("not a job message").count(), 2, "{redrive}");
     assert!(redrive.contains("0 message(s) moved"), "{redrive}");
-    assert_eq!(stack.dlq.depth().await.unwrap().visible, 2);
+    assert_eq!(stack.dlq().depth().await.unwrap().visible, 2);
     offpath(&stack, &["dlq", "purge", "--yes"]);
-    assert!(support::drained(stack.dlq.as_ref()).await);
+    assert!(drained(stack.dlq().as_ref()).await);
 
     // Nothing is stuck: the sweep finds no unfinished job.
     let swept = offpath(&stack, &["sweep"]);

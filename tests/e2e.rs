@@ -1,26 +1,23 @@
 //! End to end through the real `offpath dev --backend aws` binary on an AWS-protocol
 //! endpoint (moto): HTTP in, SQS and DynamoDB in between, the worker out.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use offpath_core::{JobId, JobMessage, JobQueue, JobStore};
+use offpath_core::QueueSettings;
+use offpath_core::{JobId, JobMessage};
+use offpath_testkit::{Dev, Stack, binary, drained, fast_queue, item_count};
 use serde_json::{Value, json};
-use support::dev::Dev;
-use support::{Stack, fast_queue, item_count, stack};
+
+async fn stack(settings: QueueSettings) -> Stack {
+    Stack::moto(settings).await
+}
 
 /// `offpath dev` on this stack's own resources, retrying quickly.
 fn dev(stack: &Stack) -> Dev {
-    Dev::start(
-        &[
-            ("OFFPATH_TABLE", &stack.resources.table),
-            ("OFFPATH_QUEUE_URL", &stack.resources.queue_url),
-            ("OFFPATH_DLQ_URL", &stack.resources.dlq_url),
-        ],
-        &["--backoff-base-ms", "200", "--lease-seconds", "10"],
-    )
+    let env = stack.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Dev::start(&env, &["--backoff-base-ms", "200", "--lease-seconds", "10"])
 }
 
 fn client() -> reqwest::Client {
@@ -166,13 +163,13 @@ async fn fifty_racing_posts_with_one_key_make_one_job() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same job");
-    assert_eq!(item_count(&stack.resources.table).await, 1);
+    assert_eq!(item_count(&stack.resources().table).await, 1);
 
     let other = submit(&dev, &embed("not the same"), Some("race-key")).await;
     assert_eq!(other.status(), 422);
     let error: Value = other.json().await.unwrap();
     assert_eq!(error["error"]["code"], "idempotency_key_reused");
-    assert_eq!(item_count(&stack.resources.table).await, 1);
+    assert_eq!(item_count(&stack.resources().table).await, 1);
 }
 
 #[tokio::test]
@@ -180,13 +177,13 @@ async fn poison_messages_reach_the_dead_letter_queue_and_the_pipeline_keeps_serv
     let stack = stack(fast_queue()).await;
     let dev = dev(&stack);
     let ghost = JobId::random();
-    let sqs = aws_sdk_sqs::Client::new(&support::sdk().await);
+    let sqs = aws_sdk_sqs::Client::new(&offpath_testkit::sdk().await);
     for body in [
         "this is not a job".to_owned(),
         JobMessage::new(ghost).to_body(),
     ] {
         sqs.send_message()
-            .queue_url(&stack.resources.queue_url)
+            .queue_url(&stack.resources().queue_url)
             .message_body(body)
             .send()
             .await
@@ -199,7 +196,12 @@ async fn poison_messages_reach_the_dead_letter_queue_and_the_pipeline_keeps_serv
             Instant::now() < deadline,
             "poison not dead-lettered in 60 s: {dead:?}"
         );
-        for m in stack.dlq.receive(10, Duration::from_secs(1)).await.unwrap() {
+        for m in stack
+            .dlq()
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
             dead.push(m.body);
         }
     }
@@ -231,14 +233,25 @@ async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
         .unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
     wait_terminal(&dev, &id).await;
-    let before = stack.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    let before = stack
+        .ports
+        .store
+        .get(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     for _ in 0..5 {
-        stack.queue.send(&JobMessage::new(before.id)).await.unwrap();
+        stack
+            .ports
+            .queue
+            .send(&JobMessage::new(before.id))
+            .await
+            .unwrap();
     }
     // Wait until the duplicates are consumed.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let depth = stack.queue.depth().await.unwrap();
+        let depth = stack.ports.queue.depth().await.unwrap();
         if depth.visible == 0 && depth.in_flight == 0 {
             break;
         }
@@ -248,11 +261,11 @@ async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = stack.store.get(before.id).await.unwrap().unwrap();
+    let after = stack.ports.store.get(before.id).await.unwrap().unwrap();
     assert_eq!(after, before, "the record, version included, is unchanged");
     assert!(
         stack
-            .dlq
+            .dlq()
             .receive(10, Duration::ZERO)
             .await
             .unwrap()
@@ -307,13 +320,13 @@ async fn bad_inputs_get_their_4xx_over_http_and_leave_nothing() {
         let body: Value = response.json().await.unwrap();
         assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());
     }
-    assert_eq!(item_count(&stack.resources.table).await, 0);
-    assert!(support::drained(stack.queue.as_ref()).await);
+    assert_eq!(item_count(&stack.resources().table).await, 0);
+    assert!(drained(stack.ports.queue.as_ref()).await);
 }
 
 #[tokio::test]
 async fn dev_creates_missing_resources_idempotently_and_stops_on_ctrl_c() {
-    let table = support::unique("dev-created");
+    let table = offpath_testkit::unique("dev-created");
     for _ in 0..2 {
         let dev = Dev::start(&[("OFFPATH_TABLE", &table)], &[]);
         let health = get_json(format!("{}/health", dev.url)).await;
@@ -354,7 +367,7 @@ async fn the_default_embedded_stack_serves_the_printed_curl_example() {
 async fn submit_status_and_wait_commands_drive_the_api() {
     let dev = Dev::spawn(&[("OFFPATH_ADDR", "127.0.0.1:0")], &[]);
     let offpath = |args: &[&str], stdin: Option<&str>| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_offpath"))
+        let mut child = std::process::Command::new(binary("offpath"))
             .args(args)
             .env("OFFPATH_URL", &dev.url)
             .stdin(std::process::Stdio::piped())
@@ -419,4 +432,13 @@ async fn submit_status_and_wait_commands_drive_the_api() {
     assert!(err.contains("input.texts: must hold 1 to 32"), "{err}");
     let (ok, _, err) = offpath(&["status", "0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80"], None);
     assert!(!ok && err.contains("404"), "{err}");
+    // The task comes from the registry: unknown names are refused with the known
+    // ones listed, and --text only where the task takes texts.
+    let (ok, _, err) = offpath(&["submit", "summarise", "--text", "x"], None);
+    assert!(
+        !ok && err.contains("[possible values: classify, embed, rank]"),
+        "{err}"
+    );
+    let (ok, _, err) = offpath(&["submit", "rank", "--text", "x"], None);
+    assert!(!ok && err.contains("rank takes no --text"), "{err}");
 }

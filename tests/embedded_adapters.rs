@@ -1,32 +1,26 @@
-//! The port properties (tests/conformance) against the embedded adapters: the same
-//! checks the DynamoDB and SQS adapters pass in tests/aws_adapters.rs.
-
-#[macro_use]
-mod conformance;
+//! The port properties (the test kit's conformance suite) against the embedded
+//! adapters: the same checks the DynamoDB and SQS adapters pass in aws_adapters.rs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use offpath_core::{JobQueue, JobStore};
-use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
+use offpath_embedded::MemoryStore;
+use offpath_testkit::{Backend, Stack, conformance, fast_queue};
 
 async fn store() -> Arc<dyn JobStore> {
-    Arc::new(MemoryStore::new(10_000))
+    Stack::new(Backend::Embedded, fast_queue())
+        .await
+        .ports
+        .store
 }
 
 /// Visibility timeout 2 s and maxReceiveCount 3, as the AWS suite's queues.
 async fn queues() -> (Arc<dyn JobQueue>, Arc<dyn JobQueue>) {
-    let options = |name: &str| QueueOptions {
-        name: name.into(),
-        visibility_timeout: Duration::from_secs(2),
-        capacity: 10_000,
-    };
-    let dlq = Arc::new(MemoryQueue::new(options("dlq")));
-    let queue = MemoryQueue::with_dead_letter_queue(options("jobs"), dlq.clone(), 3);
-    (Arc::new(queue), dlq)
+    let stack = Stack::new(Backend::Embedded, fast_queue()).await;
+    (stack.ports.queue.clone(), stack.dlq().clone())
 }
 
-conformance_suite!(store: store(), queues: queues());
+offpath_testkit::conformance_suite!(store: store(), queues: queues());
 
 #[tokio::test]
 async fn a_full_store_refuses_new_jobs_as_unavailable() {

@@ -8,32 +8,31 @@
 //! inference can be attributed to its job; the real model is exercised by e2e.rs.
 
 mod faults;
-mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use faults::{
-    Backend, CountingModel, Crash, Observed, Pool, Ports, Row, create, embed, ports, report, scale,
-    spawn_poller, succeeded,
+    Crash, Finishes, Observer, Row, create, embed, finishes_over_one, report, scale, stack,
+    succeeded, wait_terminal, workers,
 };
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::provision::QueueSettings;
 use offpath_aws::{DynamoStore, SqsQueue};
 use offpath_core::{
-    DEAD_LETTERED, JobId, JobMessage, JobQueue, JobStatus, JobStore, QueueDepth, QueueError,
-    QueueMessage,
+    DEAD_LETTERED, JobId, JobMessage, JobQueue, JobStatus, JobStore, Ports, QueueDepth,
+    QueueMessage, QueueSettings,
 };
+use offpath_testkit::{Backend, Call, Dev, Hooked, Hooks, Proxy, Stack, TestModel, item_count};
 use offpath_worker::sweep::{SweepSettings, sweep};
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
-const BACKENDS: [Backend; 2] = [Backend::Moto, Backend::Embedded];
+const BACKENDS: [Backend; 2] = Backend::ALL;
 
 /// Serves the API router on a loopback port; returns its base URL.
 async fn serve(state: AppState) -> String {
@@ -103,23 +102,14 @@ async fn take_all(dlq: &dyn JobQueue) -> Vec<QueueMessage> {
     }
 }
 
-fn finishes_over_one(finishes: &Mutex<HashMap<JobId, usize>>) -> usize {
-    finishes
-        .lock()
-        .unwrap()
-        .values()
-        .filter(|&&n| n > 1)
-        .count()
-}
-
 // 1. Racing duplicates ------------------------------------------------------------
 
 async fn racing_duplicates(backend: Backend) {
     let scale = scale();
-    let ports = ports(backend, Duration::from_secs(30), 5).await;
+    let stack = stack(backend, Duration::from_secs(30), 5).await;
     let url = serve(AppState::new(
-        ports.store.clone(),
-        ports.queue.clone(),
+        &stack.ports,
+        Stack::tasks(),
         Auth::SingleTenant,
     ))
     .await;
@@ -157,7 +147,7 @@ async fn racing_duplicates(backend: Backend) {
     let elapsed = started.elapsed();
     let server_errors = answers.iter().filter(|(s, _)| *s >= 500).count();
     let ids: HashSet<&Option<String>> = answers.iter().map(|(_, id)| id).collect();
-    let jobs = ports.store.unfinished(10_000).await.unwrap().len();
+    let jobs = stack.ports.store.unfinished(10_000).await.unwrap().len();
     report(Row {
         scenario: "1 racing duplicates",
         backend,
@@ -191,9 +181,9 @@ async fn duplicate_deliveries(backend: Backend) {
     let scale = scale();
     // Exactly once holds while a worker finishes within its lease (production: 60 s);
     // 15 s here (3/4 of the visibility) keeps a loaded CI machine well inside it.
-    let ports = ports(backend, Duration::from_secs(20), 5).await;
+    let stack = stack(backend, Duration::from_secs(20), 5).await;
     let jobs = create_many(
-        ports.store.as_ref(),
+        stack.ports.store.as_ref(),
         "duplicate-delivery",
         scale.duplicate_jobs,
     )
@@ -207,23 +197,27 @@ async fn duplicate_deliveries(backend: Backend) {
     deliveries.shuffle(&mut rand::rng());
     let started = Instant::now();
 
-    let model = Arc::new(CountingModel::default());
-    let finishes = Arc::default();
-    let store = Arc::new(Observed::new(ports.store.clone(), Arc::clone(&finishes)));
-    let pool = Pool::start(&ports, store, model.clone(), 4);
+    let model = Arc::new(TestModel::default());
+    let finishes: Finishes = Arc::default();
+    let observer = Observer {
+        finishes: Arc::clone(&finishes),
+        crash: None,
+    };
+    let store = Hooked::store(stack.ports.store.clone(), Arc::new(observer));
+    let pool = workers(&stack, store, model.clone(), 4);
     // The producer sends the shuffled deliveries while the workers run, keeping at
     // most 500 messages in the queue: moto lists every message of a queue on each
     // receive (moto/sqs/models.py, `Queue.messages`), which thousands make crawl.
     for chunk in deliveries.chunks(250) {
-        while !queue_below(ports.queue.as_ref(), 250).await {
+        while !queue_below(stack.ports.queue.as_ref(), 250).await {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        enqueue(ports.queue.as_ref(), chunk).await;
+        enqueue(stack.ports.queue.as_ref(), chunk).await;
     }
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
     // Every delivery handled is the queue drained; only then read the jobs.
-    let drained = wait_drained(ports.queue.as_ref(), scale.patience).await;
-    let (done, _) = ports.wait_terminal(&ids, Duration::from_secs(30)).await;
+    let drained = wait_drained(stack.ports.queue.as_ref(), scale.patience).await;
+    let (done, _) = wait_terminal(&stack, &ids, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
     pool.stop().await;
 
@@ -252,7 +246,7 @@ async fn duplicate_deliveries(backend: Backend) {
         assert_eq!(model.runs_of(text), 1, "inference ran once for {text}");
     }
     assert_eq!(finishes_over_one(&finishes), 0, "each job finished once");
-    assert!(take_all(ports.dlq.as_ref()).await.is_empty());
+    assert!(take_all(stack.dlq().as_ref()).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -266,67 +260,70 @@ async fn scenario_2_duplicate_deliveries_run_each_job_once() {
 
 async fn worker_crashes(backend: Backend) {
     let scale = scale();
-    let ports = ports(backend, Duration::from_secs(2), 5).await;
-    let jobs = create_many(ports.store.as_ref(), "crash", scale.crash_jobs).await;
+    let stack = stack(backend, Duration::from_secs(2), 5).await;
+    let jobs = create_many(stack.ports.store.as_ref(), "crash", scale.crash_jobs).await;
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
     let started = Instant::now();
-    enqueue(ports.queue.as_ref(), &ids).await;
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
 
-    let model: Arc<CountingModel> = Arc::default();
-    let finishes = Arc::default();
-    let (_shutdown, watch) = tokio::sync::watch::channel(false);
-    let new_crash = || {
-        Arc::new(Crash {
-            rate: 0.05,
-            dead: AtomicBool::new(false),
-            injected: Mutex::default(),
-        })
-    };
+    let model: Arc<TestModel> = Arc::default();
+    let finishes: Finishes = Arc::default();
+    // One worker process per slot: its store's hooks crash it at random points.
     let spawn = |crash: &Arc<Crash>| {
-        let store =
-            Observed::new(ports.store.clone(), Arc::clone(&finishes)).crashing(crash.clone());
-        spawn_poller(&ports, Arc::new(store), model.clone(), watch.clone())
+        let observer = Observer {
+            finishes: Arc::clone(&finishes),
+            crash: Some(Arc::clone(crash)),
+        };
+        let store = Hooked::store(stack.ports.store.clone(), Arc::new(observer));
+        workers(&stack, store, model.clone(), 1)
     };
     let mut slots: Vec<_> = (0..3)
         .map(|_| {
-            let crash = new_crash();
-            let task = spawn(&crash);
-            (crash, task)
+            let crash = Crash::new(0.05);
+            let pool = spawn(&crash);
+            (crash, Some(pool))
         })
         .collect();
     let mut crashes: HashMap<faults::CrashPoint, usize> = HashMap::new();
     let mut restarts = 0;
     let settings = SweepSettings {
-        grace: ports.settings.visibility_timeout,
-        max_receive_count: Some(ports.settings.max_receive_count),
+        grace: stack.settings.visibility_timeout,
+        max_receive_count: Some(stack.settings.max_receive_count),
         limit: 10_000,
     };
     let mut last_sweep = Instant::now();
     let mut swept = 0;
     let limit = scale.patience;
     let all_terminal = loop {
-        for (crash, task) in &mut slots {
+        for (crash, pool) in &mut slots {
             if crash.dead.load(Ordering::SeqCst) {
                 // The process died: whatever it held comes back after the visibility
                 // timeout, and a new process takes its place.
-                task.abort();
+                if let Some(dead) = pool.take() {
+                    dead.kill();
+                }
                 for (point, n) in crash.injected.lock().unwrap().iter() {
                     *crashes.entry(*point).or_default() += n;
                 }
                 restarts += 1;
-                *crash = new_crash();
-                *task = spawn(crash);
+                *crash = Crash::new(0.05);
+                *pool = Some(spawn(crash));
             }
         }
         // The scheduled sweep, run when the workers are idle: a scan of a large table
         // on every pass would starve them on moto.
         if last_sweep.elapsed() >= Duration::from_secs(2)
-            && faults::queue_empty(ports.queue.as_ref()).await
+            && faults::queue_empty(stack.ports.queue.as_ref()).await
         {
             let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
-            let report = sweep(ports.store.as_ref(), ports.queue.as_ref(), &settings, now)
-                .await
-                .expect("sweep");
+            let report = sweep(
+                stack.ports.store.as_ref(),
+                stack.ports.queue.as_ref(),
+                &settings,
+                now,
+            )
+            .await
+            .expect("sweep");
             swept += report.requeued + report.dead_lettered;
             last_sweep = Instant::now();
             if report.examined == 0 {
@@ -339,10 +336,12 @@ async fn worker_crashes(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let elapsed = started.elapsed();
-    for (_, task) in &slots {
-        task.abort();
+    for (_, pool) in slots {
+        if let Some(pool) = pool {
+            pool.kill();
+        }
     }
-    let (done, _) = ports.wait_terminal(&ids, Duration::ZERO).await;
+    let (done, _) = wait_terminal(&stack, &ids, Duration::ZERO).await;
     let succeeded = succeeded(&done);
     let dead_lettered = done
         .values()
@@ -380,56 +379,36 @@ async fn scenario_3_worker_crashes_leave_every_job_terminal() {
 
 // 5. Enqueue failure after the write -----------------------------------------------
 
-/// A queue whose sends fail while `failing` is set.
-struct FlakyQueue {
-    inner: Arc<dyn JobQueue>,
+/// Hooks that refuse every send while `failing` is set.
+#[derive(Default)]
+struct RefuseSends {
     failing: AtomicBool,
     refused: AtomicUsize,
 }
 
 #[async_trait]
-impl JobQueue for FlakyQueue {
-    async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
-        if self.failing.load(Ordering::SeqCst) {
+impl Hooks for RefuseSends {
+    async fn before(&self, call: Call) -> Result<(), String> {
+        if matches!(call, Call::Send(_)) && self.failing.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(QueueError::Unavailable("injected send failure".into()));
+            return Err("injected send failure".into());
         }
-        self.inner.send(message).await
-    }
-    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
-        self.inner.receive(max, wait).await
-    }
-    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
-        self.inner.delete(receipt_handle).await
-    }
-    async fn change_visibility(&self, handle: &str, after: Duration) -> Result<(), QueueError> {
-        self.inner.change_visibility(handle, after).await
-    }
-    async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        self.inner.depth().await
-    }
-    async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
-        self.inner.max_receive_count().await
-    }
-    fn arn(&self) -> &str {
-        self.inner.arn()
+        Ok(())
     }
 }
 
 async fn enqueue_failure(backend: Backend) {
     let scale = scale();
-    let ports = ports(backend, Duration::from_secs(5), 5).await;
-    let flaky = Arc::new(FlakyQueue {
-        inner: ports.queue.clone(),
+    let stack = stack(backend, Duration::from_secs(5), 5).await;
+    let refuse = Arc::new(RefuseSends {
         failing: AtomicBool::new(true),
-        refused: AtomicUsize::new(0),
+        ..RefuseSends::default()
     });
-    let url = serve(AppState::new(
-        ports.store.clone(),
-        flaky.clone(),
-        Auth::SingleTenant,
-    ))
-    .await;
+    let flaky = stack.ports.with_queue(Hooked::queue(
+        stack.ports.queue.clone(),
+        Arc::clone(&refuse),
+    ));
+    let url = serve(AppState::new(&flaky, Stack::tasks(), Auth::SingleTenant)).await;
     let client = client();
     let started = Instant::now();
     // While sends fail: keyed submits get 503 and leave a queued job to repair;
@@ -457,8 +436,8 @@ async fn enqueue_failure(backend: Backend) {
             );
         }
     }
-    let half_created = ports.store.unfinished(10_000).await.unwrap().len();
-    flaky.failing.store(false, Ordering::SeqCst);
+    let half_created = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    refuse.failing.store(false, Ordering::SeqCst);
     // The client honours Retry-After and retries with its key.
     let wait: u64 = retry_after.iter().next().unwrap().parse().unwrap();
     tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
@@ -483,20 +462,20 @@ async fn enqueue_failure(backend: Backend) {
         let job: Value = response.json().await.unwrap();
         ids.push(job["id"].as_str().unwrap().to_owned().try_into().unwrap());
     }
-    let model: Arc<CountingModel> = Arc::default();
-    let pool = Pool::start(&ports, ports.store.clone(), model, 2);
-    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
+    let model: Arc<TestModel> = Arc::default();
+    let pool = workers(&stack, stack.ports.store.clone(), model, 2);
+    let (done, _) = wait_terminal(&stack, &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = succeeded(&done);
-    let residue = ports.store.unfinished(10_000).await.unwrap().len();
+    let residue = stack.ports.store.unfinished(10_000).await.unwrap().len();
     report(Row {
         scenario: "5 SQS send fails after the write",
         backend,
         load: format!("{} keyed + {} unkeyed submits", keys.len(), keys.len()),
         faults: format!(
             "{} sends refused; Retry-After {retry_after:?}; {half_created} keyed jobs left queued, repaired by the retry",
-            flaky.refused.load(Ordering::SeqCst)
+            refuse.refused.load(Ordering::SeqCst)
         ),
         lost: keys.len() - succeeded,
         duplicated: 0,
@@ -519,21 +498,21 @@ async fn scenario_5_enqueue_failures_are_repaired_by_the_keyed_retry() {
 
 async fn throttling(backend: Backend) {
     let scale = scale();
-    let ports = ports(backend, Duration::from_secs(2), 5).await;
-    let jobs = create_many(ports.store.as_ref(), "throttled", scale.jobs).await;
+    let stack = stack(backend, Duration::from_secs(2), 5).await;
+    let jobs = create_many(stack.ports.store.as_ref(), "throttled", scale.jobs).await;
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
-    let model: Arc<CountingModel> = Arc::default();
+    let model: Arc<TestModel> = Arc::default();
     let started = Instant::now();
-    enqueue(ports.queue.as_ref(), &ids).await;
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
     // From the moment the workers start: enqueueing a full-size load takes longer.
     *model.throttle_until.lock().unwrap() = Some(Instant::now() + Duration::from_millis(1200));
-    let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
+    let pool = workers(&stack, stack.ports.store.clone(), model.clone(), 2);
+    let (done, _) = wait_terminal(&stack, &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = succeeded(&done);
     let max_attempts = done.values().map(|j| j.attempts).max().unwrap_or(0);
-    let dead = take_all(ports.dlq.as_ref()).await.len();
+    let dead = take_all(stack.dlq().as_ref()).await.len();
     report(Row {
         scenario: "6 throttling",
         backend,
@@ -551,7 +530,7 @@ async fn throttling(backend: Backend) {
     assert_eq!(succeeded, jobs.len(), "every job succeeds");
     assert_eq!(dead, 0, "none reaches the DLQ");
     assert!(
-        max_attempts < ports.settings.max_receive_count,
+        max_attempts < stack.settings.max_receive_count,
         "attempts bounded"
     );
 }
@@ -569,19 +548,19 @@ async fn poison(backend: Backend) {
     let scale = scale();
     // Retries come back after the worker's backoff; the visibility timeout (and the
     // lease, 3/4 of it) only has to outlast a batch on a loaded machine.
-    let ports = ports(backend, Duration::from_secs(5), 3).await;
-    let mut jobs = create_many(ports.store.as_ref(), "healthy", scale.jobs).await;
-    let poisoned = create_many(ports.store.as_ref(), "poison", scale.jobs / 10).await;
+    let stack = stack(backend, Duration::from_secs(5), 3).await;
+    let mut jobs = create_many(stack.ports.store.as_ref(), "healthy", scale.jobs).await;
+    let poisoned = create_many(stack.ports.store.as_ref(), "poison", scale.jobs / 10).await;
     jobs.extend(poisoned.iter().cloned());
     jobs.shuffle(&mut rand::rng());
     let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
-    let model: Arc<CountingModel> = Arc::default();
+    let model: Arc<TestModel> = Arc::default();
     let started = Instant::now();
-    enqueue(ports.queue.as_ref(), &ids).await;
-    let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
-    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
+    let pool = workers(&stack, stack.ports.store.clone(), model.clone(), 2);
+    let (done, _) = wait_terminal(&stack, &ids, scale.patience).await;
     // The last attempt is recorded before SQS moves the message: wait for the moves.
-    let drained = wait_drained(ports.queue.as_ref(), Duration::from_secs(30)).await;
+    let drained = wait_drained(stack.ports.queue.as_ref(), Duration::from_secs(30)).await;
     let poisoned_ids: HashSet<JobId> = poisoned.iter().map(|(id, _)| *id).collect();
     let healthy_first_try = done
         .values()
@@ -593,18 +572,18 @@ async fn poison(backend: Backend) {
         .filter(|j| j.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED))
         .map(|j| j.id)
         .collect();
-    let letters = take_all(ports.dlq.as_ref()).await;
+    let letters = take_all(stack.dlq().as_ref()).await;
 
     // The operator fixes the cause and redrives, as `offpath dlq redrive` does:
     // the job back to queued, then its message back to the jobs queue.
     model.cured.store(true, Ordering::SeqCst);
     for letter in &letters {
         let id = JobMessage::from_body(&letter.body).unwrap().job_id;
-        ports.store.revive(id).await.expect("revive");
-        ports.queue.send(&JobMessage::new(id)).await.unwrap();
-        ports.dlq.delete(&letter.receipt_handle).await.unwrap();
+        stack.ports.store.revive(id).await.expect("revive");
+        stack.ports.queue.send(&JobMessage::new(id)).await.unwrap();
+        stack.dlq().delete(&letter.receipt_handle).await.unwrap();
     }
-    let (after, _) = ports.wait_terminal(&ids, scale.patience).await;
+    let (after, _) = wait_terminal(&stack, &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = succeeded(&after);
@@ -649,7 +628,7 @@ async fn poison(backend: Backend) {
     // and adds one.
     for id in &poisoned_ids {
         let dead = done[id].attempts;
-        assert!(dead <= ports.settings.max_receive_count, "attempts bounded");
+        assert!(dead <= stack.settings.max_receive_count, "attempts bounded");
         assert_eq!(after[id].attempts, dead + 1, "redrive runs it once more");
     }
 }
@@ -664,14 +643,9 @@ async fn scenario_7_poison_reaches_the_dlq_and_redrive_completes_it() {
 // 9. Owners -----------------------------------------------------------------------
 
 async fn owners(backend: Backend) {
-    let ports: Ports = ports(backend, Duration::from_secs(30), 5).await;
+    let stack = stack(backend, Duration::from_secs(30), 5).await;
     let auth = Auth::from_api_keys(Some("key-a=alice,key-b=bob")).unwrap();
-    let url = serve(AppState::new(
-        ports.store.clone(),
-        ports.queue.clone(),
-        auth,
-    ))
-    .await;
+    let url = serve(AppState::new(&stack.ports, Stack::tasks(), auth)).await;
     let client = client();
     let started = Instant::now();
     let submit = |key: &'static str, idem: &'static str| {
@@ -708,7 +682,8 @@ async fn owners(backend: Backend) {
             leaks += 1;
         }
     }
-    let still = ports
+    let still = stack
+        .ports
         .store
         .get(alice_id.to_owned().try_into().unwrap())
         .await
@@ -763,30 +738,30 @@ async fn endpoint_outage() {
         max_receive_count: 5,
         ..QueueSettings::default()
     };
-    let stack = support::stack(settings).await;
+    let moto = Stack::moto(settings).await;
     // Everything reaches moto through a loopback proxy that the outage cuts.
-    let proxy = support::proxy::Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let proxy = Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
     let sdk = proxy.sdk().await;
-    let table = stack.resources.table.clone();
-    let ports = Ports {
-        backend: Backend::Moto,
-        store: Arc::new(DynamoStore::from_sdk(&sdk, &table)),
-        queue: Arc::new(
-            SqsQueue::from_sdk(&sdk, &stack.resources.queue_url)
-                .await
-                .unwrap(),
-        ),
-        dlq: stack.dlq.clone(),
-        settings,
+    let table = moto.resources().table.clone();
+    let queue = SqsQueue::from_sdk(&sdk, &moto.resources().queue_url)
+        .await
+        .unwrap();
+    let stack = Stack {
+        ports: Ports {
+            store: Arc::new(DynamoStore::from_sdk(&sdk, &table)),
+            queue: Arc::new(queue),
+            dlq: moto.ports.dlq.clone(),
+        },
+        ..moto
     };
     let url = serve(AppState::new(
-        ports.store.clone(),
-        ports.queue.clone(),
+        &stack.ports,
+        Stack::tasks(),
         Auth::SingleTenant,
     ))
     .await;
-    let model: Arc<CountingModel> = Arc::default();
-    let pool = Pool::start(&ports, ports.store.clone(), model.clone(), 2);
+    let model: Arc<TestModel> = Arc::default();
+    let pool = workers(&stack, stack.ports.store.clone(), model.clone(), 2);
     let client = client();
     let started = Instant::now();
     let clients = 10;
@@ -854,11 +829,11 @@ async fn endpoint_outage() {
         .flatten()
         .map(|id| id.try_into().unwrap())
         .collect();
-    let (done, _) = ports.wait_terminal(&ids, scale.patience).await;
+    let (done, _) = wait_terminal(&stack, &ids, scale.patience).await;
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = succeeded(&done);
-    let items = support::item_count(&table).await;
+    let items = item_count(&table).await;
     report(Row {
         scenario: "4 endpoint outage",
         backend: Backend::Moto,
@@ -928,10 +903,10 @@ fn corpus_body(case: &Value) -> Vec<u8> {
 async fn bad_input(backend: Backend) {
     let corpus: Value = serde_json::from_str(include_str!("fixtures/bad_requests.json")).unwrap();
     let cases = corpus["cases"].as_array().unwrap();
-    let ports = ports(backend, Duration::from_secs(30), 5).await;
+    let stack = stack(backend, Duration::from_secs(30), 5).await;
     let url = serve(AppState::new(
-        ports.store.clone(),
-        ports.queue.clone(),
+        &stack.ports,
+        Stack::tasks(),
         Auth::SingleTenant,
     ))
     .await;
@@ -963,8 +938,8 @@ async fn bad_input(backend: Backend) {
             wrong.push(format!("{}: {status} {body}", case["name"]));
         }
     }
-    let residue = ports.store.unfinished(10_000).await.unwrap().len();
-    let depth = ports.queue.depth().await.unwrap();
+    let residue = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    let depth = stack.ports.queue.depth().await.unwrap();
     report(Row {
         scenario: "8 bad input corpus",
         backend,
@@ -996,8 +971,8 @@ async fn scenario_8_the_bad_input_corpus_gets_its_4xx_and_leaves_nothing() {
 /// /openapi.json: no server error, and every answer matches the schema.
 #[test]
 fn scenario_8_schemathesis_finds_no_server_error_or_schema_violation() {
-    let dev = support::dev::Dev::spawn(&[], &["dev", "--addr", "127.0.0.1:0"]);
-    let schemathesis = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/schemathesis");
+    let dev = Dev::spawn(&[], &["dev", "--addr", "127.0.0.1:0"]);
+    let schemathesis = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/schemathesis");
     let full = scale().name == "full";
     let mut args = vec![
         "run".to_owned(),

@@ -1,28 +1,25 @@
-//! The Lambda bootstrap binaries, run as Lambda runs them (a loopback Runtime API,
-//! `tests/support/lambda.rs`) against moto: an API Gateway event submits a job, the
-//! SQS event of its message runs it through the real model, and every line the
-//! functions print is JSON: logs carry the request id (and the job id where there is
-//! a job), and each invocation ends with CloudWatch Embedded Metric Format lines.
+//! The Lambda bootstrap binaries that `cargo lambda build --release` made (as for a
+//! deployment; `tests/run` builds them once), run as Lambda runs them (the test kit's
+//! loopback Runtime API) against moto: an API Gateway event submits a job, the SQS
+//! event of its message runs it through the real model, and every line the functions
+//! print is JSON: logs carry the request id (and the job id where there is a job), and
+//! each invocation ends with CloudWatch Embedded Metric Format lines.
 
-mod support;
-
-use offpath_core::{JobId, JobQueue, JobStatus, JobStore, metrics};
+use offpath_core::{JobId, JobStatus, metrics};
+use offpath_testkit::{Function, Stack, bootstrap, fast_queue};
 use serde_json::{Value, json};
-use support::lambda::Function;
-use support::{Stack, fast_queue, stack};
 
-fn env(stack: &Stack) -> Vec<(&'static str, String)> {
-    vec![
-        ("OFFPATH_TABLE", stack.resources.table.clone()),
-        ("OFFPATH_QUEUE_URL", stack.resources.queue_url.clone()),
-        ("RUST_LOG", "info".into()),
-    ]
+async fn stack() -> Stack {
+    Stack::moto(fast_queue()).await
 }
 
-async fn start(package: &str, bin: &str, stack: &Stack) -> Function {
-    let env = env(stack);
+async fn start(function: &str, stack: &Stack) -> Function {
+    let mut env = stack.env();
+    env.push(("RUST_LOG", "info".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Function::start(package, bin, &env).await
+    Function::start(&bootstrap(function), function, &env)
+        .await
+        .unwrap_or_else(|e| panic!("starting {function}: {e}"))
 }
 
 /// Every JSON line `function` has printed once one of them is the log message
@@ -87,10 +84,10 @@ fn unit<'a>(document: &'a Value, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_metrics() {
-    let stack = stack(fast_queue()).await;
+    let stack = stack().await;
 
     // The API function answers an API Gateway HTTP API event with a JWT principal.
-    let api = start("offpath-api", "offpath-api", &stack).await;
+    let api = start("offpath-api", &stack).await;
     let mut event: Value =
         serde_json::from_str(include_str!("fixtures/apigw_http_event.json")).unwrap();
     event["body"] = json!({"task": "embed", "input": {"texts": ["A man is eating food."]}})
@@ -103,13 +100,14 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
 
     // The worker function runs the SQS event Lambda would build from its message.
     let messages = stack
+        .ports
         .queue
         .receive(10, std::time::Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(messages.len(), 1);
-    let sqs_event = offpath_worker::poller::sqs_event(stack.queue.arn(), &messages);
-    let worker = start("offpath-worker", "offpath-worker", &stack).await;
+    let sqs_event = offpath_worker::poller::sqs_event(stack.ports.queue.arn(), &messages);
+    let worker = start("offpath-worker", &stack).await;
     // Init ends with loading the model, logged (outside any invocation) with the
     // precision its products run in on this CPU.
     let (init, loaded) = logged(&worker, "model loaded").await;
@@ -127,7 +125,13 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
         .await
         .expect("answered");
     assert_eq!(answer, json!({"batchItemFailures": []}));
-    let finished = stack.store.get(id).await.unwrap().expect("the job exists");
+    let finished = stack
+        .ports
+        .store
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the job exists");
     assert_eq!(finished.status, JobStatus::Succeeded);
     assert_eq!(finished.output.unwrap()["dimensions"], 384);
 
@@ -218,8 +222,8 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
 
 #[tokio::test]
 async fn the_sweep_function_answers_its_scheduled_event() {
-    let stack = stack(fast_queue()).await;
-    let sweep = start("offpath-worker", "offpath-sweep", &stack).await;
+    let stack = stack().await;
+    let sweep = start("offpath-sweep", &stack).await;
     let event: Value = json!({"source": "aws.scheduler", "detail-type": "Scheduled Event"});
     let answer = sweep
         .invoke("sweep-request-1", event)

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use offpath_core::{Model, Task, TaskInput};
+use offpath_core::{Prepared, TaskEntry};
 use offpath_inference::{DIMENSIONS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
@@ -85,14 +85,21 @@ fn batching_and_order_do_not_change_results() {
     }
 }
 
-fn run(task: Task, input: Value) -> Value {
-    let input = TaskInput::parse(task, &input).unwrap();
-    model().run(task, &[input]).unwrap().remove(0)
+/// The built-in task `name`.
+fn task(name: &str) -> TaskEntry {
+    offpath_tasks::registry().get(name).unwrap().clone()
+}
+
+/// Runs one job of task `name` on the model.
+fn run(name: &str, input: Value) -> Value {
+    let task = task(name);
+    let input = task.prepare(&input).unwrap();
+    task.run(model(), &[input]).unwrap().remove(0)
 }
 
 #[test]
 fn embed_returns_floats_or_base64() {
-    let float = run(Task::Embed, json!({"texts": ["hello", "world"]}));
+    let float = run("embed", json!({"texts": ["hello", "world"]}));
     assert_eq!(float["model"], "all-MiniLM-L6-v2");
     assert_eq!(float["dimensions"], 384);
     assert_eq!(float["embeddings"].as_array().unwrap().len(), 2);
@@ -103,7 +110,7 @@ fn embed_returns_floats_or_base64() {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
     let encoded = run(
-        Task::Embed,
+        "embed",
         json!({"texts": ["hello"], "encoding_format": "base64"}),
     );
     let text = encoded["embeddings"][0].as_str().unwrap();
@@ -121,7 +128,7 @@ fn embed_returns_floats_or_base64() {
 #[test]
 fn rank_puts_the_relevant_document_first() {
     let out = run(
-        Task::Rank,
+        "rank",
         json!({
             "query": "How do I bake bread at home?",
             "documents": [
@@ -138,7 +145,7 @@ fn rank_puts_the_relevant_document_first() {
 #[test]
 fn classify_picks_the_obvious_label() {
     let out = run(
-        Task::Classify,
+        "classify",
         json!({
             "text": "The team scored in the last minute and won the cup final.",
             "labels": ["cooking", "sports", "finance", "politics"]
@@ -150,12 +157,13 @@ fn classify_picks_the_obvious_label() {
 
 #[test]
 fn jobs_of_one_group_share_one_pass_and_get_their_own_results() {
-    let inputs: Vec<TaskInput> = ["first job", "second job"]
+    let embed = task("embed");
+    let inputs: Vec<Prepared> = ["first job", "second job"]
         .iter()
-        .map(|t| TaskInput::parse(Task::Embed, &json!({"texts": [t]})).unwrap())
+        .map(|t| embed.prepare(&json!({"texts": [t]})).unwrap())
         .collect();
-    let outputs = model().run(Task::Embed, &inputs).unwrap();
-    let alone = model().run(Task::Embed, &inputs[1..]).unwrap();
+    let outputs = embed.run(model(), &inputs).unwrap();
+    let alone = embed.run(model(), &inputs[1..]).unwrap();
     assert_eq!(outputs.len(), 2);
     assert_eq!(outputs[1], alone[0]);
     assert_ne!(outputs[0], outputs[1]);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use offpath_core::{Clock, JobId, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock};
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
+use offpath_testkit::new_job;
 use offpath_worker::sweep::{SweepReport, SweepSettings, sweep};
 use serde_json::json;
 
@@ -31,14 +32,9 @@ fn settings() -> SweepSettings {
 
 async fn job(store: &MemoryStore, created_at: u64) -> JobId {
     let new = NewJob {
-        id: JobId::random(),
-        owner: "o".into(),
-        task: "embed".into(),
-        input: json!({"texts": ["x"]}),
-        request_hash: "h".into(),
-        idempotency_key: None,
         created_at_epoch_ms: created_at,
         expires_at_epoch_s: created_at / 1000 + 3600,
+        ..new_job("embed", json!({"texts": ["x"]}))
     };
     store.create(&new).await.unwrap().id
 }

@@ -2,8 +2,6 @@
 //! script must create the same resources: this test provisions with both on the test
 //! endpoint (moto) and compares what exists with what the template declares.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,7 +61,7 @@ fn declared() -> Settings {
 
 /// What exists at the endpoint for these resources.
 async fn observed(table: &str, queue_url: &str, dlq_url: &str) -> Settings {
-    let sdk = support::sdk().await;
+    let sdk = offpath_testkit::sdk().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let attributes = |url: String| {
         let sqs = sqs.clone();
@@ -164,13 +162,17 @@ fn the_template_keeps_aws_guidance() {
 #[tokio::test]
 async fn provisioning_code_creates_what_the_template_declares() {
     let names = ResourceNames {
-        table: support::unique("tpl"),
-        queue: support::unique("tpl-q"),
-        dlq: support::unique("tpl-dlq"),
+        table: offpath_testkit::unique("tpl"),
+        queue: offpath_testkit::unique("tpl-q"),
+        dlq: offpath_testkit::unique("tpl-dlq"),
     };
-    let created = provision(&support::sdk().await, &names, &QueueSettings::default())
-        .await
-        .unwrap();
+    let created = provision(
+        &offpath_testkit::sdk().await,
+        &names,
+        &QueueSettings::default(),
+    )
+    .await
+    .unwrap();
     let observed = observed(&created.table, &created.queue_url, &created.dlq_url).await;
     assert_eq!(observed, declared());
 }
@@ -178,11 +180,11 @@ async fn provisioning_code_creates_what_the_template_declares() {
 #[tokio::test]
 async fn the_localstack_init_script_creates_what_the_template_declares() {
     let (table, queue, dlq) = (
-        support::unique("ls"),
-        support::unique("ls-q"),
-        support::unique("ls-dlq"),
+        offpath_testkit::unique("ls"),
+        offpath_testkit::unique("ls-q"),
+        offpath_testkit::unique("ls-dlq"),
     );
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let output = Command::new(format!("{root}/infra/localstack/init/ready.d/offpath.sh"))
         .env("AWS_CLI", format!("{root}/.venv/bin/aws"))
         .env("OFFPATH_TABLE", &table)

@@ -1,42 +1,45 @@
 //! The worker handler, called directly with Lambda SQS events, on DynamoDB and SQS
 //! (moto). Each test gets its own table and queues.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use offpath_core::idempotency::request_hash;
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Context, LambdaEvent};
+use offpath_api::{AppState, Auth, app};
 use offpath_core::{
-    Clock, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock,
+    Clock, JobId, JobMessage, JobStatus, Lease, MODEL_NAME, QueueMessage, SystemClock,
 };
+use offpath_testkit::{CountTask, Stack, TestModel, fast_queue, sqs_event as fixture_event};
 use offpath_worker::poller::sqs_event;
-use offpath_worker::{Worker, WorkerError};
+use offpath_worker::{Worker, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
-use support::{Stack, TestModel, embed_input, fast_queue, stack};
+use tower::ServiceExt;
+
+async fn stack(settings: offpath_core::QueueSettings) -> Stack {
+    Stack::moto(settings).await
+}
 
 fn worker(stack: &Stack, model: Arc<TestModel>) -> Worker {
     stack.worker(model, Duration::from_secs(6))
 }
 
 async fn create(stack: &Stack, task: &str, input: Value) -> JobId {
-    let now = SystemClock.now_epoch_ms();
-    let job = stack
-        .store
-        .create(&NewJob {
-            id: JobId::random(),
-            owner: "tester".into(),
-            task: task.into(),
-            request_hash: request_hash(task, &input, None),
-            input,
-            idempotency_key: None,
-            created_at_epoch_ms: now,
-            expires_at_epoch_s: now / 1000 + 3600,
-        })
-        .await
-        .unwrap();
-    job.id
+    offpath_testkit::create(stack.ports.store.as_ref(), task, input).await
+}
+
+fn embed_input(text: &str) -> Value {
+    json!({"texts": [text]})
+}
+
+/// What the jobs queue delivers within `wait`, and the event the local poller (as
+/// Lambda) would build of it.
+async fn received(stack: &Stack, wait: Duration) -> (Vec<QueueMessage>, LambdaEvent<SqsEvent>) {
+    let queue = &stack.ports.queue;
+    let messages = queue.receive(10, wait).await.unwrap();
+    let event = LambdaEvent::new(sqs_event(queue.arn(), &messages), Context::default());
+    (messages, event)
 }
 
 fn body(id: JobId) -> String {
@@ -52,7 +55,7 @@ fn failures(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<S
 }
 
 async fn status(stack: &Stack, id: JobId) -> JobStatus {
-    stack.store.get(id).await.unwrap().unwrap().status
+    stack.ports.store.get(id).await.unwrap().unwrap().status
 }
 
 #[tokio::test]
@@ -72,7 +75,7 @@ async fn a_batch_runs_one_forward_pass_per_task_and_records_outputs() {
         .collect();
 
     let response = worker(&stack, model.clone())
-        .handle(support::sqs_event(&records))
+        .handle(fixture_event(&records))
         .await
         .unwrap();
 
@@ -82,9 +85,15 @@ async fn a_batch_runs_one_forward_pass_per_task_and_records_outputs() {
         2,
         "one pass per task group"
     );
-    let job = stack.store.get(embeds[1]).await.unwrap().unwrap();
+    let job = stack.ports.store.get(embeds[1]).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
-    assert_eq!(job.output, Some(json!({"lengths": [5]})));
+    assert_eq!(
+        job.output,
+        Some(
+            json!({"model": MODEL_NAME, "dimensions": 2, "encoding_format": "float",
+                    "embeddings": [[5.0, 1.0]]})
+        )
+    );
     assert_eq!(job.attempts, 1);
     assert!(job.lease_owner.is_none());
     assert_eq!(status(&stack, rank).await, JobStatus::Succeeded);
@@ -101,7 +110,7 @@ async fn bad_messages_fail_alone_and_head_for_the_dead_letter_queue() {
         (body(good), 1),
     ];
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&records))
+        .handle(fixture_event(&records))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0", "msg-1", "msg-2"]);
@@ -112,7 +121,7 @@ async fn bad_messages_fail_alone_and_head_for_the_dead_letter_queue() {
 async fn a_batch_where_every_record_fails_is_an_invocation_error() {
     let stack = stack(fast_queue()).await;
     let result = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[("garbage".into(), 1)]))
+        .handle(fixture_event(&[("garbage".into(), 1)]))
         .await;
     assert!(matches!(result, Err(WorkerError::AllFailed(1))));
 }
@@ -120,7 +129,7 @@ async fn a_batch_where_every_record_fails_is_an_invocation_error() {
 #[tokio::test]
 async fn records_without_a_message_id_fail_the_invocation() {
     let stack = stack(fast_queue()).await;
-    let mut event = support::sqs_event(&[("x".into(), 1)]);
+    let mut event = fixture_event(&[("x".into(), 1)]);
     event.payload.records[0].message_id = None;
     let result = worker(&stack, Arc::new(TestModel::default()))
         .handle(event)
@@ -135,24 +144,20 @@ async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
     let id = create(&stack, "embed", embed_input("once")).await;
     let worker = worker(&stack, model.clone());
     worker
-        .handle(support::sqs_event(&[(body(id), 1)]))
+        .handle(fixture_event(&[(body(id), 1)]))
         .await
         .unwrap();
-    let finished = stack.store.get(id).await.unwrap().unwrap();
+    let finished = stack.ports.store.get(id).await.unwrap().unwrap();
 
     let again = vec![(body(id), 1), (body(id), 2), (body(id), 3)];
-    let response = worker.handle(support::sqs_event(&again)).await.unwrap();
+    let response = worker.handle(fixture_event(&again)).await.unwrap();
 
     assert!(
         failures(&response).is_empty(),
         "duplicates are acknowledged"
     );
-    assert_eq!(stack.store.get(id).await.unwrap().unwrap(), finished);
-    assert_eq!(
-        model.inputs_seen.load(Ordering::SeqCst),
-        1,
-        "inference ran once"
-    );
+    assert_eq!(stack.ports.store.get(id).await.unwrap().unwrap(), finished);
+    assert_eq!(model.runs_of("once"), 1, "inference ran once");
 }
 
 #[tokio::test]
@@ -161,11 +166,11 @@ async fn permanent_errors_fail_the_job_and_acknowledge() {
     let rejected = create(&stack, "embed", embed_input("please reject")).await;
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[(body(rejected), 1), (body(fine), 1)]))
+        .handle(fixture_event(&[(body(rejected), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert!(failures(&response).is_empty());
-    let job = stack.store.get(rejected).await.unwrap().unwrap();
+    let job = stack.ports.store.get(rejected).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.error.unwrap().code, "inference_failed");
     assert_eq!(status(&stack, fine).await, JobStatus::Succeeded);
@@ -174,15 +179,15 @@ async fn permanent_errors_fail_the_job_and_acknowledge() {
 #[tokio::test]
 async fn a_panicking_input_is_isolated_from_its_batch() {
     let stack = stack(fast_queue()).await;
-    let poison = create(&stack, "embed", embed_input("panic now")).await;
+    let poison = create(&stack, "embed", embed_input("poison now")).await;
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[(body(poison), 1), (body(fine), 1)]))
+        .handle(fixture_event(&[(body(poison), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0"]);
     assert_eq!(status(&stack, fine).await, JobStatus::Succeeded);
-    let job = stack.store.get(poison).await.unwrap().unwrap();
+    let job = stack.ports.store.get(poison).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued, "released for another try");
     assert!(job.lease_owner.is_none());
 }
@@ -190,16 +195,16 @@ async fn a_panicking_input_is_isolated_from_its_batch() {
 #[tokio::test]
 async fn the_last_receive_of_a_failing_job_marks_it_dead_lettered() {
     let stack = stack(fast_queue()).await;
-    let poison = create(&stack, "embed", embed_input("panic again")).await;
+    let poison = create(&stack, "embed", embed_input("poison again")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[
+        .handle(fixture_event(&[
             (body(poison), 3),
             (body(create(&stack, "embed", embed_input("ok")).await), 1),
         ]))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0"], "SQS moves it to the DLQ");
-    let job = stack.store.get(poison).await.unwrap().unwrap();
+    let job = stack.ports.store.get(poison).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.unwrap();
     assert_eq!(error.code, "dead_lettered");
@@ -216,44 +221,28 @@ async fn throttling_releases_the_job_and_backs_the_message_off() {
     let model = Arc::new(TestModel::default());
     model.throttled.store(1, Ordering::SeqCst);
     let id = create(&stack, "embed", embed_input("slow down")).await;
-    stack.queue.send(&JobMessage::new(id)).await.unwrap();
-    let messages = stack
-        .queue
-        .receive(10, Duration::from_secs(2))
-        .await
-        .unwrap();
+    stack.ports.queue.send(&JobMessage::new(id)).await.unwrap();
+    let (messages, event) = received(&stack, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
-    let event = lambda_runtime::LambdaEvent::new(
-        sqs_event(stack.queue.arn(), &messages),
-        lambda_runtime::Context::default(),
-    );
 
     let result = worker(&stack, model.clone()).handle(event).await;
 
     assert!(matches!(result, Err(WorkerError::AllFailed(1))));
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
     // The queue's visibility timeout is 2 s; the backoff set 3-6 s (base 6 s, equal
     // jitter), so the message is still hidden after the queue's own timeout.
     tokio::time::sleep(Duration::from_millis(2_300)).await;
-    let hidden = stack.queue.receive(10, Duration::ZERO).await.unwrap();
+    let hidden = stack.ports.queue.receive(10, Duration::ZERO).await.unwrap();
     assert!(
         hidden.is_empty(),
         "backed off beyond the visibility timeout"
     );
-    let back = stack
-        .queue
-        .receive(10, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (back, event) = received(&stack, Duration::from_secs(10)).await;
     assert_eq!(back.len(), 1, "the message comes back after the backoff");
     assert_eq!(back[0].receive_count, 2);
-    let event = lambda_runtime::LambdaEvent::new(
-        sqs_event(stack.queue.arn(), &back),
-        lambda_runtime::Context::default(),
-    );
     worker(&stack, model).handle(event).await.unwrap();
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 2));
 }
 
@@ -266,21 +255,21 @@ async fn a_job_under_another_live_lease_is_retried_later() {
         token: "someone-else".into(),
         until_epoch_ms: now + 60_000,
     };
-    stack.store.claim(id, &other, now).await.unwrap();
+    stack.ports.store.claim(id, &other, now).await.unwrap();
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let w = worker(&stack, Arc::new(TestModel::default()));
     let response = w
-        .handle(support::sqs_event(&[(body(id), 1), (body(fine), 1)]))
+        .handle(fixture_event(&[(body(id), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0"]);
     // On the last receive the duplicate is acknowledged: the holder has its own message.
     let response = w
-        .handle(support::sqs_event(&[(body(id), 3), (body(fine), 1)]))
+        .handle(fixture_event(&[(body(id), 3), (body(fine), 1)]))
         .await
         .unwrap();
     assert!(failures(&response).is_empty());
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!(job.lease_owner.as_deref(), Some("someone-else"));
 }
 
@@ -293,15 +282,21 @@ async fn an_expired_lease_is_taken_over() {
         token: "dead-worker".into(),
         until_epoch_ms: now - 1,
     };
-    stack.store.claim(id, &dead, now - 60_000).await.unwrap();
-    worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[(body(id), 2)]))
+    stack
+        .ports
+        .store
+        .claim(id, &dead, now - 60_000)
         .await
         .unwrap();
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    worker(&stack, Arc::new(TestModel::default()))
+        .handle(fixture_event(&[(body(id), 2)]))
+        .await
+        .unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 2));
     // The dead worker's finishing write loses: its lease is gone.
     let late = stack
+        .ports
         .store
         .complete(id, "dead-worker", &json!({"stale": true}), now)
         .await;
@@ -318,13 +313,18 @@ async fn a_cancel_requested_before_the_claim_ends_the_job_cancelled() {
         token: "dead-worker".into(),
         until_epoch_ms: now - 1,
     };
-    stack.store.claim(id, &dead, now - 60_000).await.unwrap();
-    stack.store.request_cancel(id).await.unwrap();
-    worker(&stack, model.clone())
-        .handle(support::sqs_event(&[(body(id), 2)]))
+    stack
+        .ports
+        .store
+        .claim(id, &dead, now - 60_000)
         .await
         .unwrap();
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    stack.ports.store.request_cancel(id).await.unwrap();
+    worker(&stack, model.clone())
+        .handle(fixture_event(&[(body(id), 2)]))
+        .await
+        .unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.output.is_none());
     assert_eq!(model.passes.load(Ordering::SeqCst), 0);
@@ -335,14 +335,95 @@ async fn stored_input_that_breaks_the_schema_fails_the_job() {
     let stack = stack(fast_queue()).await;
     let id = create(&stack, "embed", json!({"texts": "not a list"})).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(support::sqs_event(&[
+        .handle(fixture_event(&[
             (body(id), 1),
             (body(create(&stack, "embed", embed_input("ok")).await), 1),
         ]))
         .await
         .unwrap();
     assert!(failures(&response).is_empty());
-    let job = stack.store.get(id).await.unwrap().unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.error.unwrap().code, "invalid_input");
+}
+
+#[tokio::test]
+async fn a_task_registered_outside_the_tasks_crate_runs_like_the_built_in_ones() {
+    let stack = stack(fast_queue()).await;
+    let tasks = Arc::new(offpath_tasks::registry().with(CountTask));
+    let state = AppState::new(&stack.ports, Arc::clone(&tasks), Auth::SingleTenant);
+    let request = axum::http::Request::post("/jobs")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            r#"{"task":"count","input":{"text":"three short words"}}"#,
+        ))
+        .unwrap();
+    let response = app(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let (messages, event) = received(&stack, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 1);
+    let config = WorkerConfig {
+        max_receive_count: Some(3),
+        ..WorkerConfig::default()
+    };
+    let counting = Worker::new(&stack.ports, Arc::new(TestModel::default()), tasks, config);
+    counting.handle(event).await.unwrap();
+    let id: JobId = serde_json::from_str::<Value>(&messages[0].body).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(
+        job.output,
+        Some(json!({"chars": 17, "words": 3, "dimensions": 2}))
+    );
+    // A worker that does not know the task fails the job, naming it.
+    let other = create(&stack, "count", json!({"text": "x"})).await;
+    worker(&stack, Arc::new(TestModel::default()))
+        .handle(fixture_event(&[
+            (body(other), 1),
+            (body(create(&stack, "embed", embed_input("ok")).await), 1),
+        ]))
+        .await
+        .unwrap();
+    let job = stack.ports.store.get(other).await.unwrap().unwrap();
+    let error = job.error.unwrap();
+    assert_eq!(
+        (job.status, error.code.as_str()),
+        (JobStatus::Failed, "invalid_input")
+    );
+    assert!(
+        error.message.starts_with("unknown task \"count\""),
+        "{}",
+        error.message
+    );
+}
+
+/// A clock that always reads the same time.
+struct Frozen(u64);
+
+impl Clock for Frozen {
+    fn now_epoch_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn the_worker_reads_time_from_its_clock() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", embed_input("on time")).await;
+    let at = SystemClock.now_epoch_ms() - 3_600_000;
+    worker(&stack, Arc::new(TestModel::default()))
+        .with_clock(Arc::new(Frozen(at)))
+        .handle(fixture_event(&[(body(id), 1)]))
+        .await
+        .unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(
+        (job.started_at_epoch_ms, job.finished_at_epoch_ms),
+        (Some(at), Some(at))
+    );
 }

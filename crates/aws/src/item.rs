@@ -52,7 +52,7 @@ pub(crate) fn to_item(job: &Job) -> Item {
     let mut item = Item::from([
         (attr::PK.to_owned(), s(job.id.to_string())),
         (attr::OWNER.to_owned(), s(&job.owner)),
-        (attr::TASK.to_owned(), s(&job.task)),
+        (attr::TASK.to_owned(), s(job.task.as_str())),
         (attr::INPUT.to_owned(), s(job.input.to_string())),
         (attr::STATUS.to_owned(), s(job.status.as_str())),
         (attr::ATTEMPTS.to_owned(), n(job.attempts.into())),
@@ -96,7 +96,7 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
     Ok(Job {
         id: r.parsed(attr::PK)?,
         owner: r.string(attr::OWNER)?,
-        task: r.string(attr::TASK)?,
+        task: r.parsed(attr::TASK)?,
         input: r.json(attr::INPUT)?.unwrap_or_default(),
         status: r.parsed::<JobStatus>(attr::STATUS)?,
         output: r.json(attr::OUTPUT)?,
@@ -188,7 +188,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use offpath_core::{JobId, NewJob};
+    use offpath_core::{JobId, NewJob, TaskName};
     use serde_json::json;
 
     #[test]
@@ -196,7 +196,7 @@ mod tests {
         let mut job = Job::from_new(NewJob {
             id: JobId::random(),
             owner: "alice".into(),
-            task: "embed".into(),
+            task: TaskName::new("embed"),
             input: json!({"texts": ["a"]}),
             request_hash: "abc".into(),
             idempotency_key: Some("k".into()),
@@ -220,7 +220,7 @@ mod tests {
         let mut item = to_item(&Job::from_new(NewJob {
             id: JobId::random(),
             owner: "o".into(),
-            task: "embed".into(),
+            task: TaskName::new("embed"),
             input: json!({}),
             request_hash: String::new(),
             idempotency_key: None,

@@ -4,35 +4,31 @@
 
 use std::fmt::Display;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use metrics_cloudwatch_embedded::Collector;
+use offpath_core::Ports;
 
 use crate::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 
 /// Any start-up error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The jobs table (`OFFPATH_TABLE`) and queue (`OFFPATH_QUEUE_URL`) of a deployment.
-pub struct Deployment {
-    /// The jobs table.
-    pub store: DynamoStore,
-    /// The jobs queue; connecting reads its ARN, which proves the URL.
-    pub queue: SqsQueue,
-}
-
-impl Deployment {
-    /// Connects with the standard AWS configuration; a missing or wrong setting is an
-    /// error that names it.
-    pub async fn from_env() -> Result<Self, BoxError> {
-        let sdk = load_sdk_config().await?;
-        let settings = Settings::from_env()?;
-        let store = DynamoStore::from_sdk(&sdk, &settings.table);
-        let url = settings.require_queue_url()?;
-        let queue = SqsQueue::from_sdk(&sdk, url)
-            .await
-            .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
-        Ok(Deployment { store, queue })
-    }
+/// The ports of a deployment: the jobs table (`OFFPATH_TABLE`) and queue
+/// (`OFFPATH_QUEUE_URL`). Connects with the standard AWS configuration; a missing or
+/// wrong setting is an error that names it.
+pub async fn ports_from_env() -> Result<Ports, BoxError> {
+    let sdk = load_sdk_config().await?;
+    let settings = Settings::from_env()?;
+    let url = settings.require_queue_url()?;
+    let queue = SqsQueue::from_sdk(&sdk, url)
+        .await
+        .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
+    Ok(Ports {
+        store: Arc::new(DynamoStore::from_sdk(&sdk, &settings.table)),
+        queue: Arc::new(queue),
+        dlq: None,
+    })
 }
 
 /// The CloudWatch namespace of offpath's metrics.

@@ -2,6 +2,7 @@
 //! settings `template.yaml` declares (a test compares the two).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -12,37 +13,14 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use offpath_core::{Ports, QueueError};
+
 use crate::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
 use crate::item::attr;
 use crate::sqs::queue_arn;
+use crate::{DynamoStore, SqsQueue};
 
-/// The queue settings, shared with `template.yaml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueSettings {
-    /// How long a received message stays invisible. AWS advises at least six times
-    /// the worker function's timeout.
-    pub visibility_timeout: Duration,
-    /// Receives before SQS moves a message to the dead-letter queue.
-    pub max_receive_count: u32,
-    /// How long the jobs queue keeps a message.
-    pub retention: Duration,
-    /// How long the dead-letter queue keeps a message (the SQS maximum, 14 days).
-    pub dlq_retention: Duration,
-}
-
-/// The worker function's timeout in `template.yaml`; the job lease equals it.
-pub const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            visibility_timeout: WORKER_TIMEOUT * 6,
-            max_receive_count: 5,
-            retention: Duration::from_secs(4 * 24 * 3600),
-            dlq_retention: Duration::from_secs(14 * 24 * 3600),
-        }
-    }
-}
+pub use offpath_core::queue::{QueueSettings, WORKER_TIMEOUT};
 
 /// Names of the resources to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +52,17 @@ pub struct Resources {
     pub queue_url: String,
     /// Dead-letter queue URL.
     pub dlq_url: String,
+}
+
+impl Resources {
+    /// The DynamoDB store and the SQS queues of these resources, as ports.
+    pub async fn ports(&self, sdk: &SdkConfig) -> Result<Ports, QueueError> {
+        Ok(Ports {
+            store: Arc::new(DynamoStore::from_sdk(sdk, &self.table)),
+            queue: Arc::new(SqsQueue::from_sdk(sdk, &self.queue_url).await?),
+            dlq: Some(Arc::new(SqsQueue::from_sdk(sdk, &self.dlq_url).await?)),
+        })
+    }
 }
 
 /// A resource could not be created or checked.

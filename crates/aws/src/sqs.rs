@@ -80,16 +80,11 @@ impl JobQueue for SqsQueue {
                 message_id: m.message_id().unwrap_or_default().to_owned(),
                 receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
                 body: m.body().unwrap_or_default().to_owned(),
-                md5_of_body: m.md5_of_body().unwrap_or_default().to_owned(),
                 receive_count: system_attribute(
                     m,
                     MessageSystemAttributeName::ApproximateReceiveCount,
                 ) as u32,
                 sent_at_epoch_ms: system_attribute(m, MessageSystemAttributeName::SentTimestamp),
-                first_received_at_epoch_ms: system_attribute(
-                    m,
-                    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
-                ),
             })
             .collect())
     }

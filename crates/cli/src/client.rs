@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -31,7 +32,8 @@ pub struct Api {
 /// `offpath submit` options.
 #[derive(Debug, Clone, Args)]
 pub struct Submit {
-    /// The task: embed, rank or classify.
+    /// The task (the registered tasks are listed below).
+    #[arg(value_parser = task_names())]
     pub task: String,
     /// The task input as JSON, e.g. '{"texts":["hello"]}'.
     #[arg(long, conflicts_with_all = ["input_file", "text"])]
@@ -39,7 +41,7 @@ pub struct Submit {
     /// Read the input JSON from a file, or from standard input with `-`.
     #[arg(long, conflicts_with = "text")]
     pub input_file: Option<PathBuf>,
-    /// For embed: a text to embed (repeat for several).
+    /// A text, for tasks that take a list of texts such as embed (repeat for several).
     #[arg(long)]
     pub text: Vec<String>,
     /// Idempotency-Key: the same key and input return the same job.
@@ -51,6 +53,16 @@ pub struct Submit {
     /// Wait for the job to finish, showing its status, and print the finished job.
     #[arg(long)]
     pub wait: bool,
+}
+
+/// The registered tasks, as `submit`'s possible values with their summaries.
+fn task_names() -> PossibleValuesParser {
+    let registry = offpath_tasks::registry();
+    PossibleValuesParser::new(
+        registry
+            .entries()
+            .map(|task| PossibleValue::new(task.name().to_string()).help(task.summary())),
+    )
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -86,8 +98,10 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     }
 }
 
-/// `offpath submit`.
+/// `offpath submit`: checks the input against the task before sending it.
 pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
+    let registry = offpath_tasks::registry();
+    let task = registry.get(&options.task)?;
     let input: Value = match (&options.input, &options.input_file) {
         (Some(text), _) => serde_json::from_str(text)?,
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -96,9 +110,17 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
             serde_json::from_str(&text)?
         }
         (None, Some(path)) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
-        (None, None) if !options.text.is_empty() => json!({ "texts": options.text }),
+        (None, None) if !options.text.is_empty() => {
+            task.input_from_texts(options.text.clone()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} takes no --text; give its input with --input",
+                    task.name()
+                )
+            })?
+        }
         (None, None) => anyhow::bail!("give the input with --input, --input-file or --text"),
     };
+    task.prepare(&input)?;
     let mut body = json!({ "task": options.task, "input": input });
     if let Some(ttl) = options.ttl_seconds {
         body["ttl_seconds"] = ttl.into();

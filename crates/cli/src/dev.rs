@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::provision::{QueueSettings, ResourceNames, ensure_table, provision};
+use offpath_aws::config::DEFAULT_QUEUE;
+use offpath_aws::provision::{ResourceNames, ensure_table, provision};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
-use offpath_core::{Clock, JobQueue, JobStore, SystemClock};
-use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
+use offpath_core::{Clock, Ports, QueueSettings, Registry, SystemClock};
 use offpath_inference::{MiniLm, weights};
-use offpath_worker::poller::{self, PollSettings};
+use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::sweep::{SweepSettings, sweep};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -28,9 +28,6 @@ pub enum Backend {
     /// (AWS_ENDPOINT_URL for LocalStack or moto; nothing for AWS itself).
     Aws,
 }
-
-/// Most jobs and messages the embedded backend holds.
-const EMBEDDED_CAPACITY: usize = 100_000;
 
 /// `offpath dev` options.
 #[derive(Debug, Clone, Parser)]
@@ -72,8 +69,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_receive_count: args.max_receive_count,
         ..QueueSettings::default()
     };
-    let (store, queue) = match args.backend {
-        Backend::Embedded => embedded(&queue_settings),
+    let ports = match args.backend {
+        Backend::Embedded => {
+            offpath_embedded::ports(DEFAULT_QUEUE, &queue_settings, offpath_embedded::CAPACITY)
+        }
         Backend::Aws => aws(&queue_settings).await?,
     };
     // After the settings and resources are checked, so a wrong setting fails before a
@@ -84,51 +83,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await??;
     let config = WorkerConfig {
         lease: Duration::from_secs(args.lease_seconds),
-        max_receive_count: queue.max_receive_count().await?,
+        max_receive_count: ports.queue.max_receive_count().await?,
         backoff: Backoff {
             base: Duration::from_millis(args.backoff_base_ms),
             ..Backoff::default()
         },
     };
-    let worker = Arc::new(Worker::new(
-        Arc::clone(&store),
-        Arc::clone(&queue),
-        Arc::new(model),
-        config,
-    ));
+    let tasks = Arc::new(offpath_tasks::registry());
+    let worker = Worker::new(&ports, Arc::new(model), Arc::clone(&tasks), config);
     let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
     let sweep = SweepSettings {
         grace: queue_settings.visibility_timeout,
         max_receive_count: config.max_receive_count,
         limit: 10_000,
     };
-    serve(args, store, queue, worker, auth, sweep).await
-}
-
-/// A job store and the jobs queue.
-pub(crate) type Ports = (Arc<dyn JobStore>, Arc<dyn JobQueue>);
-
-/// The embedded store and queue (with its dead-letter queue).
-pub(crate) fn embedded(settings: &QueueSettings) -> Ports {
-    let options = |name: &str, visibility_timeout| QueueOptions {
-        name: name.into(),
-        visibility_timeout,
-        capacity: EMBEDDED_CAPACITY,
-    };
-    let names = ResourceNames::default();
-    let dlq = Arc::new(MemoryQueue::new(options(
-        &names.dlq,
-        settings.visibility_timeout,
-    )));
-    let queue = MemoryQueue::with_dead_letter_queue(
-        options(&names.queue, settings.visibility_timeout),
-        dlq,
-        settings.max_receive_count,
-    );
-    (
-        Arc::new(MemoryStore::new(EMBEDDED_CAPACITY)),
-        Arc::new(queue),
-    )
+    serve(args, ports, tasks, worker, auth, sweep).await
 }
 
 /// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.
@@ -153,17 +122,18 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
     let queue = SqsQueue::from_sdk(&sdk, &queue_url)
         .await
         .with_context(|| format!("cannot use the queue at {queue_url}"))?;
-    Ok((
-        Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
-        Arc::new(queue),
-    ))
+    Ok(Ports {
+        store: Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
+        queue: Arc::new(queue),
+        dlq: None,
+    })
 }
 
 async fn serve(
     args: DevArgs,
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    worker: Arc<Worker>,
+    ports: Ports,
+    tasks: Arc<Registry>,
+    worker: Worker,
     auth: Auth,
     sweep: SweepSettings,
 ) -> anyhow::Result<()> {
@@ -171,31 +141,22 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (OFFPATH_ADDR / --addr)", args.addr))?;
     let addr = listener.local_addr()?;
-    let (stop, stopped) = watch::channel(false);
     let poll = PollSettings {
         batch_size: args.batch_size,
         ..PollSettings::default()
     };
-    let pollers: Vec<_> = (0..args.pollers.max(1))
-        .map(|_| {
-            tokio::spawn(poller::run(
-                Arc::clone(&worker),
-                Arc::clone(&queue),
-                poll,
-                stopped.clone(),
-            ))
-        })
-        .collect();
-    let sweeper = tokio::spawn(sweep_every_minute(
-        Arc::clone(&store),
-        Arc::clone(&queue),
-        sweep,
-        stopped.clone(),
-    ));
+    let pollers = Pool::start(
+        Arc::new(worker),
+        Arc::clone(&ports.queue),
+        poll,
+        args.pollers,
+    );
+    let (stop, stopped) = watch::channel(false);
+    let sweeper = tokio::spawn(sweep_every_minute(ports.clone(), sweep, stopped));
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
-    let router = app(AppState::new(store, queue, auth));
+    let router = app(AppState::new(&ports, tasks, auth));
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -203,17 +164,14 @@ async fn serve(
         })
         .await?;
     stop.send(true)?;
-    for poller in pollers {
-        poller.await?;
-    }
+    pollers.stop().await;
     sweeper.await?;
     Ok(())
 }
 
 /// Sweeps once a minute until `stop` turns true.
 async fn sweep_every_minute(
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
+    ports: Ports,
     settings: SweepSettings,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -224,7 +182,8 @@ async fn sweep_every_minute(
             _ = stop.changed() => return,
         }
         let now = SystemClock.now_epoch_ms();
-        if let Err(err) = sweep(store.as_ref(), queue.as_ref(), &settings, now).await {
+        let swept = sweep(ports.store.as_ref(), ports.queue.as_ref(), &settings, now).await;
+        if let Err(err) = swept {
             tracing::warn!(error = %err, "sweep failed; trying again in a minute");
         }
     }

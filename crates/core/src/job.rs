@@ -6,10 +6,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ErrorInfo;
 use crate::status::JobStatus;
+use crate::task::TaskName;
+
+/// The error code of a job that failed on its last receive (its message went to the
+/// dead-letter queue) or whose worker died on its last attempt. Only such a job can be
+/// revived by a redrive.
+pub const DEAD_LETTERED: &str = "dead_lettered";
+
+/// A job's error as stored and shown: a stable snake_case code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct ErrorInfo {
+    /// Stable, machine-readable code such as `invalid_input` or `dead_lettered`.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    /// Builds an error from a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// A job's id: a UUID, random (v7) or derived from the owner and idempotency key (v8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,8 +103,8 @@ pub struct NewJob {
     pub id: JobId,
     /// The authenticated principal that owns the job.
     pub owner: String,
-    /// The task name (`embed`, `rank`, `classify`).
-    pub task: String,
+    /// The task.
+    pub task: TaskName,
     /// The validated task input.
     pub input: Value,
     /// Hash of the request body, to tell a replay from key reuse.
@@ -98,8 +124,8 @@ pub struct Job {
     pub id: JobId,
     /// The owner (authenticated principal).
     pub owner: String,
-    /// Task name.
-    pub task: String,
+    /// The task.
+    pub task: TaskName,
     /// Task input (JSON).
     pub input: Value,
     /// Current status.
@@ -183,32 +209,41 @@ impl Job {
 }
 
 /// The job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Job)]
 pub struct JobView {
     /// Job id.
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
-    /// Task name.
-    pub task: String,
+    /// The task.
+    pub task: TaskName,
     /// Current status.
     pub status: JobStatus,
     /// RFC 3339 creation time.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// RFC 3339 first claim time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(format = DateTime, nullable = false)]
     pub started_at: Option<String>,
     /// RFC 3339 time the job became terminal.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(format = DateTime, nullable = false)]
     pub finished_at: Option<String>,
     /// Number of claims so far.
+    #[schema(minimum = 0)]
     pub attempts: u32,
     /// Present (true) once a cancel of a running job was requested.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub cancel_requested: Option<bool>,
-    /// Output when succeeded.
+    /// The task's output once the job succeeded.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<crate::task::JobOutput>, nullable = false)]
     pub output: Option<Value>,
-    /// Error when failed.
+    /// The error once the job failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub error: Option<ErrorInfo>,
 }
 
@@ -234,7 +269,7 @@ mod tests {
         let job = Job::from_new(NewJob {
             id: JobId::random(),
             owner: "o".into(),
-            task: "embed".into(),
+            task: TaskName::new("embed"),
             input: serde_json::json!({}),
             request_hash: "h".into(),
             idempotency_key: None,

@@ -1,24 +1,24 @@
-//! The offpath domain: jobs and their states, idempotency rules, task inputs and the
-//! ports the adapters implement. Nothing here knows about AWS.
+//! The offpath domain: jobs and their states, idempotency rules, tasks and their
+//! registry, and the ports the adapters implement. Nothing here knows about AWS.
 
 pub mod clock;
-pub mod error;
 pub mod idempotency;
 pub mod job;
 pub mod message;
 pub mod metrics;
 pub mod model;
+pub mod ports;
 pub mod queue;
 pub mod status;
 pub mod store;
 pub mod task;
 
 pub use clock::{Clock, SystemClock};
-pub use error::{DEAD_LETTERED, ErrorInfo, QueueError, StoreError};
-pub use job::{Job, JobId, JobView, NewJob};
+pub use job::{DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, NewJob};
 pub use message::JobMessage;
-pub use model::{Model, ModelError};
-pub use queue::{JobQueue, QueueDepth, QueueMessage};
+pub use model::{Embedding, MODEL_NAME, Model, ModelError};
+pub use ports::Ports;
+pub use queue::{JobQueue, QueueDepth, QueueError, QueueMessage, QueueSettings};
 pub use status::JobStatus;
-pub use store::{JobStore, Lease};
-pub use task::{Task, TaskInput};
+pub use store::{JobStore, Lease, StoreError};
+pub use task::{InputError, Prepared, Registry, Task, TaskEntry, TaskName, UnknownTask};

@@ -43,6 +43,6 @@ pub fn queue_wait(millis: u64) {
 }
 
 /// Records one forward pass of `task`, in milliseconds.
-pub fn inference(task: &'static str, millis: f64) {
-    histogram!(INFERENCE_DURATION, "task" => task).record(millis);
+pub fn inference(task: &str, millis: f64) {
+    histogram!(INFERENCE_DURATION, "task" => task.to_owned()).record(millis);
 }

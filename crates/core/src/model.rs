@@ -1,12 +1,15 @@
-//! The inference port.
+//! The inference port: texts in, embeddings out. Tasks turn embeddings into their
+//! outputs (scores, orders, encodings); the model knows nothing of tasks.
 
 use std::time::Duration;
 
-use serde_json::Value;
+/// The model offpath runs, as task outputs name it.
+pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 
-use crate::task::{Task, TaskInput};
+/// One text's embedding: a unit vector.
+pub type Embedding = Vec<f32>;
 
-/// Why inference did not produce outputs.
+/// Why inference did not produce embeddings.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     /// The backend is overloaded or rate limited; retry after the hint if any.
@@ -33,13 +36,10 @@ impl ModelError {
     }
 }
 
-/// A model that runs tasks. `run` receives inputs of one task and returns one output
-/// per input, in order, from one batched pass (micro-batching). It is CPU-bound and
-/// synchronous: callers run it on a blocking thread.
+/// A sentence-embedding model. `embed` is one batched forward pass (micro-batching:
+/// the texts of many jobs go through together). It is CPU-bound and synchronous:
+/// callers run it on a blocking thread.
 pub trait Model: Send + Sync + 'static {
-    /// The model's name, reported in outputs.
-    fn name(&self) -> &str;
-
-    /// Runs `task` over `inputs`, all of which are for `task`.
-    fn run(&self, task: Task, inputs: &[TaskInput]) -> Result<Vec<Value>, ModelError>;
+    /// Embeds `texts`, one unit vector per text, in order.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError>;
 }

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::QueueError;
 use crate::message::JobMessage;
 
-/// A received message with the attributes the worker needs.
+/// A received message: what the worker reads of it, and the handle to act on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueMessage {
     /// The queue's id for the message.
@@ -16,14 +15,10 @@ pub struct QueueMessage {
     pub receipt_handle: String,
     /// The raw body.
     pub body: String,
-    /// MD5 of the body, as SQS reports it.
-    pub md5_of_body: String,
     /// How many times the message has been received, this time included.
     pub receive_count: u32,
     /// When the message was sent.
     pub sent_at_epoch_ms: u64,
-    /// When the message was first received.
-    pub first_received_at_epoch_ms: u64,
 }
 
 /// Messages waiting and in flight.
@@ -33,6 +28,27 @@ pub struct QueueDepth {
     pub visible: u64,
     /// Received and not yet deleted (approximate).
     pub in_flight: u64,
+}
+
+/// What can go wrong talking to a [`JobQueue`].
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue cannot be reached or refused for load. Retry later.
+    #[error("job queue unavailable: {0}")]
+    Unavailable(String),
+    /// The receipt handle is no longer valid (the message was received again or deleted).
+    #[error("receipt handle no longer valid: {0}")]
+    StaleReceipt(String),
+    /// Anything else: a misconfiguration. Retrying will not help.
+    #[error("job queue error: {0}")]
+    Other(String),
+}
+
+impl QueueError {
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Unavailable(_))
+    }
 }
 
 /// The queue that carries job ids from the API to the workers.
@@ -62,4 +78,33 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// The queue's ARN, as event records name their source.
     fn arn(&self) -> &str;
+}
+
+/// The worker function's timeout in `template.yaml`; the job lease equals it.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the jobs queue and its dead-letter queue behave, shared by `template.yaml`, the
+/// provisioning code and the embedded queue (a test compares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// How long a received message stays invisible. AWS advises at least six times
+    /// the worker function's timeout.
+    pub visibility_timeout: Duration,
+    /// Receives before a message moves to the dead-letter queue.
+    pub max_receive_count: u32,
+    /// How long the jobs queue keeps a message.
+    pub retention: Duration,
+    /// How long the dead-letter queue keeps a message (the SQS maximum, 14 days).
+    pub dlq_retention: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            visibility_timeout: WORKER_TIMEOUT * 6,
+            max_receive_count: 5,
+            retention: Duration::from_secs(4 * 24 * 3600),
+            dlq_retention: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }

@@ -4,15 +4,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-/// Where a job is in its life. `Display`/`FromStr` match the stored strings.
-///
-/// `queued -> running -> succeeded | failed`, `queued -> cancelled`,
-/// `running -> queued` (transient failure or expired lease), and a running job whose
-/// cancel was requested ends `cancelled`. Terminal states never change, with one
-/// operator action as the exception: a redrive puts a `failed` job whose error is
-/// `dead_lettered` back to `queued`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where a job is in its life: `queued -> running -> succeeded | failed`,
+/// `queued -> cancelled`, `running -> queued` (transient failure or expired lease),
+/// and a running job whose cancel was requested ends `cancelled`. Terminal states
+/// never change, with one operator action as the exception: a redrive puts a `failed`
+/// job whose error is `dead_lettered` back to `queued`.
+// `Display`/`FromStr` match the stored strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Accepted and waiting for a worker.

@@ -4,9 +4,36 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::error::{ErrorInfo, StoreError};
-use crate::job::{Job, JobId, NewJob};
+use crate::job::{ErrorInfo, Job, JobId, NewJob};
 use crate::status::JobStatus;
+
+/// What can go wrong talking to a [`JobStore`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The job does not exist.
+    #[error("job not found")]
+    NotFound,
+    /// A conditional write failed; this is the record as it is now.
+    #[error("the job changed under us: it is {} now", .0.status)]
+    Conflict(Box<Job>),
+    /// The store cannot be reached or refused for load (throttling, timeout, outage).
+    /// Retry later.
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// The job is larger than the store accepts.
+    #[error("job too large for the store: {0}")]
+    TooLarge(String),
+    /// Anything else: a misconfiguration or a corrupt record. Retrying will not help.
+    #[error("job store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
 
 /// A worker's hold on a running job.
 #[derive(Debug, Clone, PartialEq, Eq)]

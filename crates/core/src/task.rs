@@ -1,120 +1,161 @@
-//! Tasks and their inputs, validated with errors that name the field.
-//!
-//! Limits keep a job's input and output inside DynamoDB's 400 KiB item: at most
-//! [`MAX_TEXTS`] texts of at most [`MAX_TEXT_CHARS`] characters each (a float
-//! embedding output of 32 texts is about 150 KB of JSON).
+//! Tasks as modules. A [`Task`] owns everything about one kind of job: its input type
+//! (serde, with validation and limits), its output type, how a group of its jobs runs
+//! on the model in one batched pass, and, through utoipa's `ToSchema`, the OpenAPI
+//! schemas of both. A [`Registry`] maps task names to tasks; the API, the worker, the
+//! CLI and the OpenAPI document all read it, so adding a task is one module and one
+//! line of registration (`docs/adding-a-task.md`).
 
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{Object, Schema, SchemaType, Type};
+use utoipa::{PartialSchema, ToSchema};
 
-/// Most texts (embed), documents (rank) or labels (classify) in one job.
-pub const MAX_TEXTS: usize = 32;
-/// Most characters in one text, document, query or label. The model reads at most
-/// 256 tokens; longer text is truncated, as sentence-transformers does.
-pub const MAX_TEXT_CHARS: usize = 8192;
+use crate::model::{Model, ModelError};
 
-/// The tasks offpath runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// Texts to embedding vectors.
-    Embed,
-    /// Documents ordered by similarity to a query.
-    Rank,
-    /// Zero-shot label scores for a text.
-    Classify,
+/// One kind of job. Implement it in a module of its own and register it in a
+/// [`Registry`].
+pub trait Task: Send + Sync + 'static {
+    /// The task's name in requests and records: 1-64 of `a-z`, `0-9` and `_`, starting
+    /// with a letter.
+    const NAME: &'static str;
+    /// One line on what the task does, for help texts and the OpenAPI document.
+    const SUMMARY: &'static str;
+    /// What a job asks for: deserialised from the request's `input` (unknown fields,
+    /// wrong types and limits a type can express are refused there).
+    type Input: Serialize + DeserializeOwned + ToSchema + Send + Sync + 'static;
+    /// What a job produces, stored as JSON and shown in the job's `output`.
+    type Output: Serialize + ToSchema + 'static;
+
+    /// Checks what the input's type cannot say (how many items, distinct labels).
+    fn validate(&self, input: &Self::Input) -> Result<(), InputError> {
+        let _ = input;
+        Ok(())
+    }
+
+    /// Runs a group of jobs in one batched pass over the model: one output per input,
+    /// in order. An error fails the group; the worker then runs each job alone.
+    fn run(
+        &self,
+        model: &dyn Model,
+        inputs: &[&Self::Input],
+    ) -> Result<Vec<Self::Output>, ModelError>;
+
+    /// The input for a list of plain texts, for `offpath submit TASK --text ...`; `None`
+    /// when the task does not take one.
+    fn input_from_texts(&self, texts: Vec<String>) -> Option<Self::Input> {
+        let _ = texts;
+        None
+    }
 }
 
-impl Task {
-    /// Every task.
-    pub const ALL: [Task; 3] = [Task::Embed, Task::Rank, Task::Classify];
+/// A task's name as requests and records carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskName(Cow<'static, str>);
 
-    /// The task's name in requests and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Embed => "embed",
-            Task::Rank => "rank",
-            Task::Classify => "classify",
+impl TaskName {
+    /// The name of a task defined in code (a [`Task::NAME`]).
+    ///
+    /// # Panics
+    /// When `name` is not a valid task name: a bug in the task's definition.
+    pub fn new(name: &'static str) -> Self {
+        assert!(valid_name(name), "{name:?} is not a valid task name");
+        TaskName(Cow::Borrowed(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=64).contains(&name.len())
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl std::borrow::Borrow<str> for TaskName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A string that cannot be a task name.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a task name (1-64 of a-z, 0-9 and _, starting with a letter)")]
+pub struct InvalidTaskName(pub String);
+
+impl FromStr for TaskName {
+    type Err = InvalidTaskName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if valid_name(s) {
+            Ok(TaskName(Cow::Owned(s.to_owned())))
+        } else {
+            Err(InvalidTaskName(s.chars().take(64).collect()))
         }
     }
 }
 
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+impl TryFrom<String> for TaskName {
+    type Error = InvalidTaskName;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
-/// A task name offpath does not run.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown task {0:?}; known tasks are embed, rank and classify")]
-pub struct UnknownTask(pub String);
-
-impl FromStr for Task {
-    type Err = UnknownTask;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownTask(s.chars().take(64).collect()))
+impl From<TaskName> for String {
+    fn from(name: TaskName) -> Self {
+        name.0.into_owned()
     }
 }
 
-/// How `embed` returns vectors: JSON floats, or base64 of little-endian f32 (as the
-/// OpenAI embeddings API does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EncodingFormat {
-    /// A JSON array of numbers.
-    #[default]
-    Float,
-    /// Base64 of the little-endian f32 bytes.
-    Base64,
+impl PartialSchema for TaskName {
+    fn schema() -> RefOr<Schema> {
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some("^[a-z][a-z0-9_]{0,63}$"))
+            .into()
+    }
 }
 
-/// `embed` input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmbedInput {
-    /// Texts to embed.
-    pub texts: Vec<String>,
-    /// Output encoding.
-    pub encoding_format: EncodingFormat,
+/// In the API's document the registry narrows this to the registered names.
+impl ToSchema for TaskName {}
+
+/// The schema of a job's `output`: in the API's document, any of the registered
+/// tasks' outputs. This type only names that schema.
+#[derive(Debug)]
+pub enum JobOutput {}
+
+impl PartialSchema for JobOutput {
+    fn schema() -> RefOr<Schema> {
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::Object))
+            .into()
+    }
 }
 
-/// `rank` input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RankInput {
-    /// The query.
-    pub query: String,
-    /// Documents to order by similarity to the query.
-    pub documents: Vec<String>,
-}
+impl ToSchema for JobOutput {}
 
-/// `classify` input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassifyInput {
-    /// The text to classify.
-    pub text: String,
-    /// Candidate labels.
-    pub labels: Vec<String>,
-}
-
-/// A validated task input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaskInput {
-    /// See [`EmbedInput`].
-    Embed(EmbedInput),
-    /// See [`RankInput`].
-    Rank(RankInput),
-    /// See [`ClassifyInput`].
-    Classify(ClassifyInput),
-}
-
-/// An input that breaks the task's schema; `field` is a path such as `input.texts[2]`.
+/// An input that breaks its task's schema; `field` is a path such as `input.texts[2]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct InputError {
@@ -125,7 +166,8 @@ pub struct InputError {
 }
 
 impl InputError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// An error at `field` (a path below the request body, such as `input.labels[1]`).
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         InputError {
             field: field.into(),
             problem: problem.into(),
@@ -133,218 +175,230 @@ impl InputError {
     }
 }
 
-impl TaskInput {
-    /// Validates `input` for `task`.
-    pub fn parse(task: Task, input: &Value) -> Result<Self, InputError> {
-        let fields = Fields::new(input)?;
-        let parsed = match task {
-            Task::Embed => {
-                fields.only(&["texts", "encoding_format"])?;
-                let encoding_format = match fields.optional("encoding_format") {
-                    None => EncodingFormat::Float,
-                    Some(Value::String(s)) if s == "float" => EncodingFormat::Float,
-                    Some(Value::String(s)) if s == "base64" => EncodingFormat::Base64,
-                    Some(_) => {
-                        return Err(InputError::new(
-                            "input.encoding_format",
-                            "must be \"float\" or \"base64\"",
-                        ));
-                    }
-                };
-                TaskInput::Embed(EmbedInput {
-                    texts: fields.strings("texts", 1)?,
-                    encoding_format,
-                })
-            }
-            Task::Rank => {
-                fields.only(&["query", "documents"])?;
-                TaskInput::Rank(RankInput {
-                    query: fields.string("query")?,
-                    documents: fields.strings("documents", 1)?,
-                })
-            }
-            Task::Classify => {
-                fields.only(&["text", "labels"])?;
-                let text = fields.string("text")?;
-                let labels = fields.strings("labels", 2)?;
-                if let Some(repeat) = (1..labels.len()).find(|&i| labels[..i].contains(&labels[i]))
-                {
-                    return Err(InputError::new(
-                        format!("input.labels[{repeat}]"),
-                        "repeats an earlier label; labels must be distinct",
-                    ));
-                }
-                TaskInput::Classify(ClassifyInput { text, labels })
-            }
-        };
-        Ok(parsed)
-    }
+/// A task name no registered task has.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown task {name:?}; known tasks are {known}")]
+pub struct UnknownTask {
+    /// The name asked for (at most 64 characters of it).
+    pub name: String,
+    /// The registered names, as a readable list.
+    pub known: String,
+}
 
-    /// The task this input is for.
-    pub fn task(&self) -> Task {
-        match self {
-            TaskInput::Embed(_) => Task::Embed,
-            TaskInput::Rank(_) => Task::Rank,
-            TaskInput::Classify(_) => Task::Classify,
-        }
+/// A validated input, ready to run: the task's own input type, shared cheaply.
+#[derive(Clone)]
+pub struct Prepared(Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared(..)")
     }
 }
 
-/// The members of an input object, read with field-naming errors.
-struct Fields<'a>(&'a Map<String, Value>);
+/// The OpenAPI schemas a task contributes: its input and output as named components,
+/// and the components they refer to.
+#[derive(Clone)]
+pub struct TaskSchemas {
+    /// The input's component name and schema.
+    pub input: (String, RefOr<Schema>),
+    /// The output's component name and schema.
+    pub output: (String, RefOr<Schema>),
+    /// Components the two refer to.
+    pub referenced: Vec<(String, RefOr<Schema>)>,
+}
 
-impl<'a> Fields<'a> {
-    fn new(input: &'a Value) -> Result<Self, InputError> {
-        input
-            .as_object()
-            .map(Fields)
-            .ok_or_else(|| InputError::new("input", "must be a JSON object"))
-    }
+/// A [`Task`] behind JSON, so tasks of different types live in one registry.
+trait Erased: Send + Sync {
+    fn prepare(&self, input: &Value) -> Result<Prepared, InputError>;
+    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError>;
+    fn input_from_texts(&self, texts: Vec<String>) -> Option<Value>;
+    fn schemas(&self) -> TaskSchemas;
+}
 
-    fn only(&self, allowed: &[&str]) -> Result<(), InputError> {
-        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(unknown) => Err(InputError::new(
-                format!("input.{}", truncate(unknown)),
-                format!("unknown field; expected one of {}", allowed.join(", ")),
-            )),
-            None => Ok(()),
+impl<T: Task> Erased for T {
+    fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
+        if !input.is_object() {
+            return Err(InputError::new("input", "must be a JSON object"));
         }
+        let parsed: T::Input = serde_path_to_error::deserialize(input).map_err(|err| {
+            let path = err.path().to_string();
+            let field = if path == "." {
+                "input".to_owned()
+            } else {
+                format!("input.{path}")
+            };
+            InputError::new(field, err.into_inner().to_string())
+        })?;
+        self.validate(&parsed)?;
+        Ok(Prepared(Arc::new(parsed)))
     }
 
-    fn optional(&self, name: &str) -> Option<&'a Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    fn string(&self, name: &str) -> Result<String, InputError> {
-        let field = format!("input.{name}");
-        let value = self
-            .optional(name)
-            .ok_or_else(|| InputError::new(&field, "is required"))?;
-        text(&field, value)
-    }
-
-    fn strings(&self, name: &str, min: usize) -> Result<Vec<String>, InputError> {
-        let field = format!("input.{name}");
-        let items = match self.optional(name) {
-            None => return Err(InputError::new(&field, "is required")),
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(InputError::new(&field, "must be an array of strings")),
-        };
-        if items.len() < min || items.len() > MAX_TEXTS {
-            return Err(InputError::new(
-                &field,
-                format!(
-                    "must hold {min} to {MAX_TEXTS} strings (it holds {})",
-                    items.len()
-                ),
-            ));
-        }
-        items
+    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+        let typed = inputs
             .iter()
-            .enumerate()
-            .map(|(i, item)| text(&format!("{field}[{i}]"), item))
+            .map(|p| p.0.downcast_ref::<T::Input>())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ModelError::Rejected(format!(
+                    "an input prepared for another task reached {}",
+                    T::NAME
+                ))
+            })?;
+        let outputs = Task::run(self, model, &typed)?;
+        if outputs.len() != inputs.len() {
+            return Err(ModelError::Rejected(format!(
+                "task {} returned {} outputs for {} inputs",
+                T::NAME,
+                outputs.len(),
+                inputs.len()
+            )));
+        }
+        // Through text, not `to_value`: an f32 then keeps its shortest decimal form
+        // (0.1, not 0.10000000149011612) in the stored and served JSON.
+        outputs
+            .iter()
+            .map(|output| {
+                serde_json::to_string(output)
+                    .and_then(|text| serde_json::from_str(&text))
+                    .map_err(|e| ModelError::Rejected(format!("output not serialisable: {e}")))
+            })
             .collect()
     }
+
+    fn input_from_texts(&self, texts: Vec<String>) -> Option<Value> {
+        Task::input_from_texts(self, texts).and_then(|input| serde_json::to_value(input).ok())
+    }
+
+    fn schemas(&self) -> TaskSchemas {
+        let mut referenced = Vec::new();
+        T::Input::schemas(&mut referenced);
+        T::Output::schemas(&mut referenced);
+        TaskSchemas {
+            input: (T::Input::name().into_owned(), T::Input::schema()),
+            output: (T::Output::name().into_owned(), T::Output::schema()),
+            referenced,
+        }
+    }
 }
 
-fn text(field: &str, value: &Value) -> Result<String, InputError> {
-    let s = value
-        .as_str()
-        .ok_or_else(|| InputError::new(field, "must be a string"))?;
-    if s.trim().is_empty() {
-        return Err(InputError::new(field, "must not be empty"));
-    }
-    let chars = s.chars().count();
-    if chars > MAX_TEXT_CHARS {
-        return Err(InputError::new(
-            field,
-            format!("is {chars} characters long; the limit is {MAX_TEXT_CHARS}"),
-        ));
-    }
-    Ok(s.to_owned())
+/// A registered task.
+#[derive(Clone)]
+pub struct TaskEntry {
+    name: TaskName,
+    summary: &'static str,
+    task: Arc<dyn Erased>,
 }
 
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
+impl TaskEntry {
+    /// The task's name.
+    pub fn name(&self) -> &TaskName {
+        &self.name
+    }
+
+    /// One line on what it does.
+    pub fn summary(&self) -> &'static str {
+        self.summary
+    }
+
+    /// Validates an input (a JSON object) into what [`TaskEntry::run`] takes.
+    pub fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
+        self.task.prepare(input)
+    }
+
+    /// Runs prepared inputs of this task in one batched pass; one JSON output each.
+    pub fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+        self.task.run(model, inputs)
+    }
+
+    /// The input for plain texts, if the task takes them (`offpath submit --text`).
+    pub fn input_from_texts(&self, texts: Vec<String>) -> Option<Value> {
+        self.task.input_from_texts(texts)
+    }
+
+    /// The task's OpenAPI schemas.
+    pub fn schemas(&self) -> TaskSchemas {
+        self.task.schemas()
+    }
+}
+
+impl fmt::Debug for TaskEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskEntry")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The tasks a deployment runs, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<TaskName, TaskEntry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `task` under [`Task::NAME`].
+    ///
+    /// # Panics
+    /// When a task of that name is registered already: a bug in the wiring.
+    pub fn with<T: Task>(mut self, task: T) -> Self {
+        let name = TaskName::new(T::NAME);
+        let entry = TaskEntry {
+            name: name.clone(),
+            summary: T::SUMMARY,
+            task: Arc::new(task),
+        };
+        assert!(
+            self.tasks.insert(name, entry).is_none(),
+            "task {} is registered twice",
+            T::NAME
+        );
+        self
+    }
+
+    /// The task registered under `name`.
+    pub fn get(&self, name: &str) -> Result<&TaskEntry, UnknownTask> {
+        self.tasks.get(name).ok_or_else(|| UnknownTask {
+            name: name.chars().take(64).collect(),
+            known: self.known(),
+        })
+    }
+
+    /// Every registered task, by name.
+    pub fn entries(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks.values()
+    }
+
+    /// The registered names as a readable list: "a, b and c".
+    fn known(&self) -> String {
+        let names: Vec<&str> = self.tasks.keys().map(TaskName::as_str).collect();
+        match names.split_last() {
+            None => "none".to_owned(),
+            Some((last, [])) => (*last).to_owned(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn err(task: Task, input: Value) -> String {
-        TaskInput::parse(task, &input).unwrap_err().to_string()
-    }
 
     #[test]
-    fn valid_inputs_parse() {
-        let embed = TaskInput::parse(Task::Embed, &json!({"texts": ["a", "b"]})).unwrap();
+    fn names_are_checked() {
         assert_eq!(
-            embed,
-            TaskInput::Embed(EmbedInput {
-                texts: vec!["a".into(), "b".into()],
-                encoding_format: EncodingFormat::Float
-            })
+            "embed_document".parse::<TaskName>().unwrap().as_str(),
+            "embed_document"
         );
-        assert!(TaskInput::parse(Task::Rank, &json!({"query": "q", "documents": ["d"]})).is_ok());
-        assert!(
-            TaskInput::parse(Task::Classify, &json!({"text": "t", "labels": ["x", "y"]})).is_ok()
-        );
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        assert_eq!(err(Task::Embed, json!([])), "input: must be a JSON object");
-        assert_eq!(err(Task::Embed, json!({})), "input.texts: is required");
-        assert_eq!(
-            err(Task::Embed, json!({"texts": ["a", 3]})),
-            "input.texts[1]: must be a string"
-        );
-        assert_eq!(
-            err(
-                Task::Embed,
-                json!({"texts": ["a"], "encoding_format": "int8"})
-            ),
-            "input.encoding_format: must be \"float\" or \"base64\""
-        );
-        assert!(
-            err(Task::Embed, json!({"texts": []})).starts_with("input.texts: must hold 1 to 32")
-        );
-        assert!(err(Task::Embed, json!({"texts": vec!["a"; 33]})).contains("it holds 33"));
-        assert!(
-            err(
-                Task::Embed,
-                json!({"texts": ["x".repeat(MAX_TEXT_CHARS + 1)]})
-            )
-            .contains("the limit is 8192")
-        );
-        assert_eq!(
-            err(Task::Embed, json!({"texts": ["  "]})),
-            "input.texts[0]: must not be empty"
-        );
-        assert!(
-            err(Task::Rank, json!({"query": "q", "docs": ["d"]}))
-                .starts_with("input.docs: unknown field")
-        );
-        assert!(
-            err(Task::Classify, json!({"text": "t", "labels": ["one"]}))
-                .contains("must hold 2 to 32")
-        );
-        assert_eq!(
-            err(
-                Task::Classify,
-                json!({"text": "t", "labels": ["a", "b", "a"]})
-            ),
-            "input.labels[2]: repeats an earlier label; labels must be distinct"
-        );
-    }
-
-    #[test]
-    fn task_names_round_trip() {
-        for task in Task::ALL {
-            assert_eq!(task.as_str().parse::<Task>().unwrap(), task);
+        for bad in ["", "Embed", "1st", "a-b", "a b", &"x".repeat(65)] {
+            assert!(bad.parse::<TaskName>().is_err(), "{bad:?}");
         }
-        assert!("summarise".parse::<Task>().is_err());
+        let json = serde_json::to_string(&TaskName::new("rank")).unwrap();
+        assert_eq!(json, "\"rank\"");
+        assert!(serde_json::from_str::<TaskName>("\"RANK\"").is_err());
     }
 }

@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use offpath_core::{
     Clock, JobMessage, JobQueue, QueueDepth, QueueError, QueueMessage, SystemClock,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 /// How an in-memory queue behaves.
@@ -26,7 +25,6 @@ struct Stored {
     message_id: String,
     body: String,
     sent_at_epoch_ms: u64,
-    first_received_at_epoch_ms: u64,
     receive_count: u32,
     visible_at_epoch_ms: u64,
     receipt_handle: Option<String>,
@@ -86,7 +84,6 @@ impl MemoryQueue {
             message_id: uuid::Uuid::new_v4().to_string(),
             body,
             sent_at_epoch_ms,
-            first_received_at_epoch_ms: 0,
             receive_count: 0,
             visible_at_epoch_ms: 0,
             receipt_handle: None,
@@ -117,20 +114,15 @@ impl MemoryQueue {
             if due {
                 let m = &mut messages[index];
                 m.receive_count += 1;
-                if m.first_received_at_epoch_ms == 0 {
-                    m.first_received_at_epoch_ms = now;
-                }
                 m.visible_at_epoch_ms = now + self.options.visibility_timeout.as_millis() as u64;
                 let receipt = uuid::Uuid::new_v4().to_string();
                 m.receipt_handle = Some(receipt.clone());
                 taken.push(QueueMessage {
                     message_id: m.message_id.clone(),
                     receipt_handle: receipt,
-                    md5_of_body: hex::encode(&Sha256::digest(m.body.as_bytes())[..16]),
                     body: m.body.clone(),
                     receive_count: m.receive_count,
                     sent_at_epoch_ms: m.sent_at_epoch_ms,
-                    first_received_at_epoch_ms: m.first_received_at_epoch_ms,
                 });
             }
             index += 1;

@@ -2,8 +2,8 @@
 //! mean pooling, L2 normalised, inputs truncated at 256 tokens) run with candle and
 //! the tokenizers crate, plus the fetcher for its weights.
 //!
-//! [`MiniLm`] implements the `Model` port: it runs `embed`, `rank` and `classify`
-//! over many jobs in one batched pass.
+//! [`MiniLm`] implements the `Model` port: one batched pass over the texts of many
+//! jobs.
 
 #[cfg(target_arch = "x86_64")]
 mod bf16;
@@ -12,7 +12,7 @@ mod encoder;
 mod error;
 mod kernels;
 mod minilm;
-mod tasks;
+mod port;
 pub mod weights;
 
 pub use dense::Precision;

@@ -12,8 +12,7 @@ use crate::dense::Precision;
 use crate::encoder::{Config, Encoder};
 use crate::weights::ModelFiles;
 
-/// The model's name, reported in outputs.
-pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+pub use offpath_core::MODEL_NAME;
 /// Embedding dimensions.
 pub const DIMENSIONS: usize = 384;
 /// Longest input in tokens, special tokens included (sentence-transformers'

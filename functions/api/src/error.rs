@@ -5,11 +5,20 @@ use std::time::Duration;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use offpath_core::{QueueError, StoreError};
-use serde_json::json;
+use offpath_core::{ErrorInfo, QueueError, StoreError};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Seconds a client should wait before retrying after a 503.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    error: ErrorInfo,
+}
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +129,9 @@ impl IntoResponse for ApiError {
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
             _ => {}
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorInfo::new(self.code(), self.to_string()),
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(

@@ -8,13 +8,38 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use offpath_core::idempotency::validate_key;
-use offpath_core::{Job, JobId, StoreError};
+use offpath_core::{Job, JobId, JobView, StoreError};
 
 use crate::auth::Principal;
+use crate::error::ErrorBody;
 use crate::submit::{SubmitRequest, Submitted, submit as submit_job};
 use crate::{ApiError, AppState};
 
 /// `POST /jobs`.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    operation_id = "submitJob",
+    summary = "Submit a job",
+    description = "Validates the job, records it queued and enqueues it; answers at once. Poll GET /jobs/{id} for the result.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+         description = "1-255 printable ASCII characters. Same key and body: the same job (header Idempotent-Replayed: true). Same key, other body: 422.",
+         min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"),
+    ),
+    request_body(content = crate::openapi::SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted; the job is queued (or this is a replay).", body = JobView,
+         headers(("Location" = String, description = "/jobs/{id}"),
+                 ("Idempotent-Replayed" = String, description = "true on a replay"))),
+        (status = 400, description = "Malformed JSON, unknown task, schema violation or bad Idempotency-Key.", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
+        (status = 413, description = "Body or job too large.", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another body.", body = ErrorBody),
+        (status = 503, description = "Backend unavailable; retry after the Retry-After header.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Principal(owner): Principal,
@@ -35,7 +60,7 @@ pub(crate) async fn submit(
                 .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?,
         ),
     };
-    let request = SubmitRequest::parse(&body, &state.limits)?;
+    let request = SubmitRequest::parse(&body, &state.limits, &state.tasks)?;
     let (job, replayed) = match submit_job(&state, &owner, key, request).await? {
         Submitted::Created(job) => (job, false),
         Submitted::Replayed(job) => (job, true),
@@ -70,6 +95,19 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
 }
 
 /// `GET /jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "getJob",
+    summary = "Read a job",
+    params(("id" = String, Path, description = "Job id (UUID).")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
+        (status = 404, description = "No such job for this caller.", body = ErrorBody),
+        (status = 503, description = "Backend unavailable.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Principal(owner): Principal,
@@ -80,6 +118,21 @@ pub(crate) async fn get(
 }
 
 /// `DELETE /jobs/{id}`: cancels a queued job, requests the cancel of a running one.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    operation_id = "cancelJob",
+    summary = "Cancel a job",
+    description = "A queued job ends cancelled; a running job gets cancel_requested and ends cancelled, its result discarded.",
+    params(("id" = String, Path, description = "Job id (UUID).")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
+        (status = 404, description = "No such job for this caller.", body = ErrorBody),
+        (status = 409, description = "The job already finished.", body = ErrorBody),
+        (status = 503, description = "Backend unavailable.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Principal(owner): Principal,

@@ -8,6 +8,7 @@ mod auth;
 mod error;
 mod health;
 mod jobs;
+pub mod openapi;
 mod submit;
 
 pub use auth::{Auth, Principal};
@@ -19,10 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use offpath_core::{Clock, JobQueue, JobStore, SystemClock};
-
-/// The OpenAPI 3 document served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+use offpath_core::{Clock, JobQueue, JobStore, Ports, Registry, SystemClock};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,6 +29,8 @@ pub struct AppState {
     pub store: Arc<dyn JobStore>,
     /// The jobs queue.
     pub queue: Arc<dyn JobQueue>,
+    /// The tasks jobs may ask for.
+    pub tasks: Arc<Registry>,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// How callers are authenticated.
@@ -40,11 +40,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over the given ports with the system clock and default limits.
-    pub fn new(store: Arc<dyn JobStore>, queue: Arc<dyn JobQueue>, auth: Auth) -> Self {
+    /// State over the store and jobs queue of `ports`, accepting jobs of `tasks`, with
+    /// the system clock and default limits.
+    pub fn new(ports: &Ports, tasks: Arc<Registry>, auth: Auth) -> Self {
         AppState {
-            store,
-            queue,
+            store: Arc::clone(&ports.store),
+            queue: Arc::clone(&ports.queue),
+            tasks,
             clock: Arc::new(SystemClock),
             auth: Arc::new(auth),
             limits: SubmitLimits::default(),
@@ -52,8 +54,10 @@ impl AppState {
     }
 }
 
-/// The API router.
+/// The API router. Its OpenAPI document is generated here, once, from the types and
+/// the state's tasks and limits.
 pub fn app(state: AppState) -> Router {
+    let document = openapi::Served::new(&openapi::document(&state.tasks, &state.limits));
     let jobs = Router::new()
         .route("/jobs", axum::routing::post(jobs::submit))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
@@ -65,12 +69,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(jobs)
         .route("/health", get(health::health))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::Extension(document))
         .with_state(state)
-}
-
-async fn openapi() -> impl axum::response::IntoResponse {
-    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use offpath_core::idempotency::{job_id_for_key, request_hash};
 use offpath_core::{
-    Job, JobId, JobMessage, JobStatus, NewJob, StoreError, Task, TaskInput, metrics,
+    Job, JobId, JobMessage, JobStatus, NewJob, Registry, StoreError, TaskName, metrics,
 };
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ impl Default for SubmitLimits {
 /// A validated `POST /jobs` body.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SubmitRequest {
-    task: Task,
+    task: TaskName,
     input: Value,
     ttl_seconds: Option<u64>,
 }
@@ -52,8 +52,12 @@ pub(crate) struct SubmitRequest {
 const FIELDS: [&str; 3] = ["task", "input", "ttl_seconds"];
 
 impl SubmitRequest {
-    /// Parses and validates a body.
-    pub(crate) fn parse(body: &[u8], limits: &SubmitLimits) -> Result<Self, ApiError> {
+    /// Parses and validates a body against the registered tasks.
+    pub(crate) fn parse(
+        body: &[u8],
+        limits: &SubmitLimits,
+        tasks: &Registry,
+    ) -> Result<Self, ApiError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         let Value::Object(fields) = value else {
@@ -71,8 +75,8 @@ impl SubmitRequest {
             None | Some(Value::Null) => {
                 return Err(ApiError::InvalidRequest("task: is required".into()));
             }
-            Some(Value::String(name)) => name
-                .parse::<Task>()
+            Some(Value::String(name)) => tasks
+                .get(name)
                 .map_err(|e| ApiError::UnknownTask(e.to_string()))?,
             Some(_) => return Err(ApiError::InvalidRequest("task: must be a string".into())),
         };
@@ -80,7 +84,9 @@ impl SubmitRequest {
         if input.is_null() {
             return Err(ApiError::InvalidInput("input: is required".into()));
         }
-        TaskInput::parse(task, &input).map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+        task.prepare(&input)
+            .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+        let task = task.name().clone();
         let ttl_seconds = match fields.get("ttl_seconds") {
             None | Some(Value::Null) => None,
             Some(ttl) => {
@@ -128,8 +134,8 @@ pub(crate) async fn submit(
     let new = NewJob {
         id: key.map_or_else(JobId::random, |key| job_id_for_key(owner, key)),
         owner: owner.to_owned(),
-        task: request.task.as_str().to_owned(),
         request_hash: request_hash(request.task.as_str(), &request.input, request.ttl_seconds),
+        task: request.task,
         input: request.input,
         idempotency_key: key.map(str::to_owned),
         created_at_epoch_ms: now,
@@ -172,7 +178,11 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<SubmitRequest, ApiError> {
-        SubmitRequest::parse(body.as_bytes(), &SubmitLimits::default())
+        SubmitRequest::parse(
+            body.as_bytes(),
+            &SubmitLimits::default(),
+            &offpath_tasks::registry(),
+        )
     }
 
     #[test]
@@ -207,6 +217,9 @@ mod tests {
             assert_eq!(err.code(), code, "{body}: {err}");
         }
         let err = parse(r#"{"task":"embed","input":{"texts":[1]}}"#).unwrap_err();
-        assert_eq!(err.to_string(), "input.texts[0]: must be a string");
+        assert_eq!(
+            err.to_string(),
+            "input.texts[0]: invalid type: integer `1`, expected a string"
+        );
     }
 }

@@ -5,18 +5,22 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::{
     Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease,
-    Model, ModelError, StoreError, SystemClock, Task, TaskInput, metrics,
+    Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock, TaskEntry, TaskName,
+    metrics,
 };
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::outcome::Outcome;
+use crate::panic::panic_text;
+use crate::record::Record;
 
 /// Worker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,21 +54,12 @@ pub enum WorkerError {
     AllFailed(usize),
 }
 
-/// What becomes of one record.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Outcome {
-    /// Acknowledge: the message is deleted.
-    Done,
-    /// Report an item failure; the message comes back after `visibility` (or after
-    /// the queue's visibility timeout when `None`).
-    Retry(Option<Duration>),
-}
-
-/// A record whose job this invocation holds.
+/// A record whose job this invocation holds, with its input ready to run.
 struct Claimed {
     job: Job,
     lease: Lease,
-    input: TaskInput,
+    task: TaskEntry,
+    input: Prepared,
     receive_count: u32,
 }
 
@@ -75,29 +70,41 @@ enum Inference {
     Crashed(String),
 }
 
-/// The worker: ports plus settings. Build it once per process (Lambda init).
+/// The worker: ports, model, tasks and settings. Build it once per process (Lambda
+/// init).
 #[derive(Clone)]
 pub struct Worker {
     store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     model: Arc<dyn Model>,
+    tasks: Arc<Registry>,
+    clock: Arc<dyn Clock>,
     config: WorkerConfig,
 }
 
 impl Worker {
-    /// A worker over the given ports; time is the system clock.
+    /// A worker over the store and jobs queue of `ports`, running `tasks` on `model`;
+    /// time is the system clock.
     pub fn new(
-        store: Arc<dyn JobStore>,
-        queue: Arc<dyn JobQueue>,
+        ports: &Ports,
         model: Arc<dyn Model>,
+        tasks: Arc<Registry>,
         config: WorkerConfig,
     ) -> Self {
         Worker {
-            store,
-            queue,
+            store: Arc::clone(&ports.store),
+            queue: Arc::clone(&ports.queue),
             model,
+            tasks,
+            clock: Arc::new(SystemClock),
             config,
         }
+    }
+
+    /// The same worker reading time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Handles one SQS batch: claim, infer per task group, finish; returns the
@@ -106,44 +113,42 @@ impl Worker {
         &self,
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, WorkerError> {
-        let records = event.payload.records;
-        if records
+        let records = event
+            .payload
+            .records
             .iter()
-            .any(|r| r.message_id.as_deref().unwrap_or("").is_empty())
-        {
-            return Err(WorkerError::MissingMessageId);
-        }
+            .map(Record::from_sqs)
+            .collect::<Option<Vec<_>>>()
+            .ok_or(WorkerError::MissingMessageId)?;
         let count = records.len();
 
         // 1. Decode and claim, each record on its own.
         let claims = join_all(records.iter().map(|record| {
             guarded(
                 self.claim(record),
-                self.config.backoff.delay(receive_count(record)),
+                self.config.backoff.delay(record.receive_count),
             )
         }))
         .await;
 
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(count);
-        let mut claimed: Vec<(usize, Claimed)> = Vec::new();
+        let mut groups: BTreeMap<TaskName, Vec<(usize, Claimed)>> = BTreeMap::new();
         for (index, claim) in claims.into_iter().enumerate() {
             match claim {
-                Ok(c) => {
-                    outcomes.push(Outcome::Done);
-                    claimed.push((index, c));
+                Ok(claimed) => {
+                    outcomes.push(Outcome::done());
+                    let group = groups.entry(claimed.task.name().clone()).or_default();
+                    group.push((index, claimed));
                 }
                 Err(outcome) => outcomes.push(outcome),
             }
         }
 
         // 2. One forward pass per task group.
-        let mut groups: BTreeMap<Task, Vec<(usize, Claimed)>> = BTreeMap::new();
-        for (index, c) in claimed {
-            groups.entry(c.input.task()).or_default().push((index, c));
-        }
         let mut finished = Vec::new();
-        for (task, group) in groups {
-            let inputs: Vec<TaskInput> = group.iter().map(|(_, c)| c.input.clone()).collect();
+        for group in groups.into_values() {
+            let task = group[0].1.task.clone();
+            let inputs: Vec<Prepared> = group.iter().map(|(_, c)| c.input.clone()).collect();
             let results = self.infer(task, inputs).await;
             finished.extend(group.into_iter().zip(results));
         }
@@ -168,14 +173,16 @@ impl Worker {
         let mut back_offs = Vec::new();
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in records.iter().zip(&outcomes) {
-            if let Outcome::Retry(visibility) = outcome {
-                if let (Some(visibility), Some(handle)) = (visibility, &record.receipt_handle) {
-                    back_offs.push(self.back_off(handle, *visibility));
-                }
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = record.message_id.clone().unwrap_or_default();
-                response.batch_item_failures.push(failure);
+            if *outcome == Outcome::Done {
+                continue;
             }
+            if let (Some(visibility), Some(handle)) = (outcome.visibility(), record.receipt_handle)
+            {
+                back_offs.push(self.back_off(handle, visibility));
+            }
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = record.message_id.to_owned();
+            response.batch_item_failures.push(failure);
         }
         join_all(back_offs).await;
         if count > 0 && response.batch_item_failures.len() == count {
@@ -197,30 +204,23 @@ impl Worker {
     }
 
     /// Decodes a record and claims its job. `Err` is the record's final outcome.
-    async fn claim(&self, record: &SqsMessage) -> Result<Claimed, Outcome> {
-        let receive_count = receive_count(record);
-        let last = self.is_last_receive(receive_count);
-        let message =
-            JobMessage::from_body(record.body.as_deref().unwrap_or_default()).map_err(|err| {
-                tracing::error!(message_id = ?record.message_id, error = %err,
-                    "malformed message; it goes to the dead-letter queue");
-                Outcome::Retry(Some(Duration::ZERO))
-            })?;
+    async fn claim(&self, record: &Record<'_>) -> Result<Claimed, Outcome> {
+        let message = JobMessage::from_body(record.body).map_err(|err| {
+            tracing::error!(message_id = record.message_id, error = %err,
+                "malformed message; it goes to the dead-letter queue");
+            Outcome::toward_dead_letter_queue()
+        })?;
         let id = message.job_id;
-        self.claim_job(id, record, receive_count, last)
+        self.claim_job(id, record)
             .instrument(tracing::info_span!("job", job_id = %id))
             .await
     }
 
-    /// Claims the job a record names and checks its input.
-    async fn claim_job(
-        &self,
-        id: JobId,
-        record: &SqsMessage,
-        receive_count: u32,
-        last: bool,
-    ) -> Result<Claimed, Outcome> {
-        let now = SystemClock.now_epoch_ms();
+    /// Claims the job a record names and prepares its input.
+    async fn claim_job(&self, id: JobId, record: &Record<'_>) -> Result<Claimed, Outcome> {
+        let receive_count = record.receive_count;
+        let last = self.is_last_receive(receive_count);
+        let now = self.clock.now_epoch_ms();
         let lease = Lease {
             token: uuid::Uuid::new_v4().to_string(),
             until_epoch_ms: now + self.config.lease.as_millis() as u64,
@@ -229,7 +229,7 @@ impl Worker {
             Ok(job) => job,
             Err(StoreError::NotFound) => {
                 tracing::error!(job_id = %id, "message for a job that does not exist; it goes to the dead-letter queue");
-                return Err(Outcome::Retry(Some(Duration::ZERO)));
+                return Err(Outcome::toward_dead_letter_queue());
             }
             Err(StoreError::Conflict(current)) => return Err(self.unclaimable(&current, last)),
             Err(err) => {
@@ -237,32 +237,32 @@ impl Worker {
                 if last {
                     self.dead_letter_unheld(id, &err.to_string()).await;
                 }
-                return Err(Outcome::Retry(Some(
+                return Err(Outcome::retry_after(
                     self.config.backoff.delay(receive_count),
-                )));
+                ));
             }
         };
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
-        if let Some(sent) = record
-            .attributes
-            .get("SentTimestamp")
-            .and_then(|t| t.parse::<u64>().ok())
-        {
+        if let Some(sent) = record.sent_at_epoch_ms {
             metrics::queue_wait(now.saturating_sub(sent));
         }
         if job.cancel_requested {
             self.finish_write(id, self.store.finish_cancelled(id, &lease.token, now).await);
-            return Err(Outcome::Done);
+            return Err(Outcome::done());
         }
-        let input = job
-            .task
-            .parse::<Task>()
+        let prepared = self
+            .tasks
+            .get(job.task.as_str())
             .map_err(|e| e.to_string())
-            .and_then(|task| TaskInput::parse(task, &job.input).map_err(|e| e.to_string()));
-        match input {
-            Ok(input) => Ok(Claimed {
+            .and_then(|task| {
+                let input = task.prepare(&job.input).map_err(|e| e.to_string())?;
+                Ok((task.clone(), input))
+            });
+        match prepared {
+            Ok((task, input)) => Ok(Claimed {
                 job,
                 lease,
+                task,
                 input,
                 receive_count,
             }),
@@ -276,44 +276,36 @@ impl Worker {
 
     /// The outcome for a message whose job could not be claimed.
     fn unclaimable(&self, current: &Job, last: bool) -> Outcome {
-        let now = SystemClock.now_epoch_ms();
+        let now = self.clock.now_epoch_ms();
         if current.status.is_terminal() {
             tracing::info!(job_id = %current.id, status = %current.status, "duplicate delivery of a finished job");
-            Outcome::Done
+            Outcome::done()
         } else if current.has_live_lease(now) {
             if last {
                 // The lease holder has its own message; this one is a duplicate.
-                Outcome::Done
+                Outcome::done()
             } else {
                 let remaining = current.lease_until_epoch_ms.unwrap_or(now) - now;
-                Outcome::Retry(Some(
-                    Duration::from_millis(remaining) + Duration::from_secs(1),
-                ))
+                Outcome::retry_after(Duration::from_millis(remaining) + Duration::from_secs(1))
             }
         } else {
-            Outcome::Retry(Some(Duration::ZERO))
+            Outcome::retry_now()
         }
     }
 
     /// Runs one task group on a blocking thread. If the batched pass fails or
     /// panics, each job runs alone, so one poisonous input fails only its own job.
-    async fn infer(&self, task: Task, inputs: Vec<TaskInput>) -> Vec<Inference> {
+    async fn infer(&self, task: TaskEntry, inputs: Vec<Prepared>) -> Vec<Inference> {
         let count = inputs.len();
-        match self.run_model(task, inputs.clone()).await {
-            Inference::Output(Value::Array(outputs)) if outputs.len() == count => {
-                outputs.into_iter().map(Inference::Output).collect()
-            }
-            Inference::Output(_) => (0..count).map(|_| wrong_count()).collect(),
-            whole if count == 1 => vec![whole],
-            _ => {
+        match self.run_model(&task, inputs.clone()).await {
+            Ok(outputs) => outputs.into_iter().map(Inference::Output).collect(),
+            Err(whole) if count == 1 => vec![whole],
+            Err(_) => {
                 let mut results = Vec::with_capacity(count);
                 for input in inputs {
-                    results.push(match self.run_model(task, vec![input]).await {
-                        Inference::Output(Value::Array(mut one)) if one.len() == 1 => {
-                            Inference::Output(one.remove(0))
-                        }
-                        Inference::Output(_) => wrong_count(),
-                        other => other,
+                    results.push(match self.run_model(&task, vec![input]).await {
+                        Ok(mut one) => Inference::Output(one.remove(0)),
+                        Err(failed) => failed,
                     });
                 }
                 results
@@ -321,15 +313,28 @@ impl Worker {
         }
     }
 
-    async fn run_model(&self, task: Task, inputs: Vec<TaskInput>) -> Inference {
+    /// One batched pass of `task` over `inputs`: one output per input, or what went
+    /// wrong.
+    async fn run_model(
+        &self,
+        task: &TaskEntry,
+        inputs: Vec<Prepared>,
+    ) -> Result<Vec<Value>, Inference> {
         let model = Arc::clone(&self.model);
+        let runner = task.clone();
         let started = std::time::Instant::now();
-        let ran = tokio::task::spawn_blocking(move || model.run(task, &inputs)).await;
-        metrics::inference(task.as_str(), started.elapsed().as_secs_f64() * 1000.0);
+        let ran = tokio::task::spawn_blocking(move || runner.run(model.as_ref(), &inputs)).await;
+        metrics::inference(
+            task.name().as_str(),
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
         match ran {
-            Ok(Ok(outputs)) => Inference::Output(Value::Array(outputs)),
-            Ok(Err(err)) => Inference::Failed(err),
-            Err(join) => Inference::Crashed(panic_text(join)),
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(err)) => Err(Inference::Failed(err)),
+            Err(join) => Err(Inference::Crashed(match join.try_into_panic() {
+                Ok(panic) => panic_text(panic.as_ref()),
+                Err(join) => join.to_string(),
+            })),
         }
     }
 
@@ -342,7 +347,7 @@ impl Worker {
             ..
         } = claimed;
         let id = job.id;
-        let now = SystemClock.now_epoch_ms();
+        let now = self.clock.now_epoch_ms();
         let (cause, retry_after) = match result {
             Inference::Output(output) => {
                 let written = self.store.complete(id, &lease.token, &output, now).await;
@@ -367,14 +372,14 @@ impl Worker {
             tracing::error!(job_id = %id, %cause, "last attempt failed; the message goes to the dead-letter queue");
             let written = self.store.fail(id, &lease.token, &error, now).await;
             self.finish_write(id, written);
-            return Outcome::Retry(None);
+            return Outcome::retry_at_visibility_timeout();
         }
         tracing::warn!(job_id = %id, %cause, receive_count, "transient failure; backing off");
         if let Err(err) = self.store.release(id, &lease.token).await {
             tracing::warn!(job_id = %id, error = %err, "could not release the lease; it will expire");
         }
         let delay = self.config.backoff.delay(receive_count);
-        Outcome::Retry(Some(retry_after.map_or(delay, |hint| hint.max(delay))))
+        Outcome::retry_after(retry_after.map_or(delay, |hint| hint.max(delay)))
     }
 
     /// After a finishing write: a cancel requested meanwhile ends the job cancelled.
@@ -388,7 +393,7 @@ impl Worker {
             && current.cancel_requested
             && current.lease_owner.as_deref() == Some(&lease.token)
         {
-            let now = SystemClock.now_epoch_ms();
+            let now = self.clock.now_epoch_ms();
             let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
             return self.finish_write(id, cancelled);
         }
@@ -402,15 +407,15 @@ impl Worker {
             Ok(job) => {
                 tracing::info!(job_id = %id, status = %job.status, attempts = job.attempts, "job finished");
                 count_finished(&job);
-                Outcome::Done
+                Outcome::done()
             }
             Err(StoreError::Conflict(current)) => {
                 tracing::warn!(job_id = %id, status = %current.status, "lease lost before finishing; the new owner finishes");
-                Outcome::Done
+                Outcome::done()
             }
             Err(err) => {
                 tracing::warn!(job_id = %id, error = %err, "could not record the outcome; retrying the message");
-                Outcome::Retry(None)
+                Outcome::retry_at_visibility_timeout()
             }
         }
     }
@@ -420,7 +425,7 @@ impl Worker {
         let error = ErrorInfo::new(DEAD_LETTERED, format!("gave up; last error: {cause}"));
         match self
             .store
-            .abandon(id, &error, SystemClock.now_epoch_ms())
+            .abandon(id, &error, self.clock.now_epoch_ms())
             .await
         {
             Ok(job) => {
@@ -442,19 +447,14 @@ impl Worker {
 
 /// Runs one record's step, turning a panic into a retry.
 async fn guarded<T>(
-    step: impl std::future::Future<Output = Result<T, Outcome>>,
+    step: impl Future<Output = Result<T, Outcome>>,
     retry_after: Duration,
 ) -> Result<T, Outcome> {
     match AssertUnwindSafe(step).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %text, "record handling panicked; retrying it");
-            Err(Outcome::Retry(Some(retry_after)))
+            tracing::error!(panic = %panic_text(panic.as_ref()), "record handling panicked; retrying it");
+            Err(Outcome::retry_after(retry_after))
         }
     }
 }
@@ -470,27 +470,4 @@ fn count_finished(job: &Job) {
         JobStatus::Queued | JobStatus::Running | JobStatus::Cancelled => return,
     };
     metrics::count(name);
-}
-
-fn receive_count(record: &SqsMessage) -> u32 {
-    record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1)
-}
-
-fn panic_text(join: tokio::task::JoinError) -> String {
-    match join.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into()),
-        Err(join) => join.to_string(),
-    }
-}
-
-fn wrong_count() -> Inference {
-    Inference::Crashed("the model returned the wrong number of outputs".into())
 }

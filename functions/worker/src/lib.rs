@@ -1,6 +1,6 @@
 //! The offpath worker: a `LambdaEvent<SqsEvent> -> SqsBatchResponse` handler that
-//! claims jobs, runs the model once per task group (micro-batching) and records the
-//! outcome, plus a [`poller`] that drives the same handler from a queue locally.
+//! claims jobs, runs each task group in one batched pass (micro-batching) and records
+//! the outcome, plus a [`poller`] that drives the same handler from a queue locally.
 //!
 //! Rules (DESIGN §6): claim with a conditional update; finish conditional on the lease
 //! owner; permanent errors fail the job and acknowledge; transient errors release the
@@ -10,8 +10,11 @@
 
 mod backoff;
 mod handler;
+mod outcome;
+mod panic;
 pub mod poller;
+mod record;
+pub mod sweep;
 
 pub use backoff::Backoff;
 pub use handler::{Worker, WorkerConfig, WorkerError};
-pub mod sweep;

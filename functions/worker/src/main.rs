@@ -1,11 +1,11 @@
-//! The worker Lambda: wires DynamoDB, SQS and the model to the batch handler.
+//! The worker Lambda: wires DynamoDB, SQS, the model and the tasks to the batch
+//! handler.
 
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
-use offpath_aws::lambda::{Deployment, metrics, run_function};
-use offpath_core::JobQueue;
+use offpath_aws::lambda::{metrics, ports_from_env, run_function};
 use offpath_inference::{MiniLm, weights};
 use offpath_worker::{Worker, WorkerConfig};
 
@@ -15,15 +15,16 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    let Deployment { store, queue } = Deployment::from_env().await?;
+    let ports = ports_from_env().await?;
     let config = WorkerConfig {
-        max_receive_count: queue.max_receive_count().await?,
+        max_receive_count: ports.queue.max_receive_count().await?,
         ..WorkerConfig::default()
     };
     // Loaded once per execution environment: OFFPATH_MODEL_DIR (the model layer) or a
     // download into the cache on first start.
     let model = MiniLm::load(&weights::resolve(false)?)?;
-    let worker = Worker::new(Arc::new(store), Arc::new(queue), Arc::new(model), config);
+    let tasks = Arc::new(offpath_tasks::registry());
+    let worker = Worker::new(&ports, Arc::new(model), tasks, config);
     let worker = &worker;
     let handler = service_fn(move |event: LambdaEvent<_>| async move {
         worker

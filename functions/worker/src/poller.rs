@@ -1,6 +1,7 @@
 //! Drives the worker handler from a queue the way the Lambda SQS event source mapping
 //! does: receive a batch, build a real `SqsEvent`, call the handler, delete the
-//! messages it did not report as failures (all of them stay when it errors).
+//! messages it did not report as failures (all of them stay when it errors). A
+//! [`Pool`] runs several pollers, as Lambda runs several worker instances.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use offpath_core::{JobQueue, QueueMessage};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::Worker;
 
@@ -26,6 +28,53 @@ impl Default for PollSettings {
         PollSettings {
             batch_size: 10,
             wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Pollers feeding one worker from one queue, until stopped.
+pub struct Pool {
+    stop: watch::Sender<bool>,
+    pollers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `count` pollers (at least one) of `worker` on `queue`.
+    pub fn start(
+        worker: Arc<Worker>,
+        queue: Arc<dyn JobQueue>,
+        settings: PollSettings,
+        count: usize,
+    ) -> Pool {
+        let (stop, stopped) = watch::channel(false);
+        let pollers = (0..count.max(1))
+            .map(|_| {
+                tokio::spawn(run(
+                    Arc::clone(&worker),
+                    Arc::clone(&queue),
+                    settings,
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        Pool { stop, pollers }
+    }
+
+    /// Stops the pollers after the batches in hand, as a Ctrl-C of `offpath dev` does.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for poller in self.pollers {
+            if let Err(err) = poller.await {
+                tracing::warn!(error = %err, "a poller ended abnormally");
+            }
+        }
+    }
+
+    /// Ends the pollers where they are, batches in hand included, as the death of
+    /// their process would: what they held comes back after its visibility timeout.
+    pub fn kill(self) {
+        for poller in self.pollers {
+            poller.abort();
         }
     }
 }
@@ -89,14 +138,9 @@ pub fn sqs_event(queue_arn: &str, messages: &[QueueMessage]) -> SqsEvent {
             record.message_id = Some(m.message_id.clone());
             record.receipt_handle = Some(m.receipt_handle.clone());
             record.body = Some(m.body.clone());
-            record.md5_of_body = Some(m.md5_of_body.clone());
             record.attributes = [
                 ("ApproximateReceiveCount", m.receive_count.to_string()),
                 ("SentTimestamp", m.sent_at_epoch_ms.to_string()),
-                (
-                    "ApproximateFirstReceiveTimestamp",
-                    m.first_received_at_epoch_ms.to_string(),
-                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -108,4 +152,56 @@ pub fn sqs_event(queue_arn: &str, messages: &[QueueMessage]) -> SqsEvent {
         })
         .collect();
     event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+
+    /// The poller's event and the event source mapping's (the real AWS event in
+    /// tests/fixtures) carry the same record to the handler.
+    #[test]
+    fn polled_records_read_as_lambda_records() {
+        let fixture: SqsEvent =
+            serde_json::from_str(include_str!("../../../tests/fixtures/sqs_event.json")).unwrap();
+        let lambda = &fixture.records[0];
+        let attribute = |name: &str| lambda.attributes[name].parse().unwrap();
+        let polled = QueueMessage {
+            message_id: lambda.message_id.clone().unwrap(),
+            receipt_handle: lambda.receipt_handle.clone().unwrap(),
+            body: lambda.body.clone().unwrap(),
+            receive_count: attribute("ApproximateReceiveCount") as u32,
+            sent_at_epoch_ms: attribute("SentTimestamp"),
+        };
+        let arn = lambda.event_source_arn.as_deref().unwrap();
+        let event = sqs_event(arn, &[polled]);
+        let local = &event.records[0];
+        assert_eq!(Record::from_sqs(local), Record::from_sqs(lambda));
+        assert!(Record::from_sqs(lambda).is_some());
+        assert_eq!(
+            (
+                &local.event_source,
+                &local.event_source_arn,
+                &local.aws_region
+            ),
+            (
+                &lambda.event_source,
+                &lambda.event_source_arn,
+                &lambda.aws_region
+            )
+        );
+        // Both serialise to the same shape of record, so what Lambda hands the
+        // function's runtime, the poller hands the handler.
+        let keys = |m: &SqsMessage| {
+            let value = serde_json::to_value(m).unwrap();
+            value
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(local), keys(lambda));
+    }
 }

@@ -1,11 +1,7 @@
 //! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
 
-mod cost;
 mod model;
-mod plot;
-mod runtime;
 mod service;
-mod timed;
 
 pub use model::ModelBench;
 pub use service::ServiceBench;
@@ -13,7 +9,7 @@ pub use service::ServiceBench;
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
 
 /// Benchmarks.
 #[derive(Debug, Clone, Subcommand)]
@@ -47,23 +43,37 @@ fn peak_rss_kib() -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
 }
 
-/// `x` to one decimal, as JSON.
-fn round(x: f64) -> Value {
-    round_to(x, 1)
+/// `x` to `decimals` decimals.
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
 }
 
-/// `x` to `decimals` decimals, as JSON.
-fn round_to(x: f64, decimals: i32) -> Value {
-    let scale = 10f64.powi(decimals);
-    Value::from((x * scale).round() / scale)
+/// Serialises a figure to one decimal.
+fn dp1<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_to(*x, 1))
+}
+
+/// Serialises a figure to two decimals.
+fn dp2<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_to(*x, 2))
+}
+
+/// Serialises a figure to three decimals.
+fn dp3<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_to(*x, 3))
 }
 
 /// Latency percentiles of a sample, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 struct Percentiles {
+    #[serde(rename = "p50_ms", serialize_with = "dp3")]
     p50: f64,
+    #[serde(rename = "p95_ms", serialize_with = "dp3")]
     p95: f64,
+    #[serde(rename = "p99_ms", serialize_with = "dp3")]
     p99: f64,
+    #[serde(rename = "max_ms", serialize_with = "dp3")]
     max: f64,
 }
 
@@ -80,15 +90,6 @@ impl Percentiles {
             max: ms[ms.len() - 1],
         })
     }
-
-    fn json(&self) -> Value {
-        json!({
-            "p50_ms": round_to(self.p50, 3),
-            "p95_ms": round_to(self.p95, 3),
-            "p99_ms": round_to(self.p99, 3),
-            "max_ms": round_to(self.max, 3),
-        })
-    }
 }
 
 #[cfg(test)]
@@ -101,5 +102,7 @@ mod tests {
         let p = Percentiles::of(&samples).unwrap();
         assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
         assert_eq!(Percentiles::of(&[]), None);
+        let json = serde_json::to_value(Percentiles::of(&[Duration::from_micros(1234)])).unwrap();
+        assert_eq!(json["p50_ms"], 1.234);
     }
 }

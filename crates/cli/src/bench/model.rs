@@ -5,11 +5,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use offpath_core::{Model, Task, TaskInput};
+use offpath_core::Prepared;
 use offpath_inference::{MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
-use super::{peak_rss_kib, round};
+use super::{peak_rss_kib, round_to};
 
 /// `offpath bench model` options.
 #[derive(Debug, Clone, Args)]
@@ -99,7 +99,7 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
             repeat(budget, &batches, |texts| model.embed(texts).map(|_| batch))?;
         let per_second = sentences as f64 / elapsed.as_secs_f64();
         println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
-        throughput.push(json!({"batch": batch, "sentences_per_second": round(per_second)}));
+        throughput.push(json!({"batch": batch, "sentences_per_second": round_to(per_second, 1)}));
     }
 
     let reference = match &options.python {
@@ -111,22 +111,26 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
 
     // SQS batches of ten one-text embed jobs, over the corpus: one pass for each SQS
     // batch, or one pass for each job.
+    let tasks = offpath_tasks::registry();
+    let embed = tasks.get("embed")?;
     let job = |text: &&str| {
-        TaskInput::parse(Task::Embed, &json!({"texts": [text]})).expect("valid input")
+        embed
+            .prepare(&json!({"texts": [text]}))
+            .expect("valid input")
     };
-    let jobs: Vec<Vec<TaskInput>> = batches(&corpus, SQS_BATCH)
+    let jobs: Vec<Vec<Prepared>> = batches(&corpus, SQS_BATCH)
         .iter()
         .map(|texts| texts.iter().map(job).collect())
         .collect();
     let (batched, t1) = repeat(budget, &jobs, |batch| {
-        model.run(Task::Embed, batch).map(|o| o.len())
+        embed.run(&model, batch).map(|o| o.len())
     })?;
     let (single, t2) = repeat(budget, &jobs, |batch| {
         batch
             .iter()
             .map(|job| {
-                model
-                    .run(Task::Embed, std::slice::from_ref(job))
+                embed
+                    .run(&model, std::slice::from_ref(job))
                     .map(|o| o.len())
             })
             .sum::<Result<usize, _>>()
@@ -150,9 +154,9 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "precision": model.precision().name(),
         "throughput": throughput,
-        "jobs_per_second": {"micro_batched": round(with), "one_pass_per_job": round(without), "speedup": round(with / without)},
-        "start_to_ready_ms": round(ready_ms),
-        "peak_rss_mib": round(peak_rss_mib),
+        "jobs_per_second": {"micro_batched": round_to(with, 1), "one_pass_per_job": round_to(without, 1), "speedup": round_to(with / without, 1)},
+        "start_to_ready_ms": round_to(ready_ms, 1),
+        "peak_rss_mib": round_to(peak_rss_mib, 1),
         "sentence_transformers": reference,
     });
     if let Some(path) = options.json {

@@ -3,9 +3,8 @@
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
-use offpath_aws::lambda::{Deployment, metrics, run_function};
-use offpath_aws::provision::QueueSettings;
-use offpath_core::{Clock, JobQueue, SystemClock};
+use offpath_aws::lambda::{metrics, ports_from_env, run_function};
+use offpath_core::{Clock, QueueSettings, SystemClock};
 use offpath_worker::sweep::{SweepSettings, sweep};
 use serde_json::{Value, json};
 
@@ -18,14 +17,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    let Deployment { store, queue } = Deployment::from_env().await?;
+    let ports = ports_from_env().await?;
+    let (store, queue) = (ports.store.as_ref(), ports.queue.as_ref());
     let sweep_settings = SweepSettings {
         // The jobs queue's visibility timeout, as template.yaml sets it.
         grace: QueueSettings::default().visibility_timeout,
         max_receive_count: queue.max_receive_count().await?,
         limit: LIMIT,
     };
-    let (store, queue, sweep_settings) = (&store, &queue, &sweep_settings);
+    let sweep_settings = &sweep_settings;
     let handler = service_fn(move |_: LambdaEvent<Value>| async move {
         let now = SystemClock.now_epoch_ms();
         let report = sweep(store, queue, sweep_settings, now).await?;

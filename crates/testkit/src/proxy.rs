@@ -7,21 +7,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-/// A proxy on 127.0.0.1 forwarding to `upstream` while up.
+/// A proxy on 127.0.0.1 forwarding to an upstream while up.
 pub struct Proxy {
+    /// `http://127.0.0.1:<port>`.
     pub url: String,
     down: Arc<AtomicBool>,
     cut: Arc<Notify>,
 }
 
 impl Proxy {
+    /// Starts forwarding to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str) -> Proxy {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
         let down = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(Notify::new());
         let (flag, notify) = (down.clone(), cut.clone());

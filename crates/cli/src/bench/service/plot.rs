@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
+
+use super::Report;
+use super::pipeline::{Pipeline, StageMs};
+use super::responsiveness::{Responsiveness, Run};
 
 /// The font plots are labelled with, unless OFFPATH_PLOT_FONT names another .ttf.
 const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -19,13 +22,13 @@ const COLORS: [RGBColor; 5] = [
 ];
 
 /// Draws `latency-<backend>.png` and `pipeline-<backend>.png` into `out`.
-pub(super) fn service(result: &Value, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(super) fn service(report: &Report, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     register_font()?;
-    let backend = result["backend"].as_str().unwrap_or("unknown");
+    let backend = report.backend;
     let latency_png = out.join(format!("latency-{backend}.png"));
-    latency(&result["responsiveness"], backend, &latency_png)?;
+    latency(&report.responsiveness, backend, &latency_png)?;
     let pipeline_png = out.join(format!("pipeline-{backend}.png"));
-    pipeline(&result["pipeline"], backend, &pipeline_png)?;
+    pipeline(&report.pipeline, backend, &pipeline_png)?;
     Ok(vec![latency_png, pipeline_png])
 }
 
@@ -54,18 +57,21 @@ fn category(names: &[String], x: f64) -> String {
 }
 
 /// Grouped bars: submit latency percentiles per run, log scale.
-fn latency(responsiveness: &Value, backend: &str, path: &Path) -> anyhow::Result<()> {
-    let runs = [
-        ("offpath_idle", "offpath, idle workers"),
-        ("offpath_saturated", "offpath, saturated"),
-        ("sync_idle", "synchronous, idle"),
-        ("sync_saturated", "synchronous, saturated"),
+fn latency(responsiveness: &Responsiveness, backend: &str, path: &Path) -> anyhow::Result<()> {
+    let all = &responsiveness.runs;
+    let runs: [(&Run, &str); 4] = [
+        (&all.offpath_idle, "offpath, idle workers"),
+        (&all.offpath_saturated, "offpath, saturated"),
+        (&all.sync_idle, "synchronous, idle"),
+        (&all.sync_saturated, "synchronous, saturated"),
     ];
-    let percentiles = ["p50_ms", "p95_ms", "p99_ms"];
-    let value = |run: &str, p: &str| {
-        responsiveness["runs"][run]["latency"][p]
-            .as_f64()
-            .unwrap_or(f64::NAN)
+    let percentiles = ["p50", "p95", "p99"];
+    let value = |run: &Run, p: &str| {
+        run.latency.map_or(f64::NAN, |l| match p {
+            "p50" => l.p50,
+            "p95" => l.p95,
+            _ => l.p99,
+        })
     };
     let values: Vec<f64> = runs
         .iter()
@@ -80,7 +86,7 @@ fn latency(responsiveness: &Value, backend: &str, path: &Path) -> anyhow::Result
     root.fill(&WHITE)?;
     let caption = format!(
         "Submit latency at {}/s, idle vs saturated workers ({backend})",
-        responsiveness["rate_per_second"]
+        responsiveness.rate_per_second
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, (FONT, 22))
@@ -107,7 +113,7 @@ fn latency(responsiveness: &Value, backend: &str, path: &Path) -> anyhow::Result
                     color.filled(),
                 )
             }))?
-            .label(p.trim_end_matches("_ms"))
+            .label(*p)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     chart
@@ -122,19 +128,16 @@ fn latency(responsiveness: &Value, backend: &str, path: &Path) -> anyhow::Result
 }
 
 /// Left: jobs/s per pollers x batch size. Right: worker time per job by stage.
-fn pipeline(pipeline: &Value, backend: &str, path: &Path) -> anyhow::Result<()> {
-    let runs: Vec<&Value> = pipeline["runs"].as_array().into_iter().flatten().collect();
+fn pipeline(pipeline: &Pipeline, backend: &str, path: &Path) -> anyhow::Result<()> {
+    let runs = &pipeline.runs;
     let names: Vec<String> = runs
         .iter()
-        .map(|r| format!("{}p x b{}", r["pollers"], r["batch_size"]))
+        .map(|r| format!("{}p x b{}", r.pollers, r.batch_size))
         .collect();
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
-    let throughput: Vec<f64> = runs
-        .iter()
-        .map(|r| r["jobs_per_second"].as_f64().unwrap_or(0.0))
-        .collect();
+    let throughput: Vec<f64> = runs.iter().map(|r| r.jobs_per_second).collect();
     bars(
         &left,
         &format!("Pipeline throughput ({backend})"),
@@ -142,15 +145,15 @@ fn pipeline(pipeline: &Value, backend: &str, path: &Path) -> anyhow::Result<()> 
         &names,
         &[("jobs/s", throughput)],
     )?;
-    let stages = ["receive", "claim", "inference", "finish", "delete"];
-    let per_stage: Vec<(&str, Vec<f64>)> = stages
+    let per_stage: Vec<(&str, Vec<f64>)> = StageMs::NAMES
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(k, stage)| {
             let ms = runs
                 .iter()
-                .map(|r| r["worker_ms_per_job"][s].as_f64().unwrap_or(0.0))
+                .map(|r| r.worker_ms_per_job.values()[k])
                 .collect();
-            (*s, ms)
+            (*stage, ms)
         })
         .collect();
     bars(

@@ -1,26 +1,27 @@
-//! Runs the real Lambda bootstrap binaries (`offpath-api`, `offpath-worker`,
-//! `offpath-sweep`) as Lambda runs them: the process polls the Lambda Runtime API
-//! (`AWS_LAMBDA_RUNTIME_API`) for invocations and posts back the results. This module
-//! serves that documented HTTP interface on loopback, one invocation at a time, and
-//! keeps every line the function prints, as CloudWatch Logs would.
+//! A Lambda function process served by a loopback Lambda Runtime API: the process
+//! polls `AWS_LAMBDA_RUNTIME_API` for invocations and posts back the results, as
+//! Lambda runs a bootstrap. This module serves that documented HTTP interface, one
+//! invocation at a time, notes when the process first asks for an event (when Lambda
+//! counts it ready) and keeps every line it prints, as CloudWatch Logs would.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The Runtime API's version prefix.
 const PREFIX: &str = "/2018-06-01/runtime";
 
-/// What a function answered to an invocation.
+/// What a function answered to an invocation: its response, or its error.
 pub type Answer = Result<Value, Value>;
 
 struct Pending {
@@ -33,24 +34,33 @@ struct Pending {
 struct Shared {
     next: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>,
+    polled: Arc<watch::Sender<Option<Instant>>>,
 }
 
-/// A Lambda function process served by a loopback Runtime API; killed when dropped.
+/// A Lambda function process; killed when dropped.
 pub struct Function {
     child: Child,
+    started: Instant,
     invocations: mpsc::Sender<Pending>,
+    polled: watch::Receiver<Option<Instant>>,
     /// Every line the process printed on stdout and stderr.
     pub lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Function {
-    /// Builds (if needed) and starts the workspace binary `bin` of `package` with the
-    /// Lambda environment plus `env`.
-    pub async fn start(package: &str, bin: &str, env: &[(&str, &str)]) -> Function {
+    /// Starts `bootstrap` as the function `name`, with the Lambda environment plus
+    /// `env`.
+    pub async fn start(
+        bootstrap: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Function> {
         let (invocations, next) = mpsc::channel(1);
+        let (polled_tx, polled) = watch::channel(None);
         let shared = Shared {
             next: Arc::new(tokio::sync::Mutex::new(next)),
             waiting: Arc::default(),
+            polled: Arc::new(polled_tx),
         };
         let app = Router::new()
             .route(&format!("{PREFIX}/invocation/next"), get(next_invocation))
@@ -60,62 +70,65 @@ impl Function {
             )
             .route(&format!("{PREFIX}/invocation/{{id}}/error"), post(fail))
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let mut build = escargot::CargoBuild::new()
-            .package(package)
-            .bin(bin)
-            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"));
-        // Cargo describes this test to it in CARGO_* variables; passed on, they would
-        // look like a changed environment to build scripts and rebuild the world.
-        for (key, _) in std::env::vars() {
-            let described = [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_BIN_",
-                "CARGO_CRATE_",
-            ]
-            .iter()
-            .any(|prefix| key.starts_with(prefix));
-            if described || key == "CARGO_PRIMARY_PACKAGE" || key == "CARGO_TARGET_TMPDIR" {
-                build = build.env_remove(key);
-            }
-        }
-        let binary = build
-            .run()
-            .unwrap_or_else(|e| panic!("building {bin}: {e}"));
-        let mut child = Command::new(binary.path())
+        let started = Instant::now();
+        let mut child = Command::new(bootstrap)
             .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-            .env("AWS_LAMBDA_FUNCTION_NAME", bin)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{bin}"))
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+            .spawn()?;
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        for reader in [
-            Box::new(stdout) as Box<dyn BufRead + Send>,
-            Box::new(stderr),
-        ] {
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::new(BufReader::new(s)) as Box<dyn BufRead + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(BufReader::new(s)) as Box<dyn BufRead + Send>);
+        for reader in stdout.into_iter().chain(stderr) {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in reader.lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
+                    lines.lock().expect("lines lock").push(line);
                 }
             });
         }
-        Function {
+        Ok(Function {
             child,
+            started,
             invocations,
+            polled,
             lines,
+        })
+    }
+
+    /// How long after its start the process first asked for an event (Lambda counts
+    /// it ready then); an error with its output if it exits or takes longer than
+    /// `limit`.
+    pub async fn ready(&mut self, limit: Duration) -> Result<Duration, String> {
+        let deadline = self.started + limit;
+        loop {
+            if let Some(at) = *self.polled.borrow() {
+                return Ok(at - self.started);
+            }
+            let exited = self.child.try_wait().map_err(|e| e.to_string())?;
+            if exited.is_some() || Instant::now() > deadline {
+                let why = exited.map_or(format!("not ready after {limit:?}"), |status| {
+                    format!("exited ({status}) before it was ready")
+                });
+                return Err(format!("{why}; it said:\n{}", self.output()));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(1), self.polled.changed()).await;
         }
     }
 
@@ -128,15 +141,13 @@ impl Function {
             event,
             answer,
         };
-        self.invocations.send(pending).await.unwrap();
+        self.invocations
+            .send(pending)
+            .await
+            .expect("the runtime API runs");
         tokio::time::timeout(Duration::from_secs(60), answered)
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no answer in 60 s; output:\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                )
-            })
+            .unwrap_or_else(|_| panic!("no answer in 60 s; output:\n{}", self.output()))
             .expect("the function process went away")
     }
 
@@ -153,14 +164,21 @@ impl Function {
         }
     }
 
-    /// The lines printed so far that parse as JSON.
+    /// The lines printed so far, each parsed as JSON.
+    ///
+    /// # Panics
+    /// On a line that is not JSON: every line a function prints must be.
     pub fn json_lines(&self) -> Vec<Value> {
         self.lines
             .lock()
-            .unwrap()
+            .expect("lines lock")
             .iter()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
             .collect()
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().expect("lines lock").join("\n")
     }
 }
 
@@ -172,6 +190,11 @@ impl Drop for Function {
 }
 
 async fn next_invocation(State(shared): State<Shared>) -> (HeaderMap, String) {
+    shared.polled.send_if_modified(|at| {
+        let first = at.is_none();
+        at.get_or_insert_with(Instant::now);
+        first
+    });
     let pending = shared
         .next
         .lock()
@@ -181,32 +204,37 @@ async fn next_invocation(State(shared): State<Shared>) -> (HeaderMap, String) {
         .expect("the test ended");
     let deadline = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("after 1970")
         + Duration::from_secs(60);
     let mut headers = HeaderMap::new();
     let id = pending.request_id.clone();
-    headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
+    let header = |value: &str| value.parse().expect("a header value");
+    headers.insert("lambda-runtime-aws-request-id", header(&id));
     headers.insert(
         "lambda-runtime-deadline-ms",
-        deadline.as_millis().to_string().parse().unwrap(),
+        header(&deadline.as_millis().to_string()),
     );
     headers.insert(
         "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:123456789012:function:test"
-            .parse()
-            .unwrap(),
+        header("arn:aws:lambda:us-east-1:123456789012:function:test"),
     );
     headers.insert(
         "lambda-runtime-trace-id",
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0"
-            .parse()
-            .unwrap(),
+        header("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0"),
     );
-    shared.waiting.lock().unwrap().insert(id, pending.answer);
+    shared
+        .waiting
+        .lock()
+        .expect("waiting lock")
+        .insert(id, pending.answer);
     (headers, pending.event.to_string())
 }
 
-async fn respond(State(shared): State<Shared>, Path(id): Path<String>, body: String) -> StatusCode {
+async fn respond(
+    State(shared): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: String,
+) -> StatusCode {
     answer(
         &shared,
         &id,
@@ -214,7 +242,11 @@ async fn respond(State(shared): State<Shared>, Path(id): Path<String>, body: Str
     )
 }
 
-async fn fail(State(shared): State<Shared>, Path(id): Path<String>, body: String) -> StatusCode {
+async fn fail(
+    State(shared): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: String,
+) -> StatusCode {
     answer(
         &shared,
         &id,
@@ -223,7 +255,7 @@ async fn fail(State(shared): State<Shared>, Path(id): Path<String>, body: String
 }
 
 fn answer(shared: &Shared, id: &str, answer: Answer) -> StatusCode {
-    match shared.waiting.lock().unwrap().remove(id) {
+    match shared.waiting.lock().expect("waiting lock").remove(id) {
         Some(waiting) => {
             let _ = waiting.send(answer);
             StatusCode::ACCEPTED

@@ -1,0 +1,36 @@
+//! The ports of one deployment, bundled: what `offpath dev`, the Lambda functions,
+//! the benchmarks and the tests hand to the API and the worker.
+
+use std::sync::Arc;
+
+use crate::queue::JobQueue;
+use crate::store::JobStore;
+
+/// A job store, the jobs queue and, where the caller manages it, its dead-letter queue.
+#[derive(Clone)]
+pub struct Ports {
+    /// Job records.
+    pub store: Arc<dyn JobStore>,
+    /// The jobs queue.
+    pub queue: Arc<dyn JobQueue>,
+    /// The jobs queue's dead-letter queue, where known.
+    pub dlq: Option<Arc<dyn JobQueue>>,
+}
+
+impl Ports {
+    /// The same ports with the store replaced (e.g. wrapped in a layer).
+    pub fn with_store(&self, store: Arc<dyn JobStore>) -> Self {
+        Ports {
+            store,
+            ..self.clone()
+        }
+    }
+
+    /// The same ports with the jobs queue replaced (e.g. wrapped in a layer).
+    pub fn with_queue(&self, queue: Arc<dyn JobQueue>) -> Self {
+        Ports {
+            queue,
+            ..self.clone()
+        }
+    }
+}

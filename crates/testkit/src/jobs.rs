@@ -1,0 +1,30 @@
+//! New jobs, as the API would make them.
+
+use offpath_core::idempotency::request_hash;
+use offpath_core::{Clock, JobId, JobStore, NewJob, SystemClock, TaskName};
+use serde_json::Value;
+
+/// A new job of `task` with `input`, owned by `tester`: a random id, no idempotency
+/// key, created now, kept an hour. Change fields with struct update syntax.
+pub fn new_job(task: &str, input: Value) -> NewJob {
+    let now = SystemClock.now_epoch_ms();
+    NewJob {
+        id: JobId::random(),
+        owner: "tester".into(),
+        task: task.parse::<TaskName>().expect("a valid task name"),
+        request_hash: request_hash(task, &input, None),
+        input,
+        idempotency_key: None,
+        created_at_epoch_ms: now,
+        expires_at_epoch_s: now / 1000 + 3600,
+    }
+}
+
+/// Creates a queued job directly in the store (as the API would, without a message).
+pub async fn create(store: &dyn JobStore, task: &str, input: Value) -> JobId {
+    store
+        .create(&new_job(task, input))
+        .await
+        .expect("create")
+        .id
+}

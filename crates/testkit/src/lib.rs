@@ -1,0 +1,31 @@
+//! What offpath's tests and benchmarks share, once: a [`Stack`] of fresh ports on
+//! moto (or LocalStack) or the embedded backend, [`new_job`], a [`Hooked`] layer
+//! that runs hooks around every port call (timing, crash and fault injection,
+//! counting), a scripted [`TestModel`] and a [`CountTask`] registered like the real
+//! tasks, the port [`conformance`] suite, the real binaries ([`Dev`], [`binary`],
+//! [`bootstrap`]) and a loopback Lambda Runtime API ([`Function`]).
+//!
+//! Tests talk to a real AWS-protocol server (moto started by `tests/run`, or
+//! LocalStack when `AWS_ENDPOINT_URL` points at one), never to a fake SDK. No Lambda
+//! function links this crate; the `offpath` CLI does, for `offpath bench`.
+
+pub mod conformance;
+mod count;
+mod events;
+mod hooks;
+mod jobs;
+mod model;
+mod process;
+mod proxy;
+mod runtime;
+mod stack;
+
+pub use count::{CountInput, CountOutput, CountTask};
+pub use events::sqs_event;
+pub use hooks::{Call, Hooked, Hooks};
+pub use jobs::{create, new_job};
+pub use model::TestModel;
+pub use process::{Dev, binary, bootstrap};
+pub use proxy::Proxy;
+pub use runtime::{Answer, Function};
+pub use stack::{Backend, Stack, drained, fast_queue, item_count, sdk, unique};

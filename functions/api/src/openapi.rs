@@ -1,0 +1,163 @@
+//! The OpenAPI document, generated from the types: the routes and their answers come
+//! from the handlers' `#[utoipa::path]` attributes, the bodies from the types' `ToSchema`,
+//! and what depends on the deployment from the task registry (each task's input and
+//! output schema, the request variants, the task names) and the submit limits.
+//! `/openapi.json` serves it; `functions/api/openapi.json` is a copy for readers, kept
+//! equal by a test (`OFFPATH_UPDATE_OPENAPI=1` rewrites it).
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::response::IntoResponse;
+use http::header;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AnyOf, Object, OneOf, Ref, Schema, SchemaType, Type,
+};
+use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
+
+use offpath_core::Registry;
+
+use crate::SubmitLimits;
+
+/// The body of `POST /jobs`: one variant per registered task. This type only names
+/// that schema; [`document`] fills it in from the registry.
+#[derive(Debug)]
+pub enum SubmitRequest {}
+
+impl PartialSchema for SubmitRequest {
+    fn schema() -> RefOr<Schema> {
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::Object))
+            .into()
+    }
+}
+
+impl ToSchema for SubmitRequest {}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "offpath",
+        description = "Queue-backed model inference off the request path. Submit a job, get 202 and a job id at once, poll GET /jobs/{id} for the result."
+    ),
+    paths(
+        crate::jobs::submit,
+        crate::jobs::get,
+        crate::jobs::cancel,
+        crate::health::health,
+        openapi_json
+    )
+)]
+struct Routes;
+
+/// The document as served: JSON text, made once per router.
+#[derive(Debug, Clone)]
+pub(crate) struct Served(Bytes);
+
+impl Served {
+    /// The JSON text of `document`.
+    pub(crate) fn new(document: &Document) -> Self {
+        Served(Bytes::from(
+            document
+                .to_json()
+                .expect("an OpenAPI document always serialises"),
+        ))
+    }
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3 document.", content_type = "application/json", body = Object))
+)]
+pub(crate) async fn openapi_json(Extension(served): Extension<Served>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], served.0)
+}
+
+/// The document for a deployment running `tasks` with `limits`.
+pub fn document(tasks: &Registry, limits: &SubmitLimits) -> Document {
+    let mut document = Routes::openapi();
+    let components = document.components.get_or_insert_with(Default::default);
+    let mut variants = OneOf::builder();
+    let mut outputs = AnyOf::builder();
+    let mut names = Vec::new();
+    for entry in tasks.entries() {
+        let schemas = entry.schemas();
+        let (input, output) = (schemas.input.0.clone(), schemas.output.0.clone());
+        components.schemas.extend(schemas.referenced);
+        components.schemas.extend([schemas.input, schemas.output]);
+        let name = entry.name().as_str();
+        names.push(name.to_owned());
+        variants = variants.item(
+            Object::builder()
+                .title(Some(name))
+                .description(Some(entry.summary()))
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .required("task")
+                .required("input")
+                .property(
+                    "task",
+                    Object::builder()
+                        .schema_type(SchemaType::Type(Type::String))
+                        .enum_values(Some([name])),
+                )
+                .property("input", Ref::from_schema_name(input))
+                .property("ttl_seconds", Ref::from_schema_name("Ttl")),
+        );
+        outputs = outputs.item(Ref::from_schema_name(output));
+    }
+    components
+        .schemas
+        .insert("SubmitRequest".into(), variants.into());
+    components
+        .schemas
+        .insert("JobOutput".into(), outputs.into());
+    components.schemas.insert(
+        "TaskName".into(),
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(names))
+            .into(),
+    );
+    components.schemas.insert(
+        "Ttl".into(),
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .minimum(Some(limits.min_ttl.as_secs()))
+            .maximum(Some(limits.max_ttl.as_secs()))
+            .description(Some(format!(
+                "How long the job is kept, in seconds (default {}).",
+                limits.default_ttl.as_secs()
+            )))
+            .into(),
+    );
+    document
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed copy is what the code generates; `OFFPATH_UPDATE_OPENAPI=1`
+    /// rewrites it after a change.
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let generated = document(&offpath_tasks::registry(), &SubmitLimits::default())
+            .to_pretty_json()
+            .unwrap()
+            + "\n";
+        if std::env::var_os("OFFPATH_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap();
+        assert!(
+            committed == generated,
+            "{path} differs from the generated document; run \
+             `OFFPATH_UPDATE_OPENAPI=1 cargo test -p offpath-api openapi` and commit it"
+        );
+    }
+}
