@@ -432,10 +432,13 @@ async fn the_document_and_the_checks_follow_the_registry() {
         .iter()
         .map(|v| v["properties"]["task"]["enum"][0].as_str().unwrap())
         .collect();
-    assert_eq!(variants, ["classify", "count", "embed", "rank"]);
+    assert_eq!(
+        variants,
+        ["classify", "count", "embed", "embed_document", "rank"]
+    );
     assert_eq!(
         schemas["TaskName"]["enum"],
-        serde_json::json!(["classify", "count", "embed", "rank"])
+        serde_json::json!(["classify", "count", "embed", "embed_document", "rank"])
     );
     let (status, _, body) = call(&state, submit(r#"{"task":"count","input":{}}"#, None)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -459,7 +462,9 @@ async fn the_document_and_the_checks_follow_the_registry() {
         (status, body["error"]["message"].as_str()),
         (
             StatusCode::BAD_REQUEST,
-            Some("unknown task \"count\"; known tasks are classify, embed and rank")
+            Some(
+                "unknown task \"count\"; known tasks are classify, embed, embed_document and rank"
+            )
         )
     );
 }

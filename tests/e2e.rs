@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use offpath_core::QueueSettings;
 use offpath_core::{JobId, JobMessage};
-use offpath_testkit::{Dev, Stack, binary, drained, fast_queue, item_count};
+use offpath_testkit::{Dev, Stack, binary, drained, fast_queue, item_count, reference_embedding};
 use serde_json::{Value, json};
 
 async fn stack(settings: QueueSettings) -> Stack {
@@ -71,23 +71,6 @@ fn embed(text: &str) -> Value {
     json!({"task": "embed", "input": {"texts": [text]}})
 }
 
-fn reference(text: &str) -> Vec<f64> {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
-    let sentence = fixture["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["text"] == text)
-        .unwrap();
-    sentence["embedding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn an_embed_job_runs_the_real_model_end_to_end() {
     let stack = stack(fast_queue()).await;
@@ -125,7 +108,11 @@ async fn an_embed_job_runs_the_real_model_end_to_end() {
     assert_eq!(vector.len(), 384);
     let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "unit vector, norm {norm}");
-    let cosine: f64 = vector.iter().zip(reference(text)).map(|(a, b)| a * b).sum();
+    let cosine: f64 = vector
+        .iter()
+        .zip(reference_embedding(text))
+        .map(|(a, b)| a * b as f64)
+        .sum();
     assert!(cosine >= 0.999, "matches the reference: cosine {cosine}");
 }
 
@@ -365,7 +352,14 @@ async fn the_default_embedded_stack_serves_the_printed_curl_example() {
 
 #[tokio::test]
 async fn submit_status_and_wait_commands_drive_the_api() {
-    let dev = Dev::spawn(&[("OFFPATH_ADDR", "127.0.0.1:0")], &[]);
+    let data = std::env::temp_dir().join(format!("offpath-e2e-data-{}", uuid::Uuid::new_v4()));
+    let dev = Dev::spawn(
+        &[
+            ("OFFPATH_ADDR", "127.0.0.1:0"),
+            ("OFFPATH_DATA_DIR", data.to_str().unwrap()),
+        ],
+        &[],
+    );
     let offpath = |args: &[&str], stdin: Option<&str>| {
         let mut child = std::process::Command::new(binary("offpath"))
             .args(args)
@@ -436,9 +430,55 @@ async fn submit_status_and_wait_commands_drive_the_api() {
     // ones listed, and --text only where the task takes texts.
     let (ok, _, err) = offpath(&["submit", "summarise", "--text", "x"], None);
     assert!(
-        !ok && err.contains("[possible values: classify, embed, rank]"),
+        !ok && err.contains("[possible values: classify, embed, embed_document, rank]"),
         "{err}"
     );
     let (ok, _, err) = offpath(&["submit", "rank", "--text", "x"], None);
     assert!(!ok && err.contains("rank takes no --text"), "{err}");
+
+    // A document: uploaded to the embedded backend's own URL, split into parts, its
+    // progress shown, its result written where --out says.
+    let dir = std::env::temp_dir().join(format!("offpath-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let document: String = (0..2_000)
+        .map(|i| format!("Sentence {i} of a document that goes through the command line. "))
+        .collect();
+    let (file, out) = (dir.join("notes.txt"), dir.join("notes.jsonl"));
+    std::fs::write(&file, &document).unwrap();
+    let (ok, stdout, err) = offpath(
+        &[
+            "submit",
+            "embed_document",
+            "--file",
+            file.to_str().unwrap(),
+            "--input",
+            r#"{"chunk_tokens":64,"overlap_tokens":8}"#,
+            "--wait",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let job: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let chunks = job["output"]["chunks"].as_u64().unwrap();
+    assert!(chunks > 32, "{chunks} chunks make several parts");
+    assert_eq!(job["progress"], json!({"done": chunks, "total": chunks}));
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, chunks);
+    assert_eq!(lines[0]["start"], 0);
+    assert_eq!(lines.last().unwrap()["end"], document.trim_end().len());
+    assert!(
+        err.contains(&format!("bytes to {}", out.display())),
+        "{err}"
+    );
+    let (ok, _, err) = offpath(&["submit", "embed", "--file", file.to_str().unwrap()], None);
+    assert!(!ok && err.contains("embed takes no --file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use offpath_core::{JobQueue, JobStore};
+use offpath_core::{BlobStore, JobQueue, JobStore};
 use offpath_embedded::MemoryStore;
 use offpath_testkit::{Backend, Stack, conformance, fast_queue};
 
@@ -20,7 +20,14 @@ async fn queues() -> (Arc<dyn JobQueue>, Arc<dyn JobQueue>) {
     (stack.ports.queue.clone(), stack.dlq().clone())
 }
 
-offpath_testkit::conformance_suite!(store: store(), queues: queues());
+async fn blobs() -> Arc<dyn BlobStore> {
+    Stack::new(Backend::Embedded, fast_queue())
+        .await
+        .ports
+        .blobs
+}
+
+offpath_testkit::conformance_suite!(store: store(), queues: queues(), blobs: blobs());
 
 #[tokio::test]
 async fn a_full_store_refuses_new_jobs_as_unavailable() {

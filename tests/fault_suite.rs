@@ -750,6 +750,7 @@ async fn endpoint_outage() {
         ports: Ports {
             store: Arc::new(DynamoStore::from_sdk(&sdk, &table)),
             queue: Arc::new(queue),
+            blobs: moto.ports.blobs.clone(),
             dlq: moto.ports.dlq.clone(),
         },
         ..moto

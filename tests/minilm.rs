@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use offpath_core::{Prepared, TaskEntry};
 use offpath_inference::{DIMENSIONS, MiniLm, Precision, weights};
+use offpath_testkit::reference_embeddings;
 use serde_json::{Value, json};
 
 /// The model files `tests/run` fetched.
@@ -21,28 +22,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn reference() -> Vec<(String, Vec<f32>)> {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
-    fixture["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let vector = s["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32);
-            (s["text"].as_str().unwrap().to_owned(), vector.collect())
-        })
-        .collect()
-}
-
 /// Checks `model`'s embeddings of the fixture's sentences against the reference and
 /// returns the lowest cosine.
 fn check_against_the_reference(model: &MiniLm) -> f32 {
-    let reference = reference();
+    let reference = reference_embeddings();
     let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).collect();
     let vectors = model.embed(&texts).unwrap();
     let mut lowest = f32::INFINITY;
@@ -76,7 +59,7 @@ fn float32_products_match_the_reference_implementation() {
 
 #[test]
 fn batching_and_order_do_not_change_results() {
-    let reference = reference();
+    let reference = reference_embeddings();
     let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).rev().collect();
     let batched = model().embed(&texts).unwrap();
     for (text, vector) in texts.iter().zip(&batched) {

@@ -19,6 +19,12 @@ struct Settings {
     key: String,
     billing: String,
     ttl_attribute: String,
+    /// The bucket's lifecycle: (prefix, days to expiry), sorted.
+    lifecycle: Vec<(String, u64)>,
+    /// Server-side encryption algorithm.
+    encryption: String,
+    /// All four public access blocks on.
+    public_blocked: bool,
 }
 
 fn template() -> Value {
@@ -56,11 +62,46 @@ fn declared() -> Settings {
             .as_str()
             .unwrap()
             .to_owned(),
+        lifecycle: {
+            let bucket = &resources["BlobsBucket"]["Properties"];
+            let mut rules: Vec<(String, u64)> = bucket["LifecycleConfiguration"]["Rules"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|r| (r["Prefix"].as_str().unwrap().to_owned(), number(&r["ExpirationInDays"])))
+                .collect();
+            rules.sort();
+            rules
+        },
+        encryption: resources["BlobsBucket"]["Properties"]["BucketEncryption"]
+            ["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        public_blocked: ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"]
+            .iter()
+            .all(|k| resources["BlobsBucket"]["Properties"]["PublicAccessBlockConfiguration"][*k] == true),
     }
 }
 
+/// The lifetimes the code gives each prefix (local expiry and provisioning).
+#[test]
+fn the_template_expires_each_prefix_as_the_code_does() {
+    let mut code: Vec<(String, u64)> = offpath_core::blob::LIFETIMES
+        .iter()
+        .map(|(prefix, lifetime)| {
+            (
+                (*prefix).to_owned(),
+                offpath_aws::provision::lifetime_days(*lifetime) as u64,
+            )
+        })
+        .collect();
+    code.sort();
+    assert_eq!(code, declared().lifecycle);
+}
+
 /// What exists at the endpoint for these resources.
-async fn observed(table: &str, queue_url: &str, dlq_url: &str) -> Settings {
+async fn observed(table: &str, queue_url: &str, dlq_url: &str, bucket: &str) -> Settings {
     let sdk = offpath_testkit::sdk().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let attributes = |url: String| {
@@ -82,6 +123,7 @@ async fn observed(table: &str, queue_url: &str, dlq_url: &str) -> Settings {
     let redrive: serde_json::Value =
         serde_json::from_str(&queue[&QueueAttributeName::RedrivePolicy]).unwrap();
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let s3 = offpath_aws::s3::client(&sdk);
     let described = dynamo
         .describe_table()
         .table_name(table)
@@ -123,6 +165,59 @@ async fn observed(table: &str, queue_url: &str, dlq_url: &str) -> Settings {
             .and_then(|d| d.attribute_name())
             .unwrap_or_default()
             .to_owned(),
+        lifecycle: {
+            let rules = s3
+                .get_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap();
+            let mut rules: Vec<(String, u64)> = rules
+                .rules()
+                .iter()
+                .map(|r| {
+                    let prefix = r
+                        .filter()
+                        .and_then(|f| f.prefix())
+                        .unwrap_or_default()
+                        .to_owned();
+                    (
+                        prefix,
+                        r.expiration().and_then(|e| e.days()).unwrap_or_default() as u64,
+                    )
+                })
+                .collect();
+            rules.sort();
+            rules
+        },
+        encryption: s3
+            .get_bucket_encryption()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap()
+            .server_side_encryption_configuration()
+            .and_then(|c| c.rules().first())
+            .and_then(|r| r.apply_server_side_encryption_by_default())
+            .map(|d| d.sse_algorithm().as_str().to_owned())
+            .unwrap_or_default(),
+        public_blocked: s3
+            .get_public_access_block()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap()
+            .public_access_block_configuration()
+            .is_some_and(|c| {
+                [
+                    c.block_public_acls(),
+                    c.block_public_policy(),
+                    c.ignore_public_acls(),
+                    c.restrict_public_buckets(),
+                ]
+                .iter()
+                .all(|b| *b == Some(true))
+            }),
     }
 }
 
@@ -165,6 +260,7 @@ async fn provisioning_code_creates_what_the_template_declares() {
         table: offpath_testkit::unique("tpl"),
         queue: offpath_testkit::unique("tpl-q"),
         dlq: offpath_testkit::unique("tpl-dlq"),
+        bucket: offpath_testkit::unique("tpl-b"),
     };
     let created = provision(
         &offpath_testkit::sdk().await,
@@ -173,16 +269,23 @@ async fn provisioning_code_creates_what_the_template_declares() {
     )
     .await
     .unwrap();
-    let observed = observed(&created.table, &created.queue_url, &created.dlq_url).await;
+    let observed = observed(
+        &created.table,
+        &created.queue_url,
+        &created.dlq_url,
+        &created.bucket,
+    )
+    .await;
     assert_eq!(observed, declared());
 }
 
 #[tokio::test]
 async fn the_localstack_init_script_creates_what_the_template_declares() {
-    let (table, queue, dlq) = (
+    let (table, queue, dlq, bucket) = (
         offpath_testkit::unique("ls"),
         offpath_testkit::unique("ls-q"),
         offpath_testkit::unique("ls-dlq"),
+        offpath_testkit::unique("ls-b"),
     );
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let output = Command::new(format!("{root}/infra/localstack/init/ready.d/offpath.sh"))
@@ -190,6 +293,7 @@ async fn the_localstack_init_script_creates_what_the_template_declares() {
         .env("OFFPATH_TABLE", &table)
         .env("OFFPATH_QUEUE_NAME", &queue)
         .env("OFFPATH_DLQ_NAME", &dlq)
+        .env("OFFPATH_BUCKET", &bucket)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -206,6 +310,12 @@ async fn the_localstack_init_script_creates_what_the_template_declares() {
             .to_owned()
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let observed = observed(&table, &url("OFFPATH_QUEUE_URL"), &url("OFFPATH_DLQ_URL")).await;
+    let observed = observed(
+        &table,
+        &url("OFFPATH_QUEUE_URL"),
+        &url("OFFPATH_DLQ_URL"),
+        &url("OFFPATH_BUCKET"),
+    )
+    .await;
     assert_eq!(observed, declared());
 }

@@ -4,6 +4,8 @@
 #     sentence-transformers on the same sentences (docs/bench/model.json), then the
 #     same with float32 products, what CPUs without AVX-512 BF16 run
 #     (docs/bench/model-float32.json);
+#   - a 1 MiB document end to end on the embedded backend with 1 and 2 pollers, and
+#     sentence-transformers on the same chunks (docs/bench/document.json);
 #   - the service on the embedded backend and on moto: responsiveness, submit
 #     overhead, pipeline throughput, cost; cold starts of the cargo-lambda bootstraps
 #     (docs/bench/service-*.json, docs/bench/*.png).
@@ -35,6 +37,9 @@ echo "==> bench model" >&2
 "$offpath" bench model --json docs/bench/model.json --python "$python"
 echo "==> bench model, float32 products" >&2
 "$offpath" bench model --precision float32 --json docs/bench/model-float32.json \
+  --python "$python"
+echo "==> bench document" >&2
+"$offpath" bench document --mib 1 --pollers 1,2 --json docs/bench/document.json \
   --python "$python"
 echo "==> bench service, embedded" >&2
 "$offpath" bench service --backend embedded --out docs/bench

@@ -18,7 +18,8 @@ import time
 
 import sentence_transformers
 import torch
-from sentence_transformers import SentenceTransformer, models
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
     # The PyPI copy of the model has no sentence-transformers module config, so build
     # the pipeline all-MiniLM-L6-v2 declares: 256-token transformer, mean pooling.
     # Normalisation is asked of encode() below, as the model card does.
-    transformer = models.Transformer(model_dir, max_seq_length=256)
-    pooling = models.Pooling(transformer.get_embedding_dimension(), "mean")
+    transformer = Transformer(model_dir, max_seq_length=256)
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
     model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     # All the cores this process may use, as the Rust benchmark uses.
     torch.set_num_threads(len(os.sched_getaffinity(0)))

@@ -11,6 +11,9 @@ pub const DEFAULT_TABLE: &str = "offpath-jobs";
 pub const DEFAULT_QUEUE: &str = "offpath-jobs";
 /// Default dead-letter queue name.
 pub const DEFAULT_DLQ: &str = "offpath-jobs-dlq";
+/// Default bucket name (for `offpath dev --backend aws`; a deployment names its own,
+/// since bucket names are global).
+pub const DEFAULT_BUCKET: &str = "offpath-blobs";
 
 /// A setting that is missing or wrong. The message names it.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +38,8 @@ pub enum ConfigError {
     },
 }
 
-/// Where offpath's resources live, from `OFFPATH_TABLE`, `OFFPATH_QUEUE_URL` and
-/// `OFFPATH_DLQ_URL`.
+/// Where offpath's resources live, from `OFFPATH_TABLE`, `OFFPATH_QUEUE_URL`,
+/// `OFFPATH_DLQ_URL` and `OFFPATH_BUCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The jobs table.
@@ -45,6 +48,8 @@ pub struct Settings {
     pub queue_url: Option<String>,
     /// The dead-letter queue URL, if set.
     pub dlq_url: Option<String>,
+    /// The bucket, if set.
+    pub bucket: Option<String>,
 }
 
 impl Settings {
@@ -76,10 +81,29 @@ impl Settings {
                 other => Ok(other.filter(|v| !v.is_empty())),
             }
         };
+        let bucket = lookup("OFFPATH_BUCKET").filter(|b| !b.is_empty());
+        if let Some(bucket) = &bucket
+            && !valid_bucket_name(bucket)
+        {
+            return Err(ConfigError::Invalid {
+                name: "OFFPATH_BUCKET",
+                value: bucket.clone(),
+                reason: "a bucket name is 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit".into(),
+            });
+        }
         Ok(Settings {
             table,
             queue_url: url("OFFPATH_QUEUE_URL")?,
             dlq_url: url("OFFPATH_DLQ_URL")?,
+            bucket,
+        })
+    }
+
+    /// The bucket, required where resources are not created (the Lambda functions).
+    pub fn require_bucket(&self) -> Result<&str, ConfigError> {
+        self.bucket.as_deref().ok_or(ConfigError::Missing {
+            name: "OFFPATH_BUCKET",
+            hint: "set it to the blob bucket's name (the BucketName output of the stack)",
         })
     }
 
@@ -90,6 +114,15 @@ impl Settings {
             hint: "set it to the jobs queue URL (the QueueUrl output of the stack)",
         })
     }
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 fn valid_table_name(name: &str) -> bool {
@@ -152,6 +185,20 @@ mod tests {
             s.unwrap_err()
                 .to_string()
                 .starts_with("OFFPATH_TABLE=\"t1\" is invalid")
+        );
+        assert!(
+            settings(&[("OFFPATH_BUCKET", "Bad_Bucket")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("OFFPATH_BUCKET=\"Bad_Bucket\" is invalid")
+        );
+        assert!(
+            settings(&[])
+                .unwrap()
+                .require_bucket()
+                .unwrap_err()
+                .to_string()
+                .starts_with("OFFPATH_BUCKET is not set")
         );
         let s = settings(&[("OFFPATH_QUEUE_URL", "offpath-jobs")]).unwrap_err();
         assert!(

@@ -12,11 +12,12 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use offpath_core::{
-    DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError,
+    DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, PartsEnd, Settle,
+    StoreError,
 };
 use serde_json::Value;
 
-use crate::item::{Item, attr, error_value, from_item, n, s, to_item};
+use crate::item::{Item, attr, error_value, from_item, n, part_lease, s, to_item};
 
 /// No job with this id exists.
 const ABSENT: &str = "attribute_not_exists(#pk)";
@@ -53,6 +54,45 @@ const REVIVE: &str =
     "SET #status = :queued, #version = #version + :one REMOVE #error, #finished_at_epoch_ms";
 const REQUEST_CANCEL: &str = "SET #cancel_requested = :true, #version = #version + :one";
 
+// Jobs that run in parts. `#part` names the part's key in the part maps, `:part` is its
+// number.
+
+/// The job runs in parts, no cancel requested, and the part exists, is not settled and
+/// is held by no live lease.
+const PART_CLAIMABLE: &str = "#status = :running AND #cancel_requested = :false \
+     AND #parts_total > :part AND NOT contains(#parts_settled, :part) \
+     AND (attribute_not_exists(#part_leases.#part) OR #part_leases.#part.#until < :now)";
+/// The caller holds the part's lease.
+const PART_HELD: &str = "#status = :running AND #part_leases.#part.#token = :token";
+/// The part exists and is not settled.
+const PART_UNSETTLED: &str = "#parts_total > :part AND NOT contains(#parts_settled, :part)";
+/// No live lease holds the part.
+const PART_UNHELD: &str =
+    "(attribute_not_exists(#part_leases.#part) OR #part_leases.#part.#until < :now)";
+/// Every part of the job is settled (no set yet: none is).
+const PARTS_SETTLED: &str = "#status = :running AND attribute_exists(#parts_settled) \
+     AND size(#parts_settled) = #parts_total";
+/// Every part is settled and nobody asked to cancel.
+const PARTS_SETTLED_NOT_CANCELLED: &str = "#status = :running AND attribute_exists(#parts_settled) \
+     AND size(#parts_settled) = #parts_total AND #cancel_requested = :false";
+/// The record is as it was read.
+const UNCHANGED: &str = "#version = :version";
+
+const FAN_OUT: &str = "SET #parts_total = :parts, #chunks_total = :chunks, #chunks_done = :zero, \
+     #parts_dead = :empty, #part_leases = :empty, #part_attempts = :empty, \
+     #parts_touched_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #lease_owner, #lease_until_epoch_ms";
+const CLAIM_PART: &str = "SET #part_leases.#part = :lease, \
+     #part_attempts.#part = if_not_exists(#part_attempts.#part, :zero) + :one, \
+     #parts_touched_at_epoch_ms = :now, #version = #version + :one";
+const RELEASE_PART: &str = "SET #version = #version + :one REMOVE #part_leases.#part";
+const PART_DONE: &str = "ADD #parts_settled :parts_set, #chunks_done :chunks \
+     SET #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+const PART_DEAD: &str = "ADD #parts_settled :parts_set SET #parts_dead.#part = :error_text, \
+     #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+const PART_SKIPPED: &str = "ADD #parts_settled :parts_set \
+     SET #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+
 /// DynamoDB-backed [`JobStore`].
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
@@ -86,7 +126,20 @@ impl DynamoStore {
         update: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<Job, StoreError> {
-        let (names, values) = placeholders(&[condition, update], values);
+        self.update_named(id, condition, update, &[], values).await
+    }
+
+    /// One conditional update where some `#names` stand for other attribute names
+    /// (`#part` for a part's key in the part maps).
+    async fn update_named(
+        &self,
+        id: JobId,
+        condition: &str,
+        update: &str,
+        names: &[(&str, String)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Job, StoreError> {
+        let (names, values) = placeholders(&[condition, update], names, values);
         let result = self
             .client
             .update_item()
@@ -136,7 +189,7 @@ impl DynamoStore {
 impl JobStore for DynamoStore {
     async fn create(&self, new: &NewJob) -> Result<Job, StoreError> {
         let job = Job::from_new(new.clone());
-        let (names, _) = placeholders(&[ABSENT], vec![]);
+        let (names, _) = placeholders(&[ABSENT], &[], vec![]);
         let result = self
             .client
             .put_item()
@@ -250,11 +303,151 @@ impl JobStore for DynamoStore {
 
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
         let values = vec![(":dead_lettered", s(DEAD_LETTERED))];
-        self.update(id, REVIVABLE, REVIVE, values).await
+        let job = self.get(id).await?.ok_or(StoreError::NotFound)?;
+        let Some(parts) = job.parts.filter(|_| job.status == JobStatus::Failed) else {
+            return self.update(id, REVIVABLE, REVIVE, values).await;
+        };
+        // Back to running, its dead parts unsettled again with fresh attempts; the read
+        // above must still hold.
+        let dead: Vec<u32> = parts.dead.keys().copied().collect();
+        let names: Vec<(String, String)> = dead
+            .iter()
+            .enumerate()
+            .map(|(i, part)| (format!("#dead{i}"), part.to_string()))
+            .collect();
+        let mut update = "SET #status = :running, #parts_dead = :empty, \
+            #parts_touched_at_epoch_ms = :now, #version = #version + :one \
+            REMOVE #error, #finished_at_epoch_ms"
+            .to_owned();
+        for (placeholder, _) in &names {
+            update.push_str(&format!(", #part_attempts.{placeholder}"));
+        }
+        let mut values = values;
+        values.extend([
+            (":version", n(job.version)),
+            (
+                ":now",
+                n(offpath_core::Clock::now_epoch_ms(
+                    &offpath_core::SystemClock,
+                )),
+            ),
+        ]);
+        if !dead.is_empty() {
+            update.push_str(" DELETE #parts_settled :dead_set");
+            let set = dead.iter().map(u32::to_string).collect();
+            values.push((":dead_set", AttributeValue::Ns(set)));
+        }
+        let condition = format!("{REVIVABLE} AND {UNCHANGED}");
+        let names: Vec<(&str, String)> =
+            names.iter().map(|(p, n)| (p.as_str(), n.clone())).collect();
+        self.update_named(id, &condition, &update, &names, values)
+            .await
+    }
+
+    async fn fan_out(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        parts: u32,
+        chunks: u64,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let values = vec![
+            (":token", s(lease_token)),
+            (":parts", n(parts.into())),
+            (":chunks", n(chunks)),
+            (":now", n(now_epoch_ms)),
+        ];
+        self.update(id, HELD_NOT_CANCELLED, FAN_OUT, values).await
+    }
+
+    async fn claim_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let values = vec![
+            (":part", n(part.into())),
+            (":lease", part_lease(lease)),
+            (":now", n(now_epoch_ms)),
+        ];
+        let names = [("#part", part.to_string())];
+        self.update_named(id, PART_CLAIMABLE, CLAIM_PART, &names, values)
+            .await
+    }
+
+    async fn release_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease_token: &str,
+    ) -> Result<Job, StoreError> {
+        let names = [("#part", part.to_string())];
+        let values = vec![(":token", s(lease_token))];
+        self.update_named(id, PART_HELD, RELEASE_PART, &names, values)
+            .await
+    }
+
+    async fn settle_part(
+        &self,
+        id: JobId,
+        part: u32,
+        settle: Settle<'_>,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let mut values = vec![
+            (":part", n(part.into())),
+            (":parts_set", AttributeValue::Ns(vec![part.to_string()])),
+            (":now", n(now_epoch_ms)),
+        ];
+        let (holder, update) = match settle {
+            Settle::Done { token, chunks } => {
+                values.extend([(":token", s(token)), (":chunks", n(chunks))]);
+                (PART_HELD, PART_DONE)
+            }
+            Settle::Dead { token, error } => {
+                values.push((":error_text", s(error)));
+                match token {
+                    Some(token) => {
+                        values.push((":token", s(token)));
+                        (PART_HELD, PART_DEAD)
+                    }
+                    None => (PART_UNHELD, PART_DEAD),
+                }
+            }
+            Settle::Skipped => (PART_UNHELD, PART_SKIPPED),
+        };
+        let condition = format!("{PART_UNSETTLED} AND {holder}");
+        let names = [("#part", part.to_string())];
+        self.update_named(id, &condition, update, &names, values)
+            .await
+    }
+
+    async fn finish_parts(
+        &self,
+        id: JobId,
+        end: PartsEnd<'_>,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let now = (":now", n(now_epoch_ms));
+        match end {
+            PartsEnd::Succeeded(output) => {
+                let values = vec![now, (":output", s(output.to_string()))];
+                self.update(id, PARTS_SETTLED_NOT_CANCELLED, COMPLETE, values)
+                    .await
+            }
+            PartsEnd::Failed(error) => {
+                let values = vec![now, (":error", error_value(error))];
+                self.update(id, PARTS_SETTLED, FAIL, values).await
+            }
+            PartsEnd::Cancelled => self.update(id, PARTS_SETTLED, CANCELLED, vec![now]).await,
+        }
     }
 
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {
-        let (names, values) = placeholders(&[UNSTARTED], vec![]);
+        let (names, values) = placeholders(&[UNSTARTED], &[], vec![]);
         let result = self
             .client
             .delete_item()
@@ -287,7 +480,7 @@ impl JobStore for DynamoStore {
     /// A filtered, strongly consistent Scan: it reads the whole table, so run the
     /// sweep every few minutes, not per request.
     async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let (names, values) = placeholders(&[UNFINISHED], vec![]);
+        let (names, values) = placeholders(&[UNFINISHED], &[], vec![]);
         let mut jobs = Vec::new();
         let mut start = None;
         loop {
@@ -336,6 +529,7 @@ fn decode(item: Item) -> Result<Job, StoreError> {
 /// placeholders the expressions use are sent (DynamoDB rejects unused ones).
 fn placeholders(
     expressions: &[&str],
+    call_names: &[(&str, String)],
     call_values: Vec<(&str, AttributeValue)>,
 ) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
     let mut values: HashMap<String, AttributeValue> = JobStatus::ALL
@@ -346,6 +540,7 @@ fn placeholders(
             (":zero".to_owned(), n(0)),
             (":true".to_owned(), AttributeValue::Bool(true)),
             (":false".to_owned(), AttributeValue::Bool(false)),
+            (":empty".to_owned(), AttributeValue::M(HashMap::new())),
         ])
         .collect();
     values.extend(call_values.into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -354,7 +549,11 @@ fn placeholders(
     let mut used_values = HashMap::new();
     for expression in expressions {
         for token in tokens(expression, '#') {
-            used_names.insert(format!("#{token}"), token.to_owned());
+            let name = call_names
+                .iter()
+                .find(|(placeholder, _)| placeholder.strip_prefix('#') == Some(token))
+                .map_or(token, |(_, name)| name.as_str());
+            used_names.insert(format!("#{token}"), name.to_owned());
         }
         for token in tokens(expression, ':') {
             let key = format!(":{token}");
@@ -414,7 +613,7 @@ mod tests {
 
     #[test]
     fn placeholders_send_only_what_expressions_use() {
-        let (names, values) = placeholders(&[HELD, RELEASE], vec![(":token", s("t"))]);
+        let (names, values) = placeholders(&[HELD, RELEASE], &[], vec![(":token", s("t"))]);
         let mut names: Vec<_> = names.into_keys().collect();
         names.sort();
         assert_eq!(
@@ -429,5 +628,12 @@ mod tests {
         let mut values: Vec<_> = values.into_keys().collect();
         values.sort();
         assert_eq!(values, [":one", ":queued", ":running", ":token"]);
+        let (names, _) = placeholders(
+            &[PART_HELD, RELEASE_PART],
+            &[("#part", "7".to_owned())],
+            vec![(":token", s("t"))],
+        );
+        assert_eq!(names["#part"], "7");
+        assert_eq!(names["#part_leases"], "part_leases");
     }
 }

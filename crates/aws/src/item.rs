@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use offpath_core::{ErrorInfo, Job, JobStatus};
+use offpath_core::{ErrorInfo, Job, JobStatus, Lease, Parts};
 
 /// Attribute names.
 pub(crate) mod attr {
@@ -28,6 +28,20 @@ pub(crate) mod attr {
     /// The table's TTL attribute, epoch seconds.
     pub(crate) const EXPIRES_AT: &str = "expires_at_epoch_s";
     pub(crate) const VERSION: &str = "version";
+    /// Jobs that run in parts: how many parts, chunks in all and done, the parts
+    /// settled (a number set), dead parts (part -> error), part leases (part ->
+    /// {token, until}), part attempts (part -> count), when a part was last touched.
+    pub(crate) const PARTS_TOTAL: &str = "parts_total";
+    pub(crate) const CHUNKS_TOTAL: &str = "chunks_total";
+    pub(crate) const CHUNKS_DONE: &str = "chunks_done";
+    pub(crate) const PARTS_SETTLED: &str = "parts_settled";
+    pub(crate) const PARTS_DEAD: &str = "parts_dead";
+    pub(crate) const PART_LEASES: &str = "part_leases";
+    pub(crate) const PART_ATTEMPTS: &str = "part_attempts";
+    pub(crate) const PARTS_TOUCHED_AT: &str = "parts_touched_at_epoch_ms";
+    /// A part lease's fields.
+    pub(crate) const TOKEN: &str = "token";
+    pub(crate) const UNTIL: &str = "until";
 }
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -79,7 +93,63 @@ pub(crate) fn to_item(job: &Job) -> Item {
             .into_iter()
             .filter_map(|(name, value)| value.map(|v| (name.to_owned(), v))),
     );
+    if let Some(parts) = &job.parts {
+        item.extend(parts_attributes(parts));
+    }
     item
+}
+
+/// The attributes of a job's parts.
+fn parts_attributes(parts: &Parts) -> Vec<(String, AttributeValue)> {
+    let map =
+        |entries: Vec<(String, AttributeValue)>| AttributeValue::M(entries.into_iter().collect());
+    let mut attributes = vec![
+        (attr::PARTS_TOTAL.to_owned(), n(parts.total.into())),
+        (attr::CHUNKS_TOTAL.to_owned(), n(parts.chunks_total)),
+        (attr::CHUNKS_DONE.to_owned(), n(parts.chunks_done)),
+        (
+            attr::PARTS_DEAD.to_owned(),
+            map(parts
+                .dead
+                .iter()
+                .map(|(p, e)| (p.to_string(), s(e)))
+                .collect()),
+        ),
+        (
+            attr::PART_LEASES.to_owned(),
+            map(parts
+                .leases
+                .iter()
+                .map(|(p, l)| (p.to_string(), part_lease(l)))
+                .collect()),
+        ),
+        (
+            attr::PART_ATTEMPTS.to_owned(),
+            map(parts
+                .attempts
+                .iter()
+                .map(|(p, a)| (p.to_string(), n((*a).into())))
+                .collect()),
+        ),
+        (
+            attr::PARTS_TOUCHED_AT.to_owned(),
+            n(parts.touched_at_epoch_ms),
+        ),
+    ];
+    // A set cannot be empty: no attribute is no part settled.
+    if !parts.settled.is_empty() {
+        let settled = parts.settled.iter().map(u32::to_string).collect();
+        attributes.push((attr::PARTS_SETTLED.to_owned(), AttributeValue::Ns(settled)));
+    }
+    attributes
+}
+
+/// A part's lease as a map.
+pub(crate) fn part_lease(lease: &Lease) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        (attr::TOKEN.to_owned(), s(&lease.token)),
+        (attr::UNTIL.to_owned(), n(lease.until_epoch_ms)),
+    ]))
 }
 
 /// An item that is not a job record.
@@ -111,6 +181,7 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
             item.get(attr::CANCEL_REQUESTED),
             Some(AttributeValue::Bool(true))
         ),
+        parts: r.parts()?,
         request_hash: r.optional_string(attr::REQUEST_HASH)?.unwrap_or_default(),
         idempotency_key: r.optional_string(attr::IDEMPOTENCY_KEY)?,
         expires_at_epoch_s: r.number(attr::EXPIRES_AT)?.unwrap_or(0),
@@ -168,6 +239,65 @@ impl Reader<'_> {
             .map_err(|e| Self::corrupt(name, e.to_string()))
     }
 
+    /// The map at `name` (empty when absent).
+    fn map(&self, name: &'static str) -> Result<Item, CorruptItem> {
+        match self.0.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(Item::new()),
+            Some(AttributeValue::M(map)) => Ok(map.clone()),
+            Some(_) => Err(Self::corrupt(name, "expected a map")),
+        }
+    }
+
+    /// The entries of the map at `name`, keyed by part number.
+    fn part_map<T>(
+        &self,
+        name: &'static str,
+        value: impl Fn(&AttributeValue) -> Option<T>,
+    ) -> Result<std::collections::BTreeMap<u32, T>, CorruptItem> {
+        self.map(name)?
+            .iter()
+            .map(|(part, v)| match (part.parse(), value(v)) {
+                (Ok(part), Some(v)) => Ok((part, v)),
+                _ => Err(Self::corrupt(name, format!("bad entry for part {part:?}"))),
+            })
+            .collect()
+    }
+
+    fn parts(&self) -> Result<Option<Parts>, CorruptItem> {
+        let Some(total) = self.number(attr::PARTS_TOTAL)? else {
+            return Ok(None);
+        };
+        let number = |v: &AttributeValue| match v {
+            AttributeValue::N(x) => x.parse::<u64>().ok(),
+            _ => None,
+        };
+        let settled = match self.0.get(attr::PARTS_SETTLED) {
+            None | Some(AttributeValue::Null(_)) => Default::default(),
+            Some(AttributeValue::Ns(set)) => set
+                .iter()
+                .map(|x| x.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| Self::corrupt(attr::PARTS_SETTLED, "not whole numbers"))?,
+            Some(_) => return Err(Self::corrupt(attr::PARTS_SETTLED, "expected a number set")),
+        };
+        Ok(Some(Parts {
+            total: total as u32,
+            chunks_total: self.number(attr::CHUNKS_TOTAL)?.unwrap_or(0),
+            chunks_done: self.number(attr::CHUNKS_DONE)?.unwrap_or(0),
+            settled,
+            dead: self.part_map(attr::PARTS_DEAD, |v| v.as_s().ok().cloned())?,
+            leases: self.part_map(attr::PART_LEASES, |v| {
+                let lease = v.as_m().ok()?;
+                Some(Lease {
+                    token: lease.get(attr::TOKEN)?.as_s().ok()?.clone(),
+                    until_epoch_ms: number(lease.get(attr::UNTIL)?)?,
+                })
+            })?,
+            attempts: self.part_map(attr::PART_ATTEMPTS, |v| number(v).map(|a| a as u32))?,
+            touched_at_epoch_ms: self.number(attr::PARTS_TOUCHED_AT)?.unwrap_or(0),
+        }))
+    }
+
     fn error(&self) -> Result<Option<ErrorInfo>, CorruptItem> {
         let map = match self.0.get(attr::ERROR) {
             None | Some(AttributeValue::Null(_)) => return Ok(None),
@@ -212,6 +342,24 @@ mod tests {
         job.started_at_epoch_ms = Some(11);
         job.finished_at_epoch_ms = Some(12);
         job.cancel_requested = true;
+        assert_eq!(from_item(&to_item(&job)).unwrap(), job);
+        job.parts = Some(Parts {
+            total: 3,
+            chunks_total: 70,
+            chunks_done: 32,
+            settled: [0, 2].into(),
+            dead: [(2, "part 2 of 3: gave up".to_owned())].into(),
+            leases: [(
+                1,
+                Lease {
+                    token: "w".into(),
+                    until_epoch_ms: 5,
+                },
+            )]
+            .into(),
+            attempts: [(0, 1), (1, 2), (2, 5)].into(),
+            touched_at_epoch_ms: 4,
+        });
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
     }
 

@@ -9,24 +9,26 @@ use std::sync::Arc;
 use metrics_cloudwatch_embedded::Collector;
 use offpath_core::Ports;
 
-use crate::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use crate::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 
 /// Any start-up error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The ports of a deployment: the jobs table (`OFFPATH_TABLE`) and queue
-/// (`OFFPATH_QUEUE_URL`). Connects with the standard AWS configuration; a missing or
-/// wrong setting is an error that names it.
+/// The ports of a deployment: the jobs table (`OFFPATH_TABLE`), queue
+/// (`OFFPATH_QUEUE_URL`) and bucket (`OFFPATH_BUCKET`). Connects with the standard AWS
+/// configuration; a missing or wrong setting is an error that names it.
 pub async fn ports_from_env() -> Result<Ports, BoxError> {
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let url = settings.require_queue_url()?;
+    let bucket = settings.require_bucket()?;
     let queue = SqsQueue::from_sdk(&sdk, url)
         .await
         .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
     Ok(Ports {
         store: Arc::new(DynamoStore::from_sdk(&sdk, &settings.table)),
         queue: Arc::new(queue),
+        blobs: Arc::new(S3Blobs::from_sdk(&sdk, bucket)),
         dlq: None,
     })
 }

@@ -1,6 +1,7 @@
 //! offpath's AWS adapters: [`DynamoStore`] implements `JobStore` on DynamoDB,
-//! [`SqsQueue`] implements `JobQueue` on SQS, and [`provision`] creates the table,
-//! queue and dead-letter queue the way `template.yaml` declares them.
+//! [`SqsQueue`] implements `JobQueue` on SQS, [`S3Blobs`] implements `BlobStore` on S3,
+//! and [`provision`] creates the table, queues and bucket the way `template.yaml`
+//! declares them.
 //!
 //! Endpoints, region and credentials come from the standard AWS configuration
 //! (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, ...), so the same code talks to AWS,
@@ -8,6 +9,7 @@
 
 mod dynamo;
 mod item;
+pub mod s3;
 mod sdk;
 mod sqs;
 
@@ -18,6 +20,7 @@ pub mod provision;
 
 pub use config::{ConfigError, Settings, load_sdk_config};
 pub use dynamo::DynamoStore;
+pub use s3::S3Blobs;
 pub use sqs::SqsQueue;
 
 /// The DynamoDB item offpath writes for `job` (benchmarks time a bare PutItem of it).

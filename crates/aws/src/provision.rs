@@ -1,5 +1,5 @@
-//! Creates the table, queue and dead-letter queue if they are missing, with the
-//! settings `template.yaml` declares (a test compares the two).
+//! Creates the table, queue, dead-letter queue and bucket if they are missing, with
+//! the settings `template.yaml` declares (a test compares the two).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-
+use offpath_core::blob::LIFETIMES;
 use offpath_core::{Ports, QueueError};
 
-use crate::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
+use crate::config::{DEFAULT_BUCKET, DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
 use crate::item::attr;
 use crate::sqs::queue_arn;
-use crate::{DynamoStore, SqsQueue};
+use crate::{DynamoStore, S3Blobs, SqsQueue};
 
 pub use offpath_core::queue::{QueueSettings, WORKER_TIMEOUT};
 
@@ -31,6 +31,8 @@ pub struct ResourceNames {
     pub queue: String,
     /// Dead-letter queue name.
     pub dlq: String,
+    /// Bucket of uploads, document parts and results.
+    pub bucket: String,
 }
 
 impl Default for ResourceNames {
@@ -39,6 +41,7 @@ impl Default for ResourceNames {
             table: DEFAULT_TABLE.into(),
             queue: DEFAULT_QUEUE.into(),
             dlq: DEFAULT_DLQ.into(),
+            bucket: DEFAULT_BUCKET.into(),
         }
     }
 }
@@ -52,6 +55,8 @@ pub struct Resources {
     pub queue_url: String,
     /// Dead-letter queue URL.
     pub dlq_url: String,
+    /// Bucket name.
+    pub bucket: String,
 }
 
 impl Resources {
@@ -60,6 +65,7 @@ impl Resources {
         Ok(Ports {
             store: Arc::new(DynamoStore::from_sdk(sdk, &self.table)),
             queue: Arc::new(SqsQueue::from_sdk(sdk, &self.queue_url).await?),
+            blobs: Arc::new(S3Blobs::from_sdk(sdk, &self.bucket)),
             dlq: Some(Arc::new(SqsQueue::from_sdk(sdk, &self.dlq_url).await?)),
         })
     }
@@ -80,8 +86,8 @@ fn failed(action: impl Into<String>, err: impl std::error::Error) -> ProvisionEr
     }
 }
 
-/// Creates whatever of the table, queue and dead-letter queue is missing. Safe to run
-/// again and from several processes at once.
+/// Creates whatever of the table, queue, dead-letter queue and bucket is missing. Safe
+/// to run again and from several processes at once.
 pub async fn provision(
     sdk: &SdkConfig,
     names: &ResourceNames,
@@ -113,11 +119,108 @@ pub async fn provision(
         (QueueAttributeName::RedrivePolicy, redrive.to_string()),
     ]);
     let queue_url = ensure_queue(&sqs, &names.queue, queue_attributes).await?;
+    ensure_bucket(&crate::s3::client(sdk), &names.bucket).await?;
     Ok(Resources {
         table: names.table.clone(),
         queue_url,
         dlq_url,
+        bucket: names.bucket.clone(),
     })
+}
+
+/// Creates the bucket unless it exists: private, encrypted (SSE-S3), and with the
+/// lifecycle rules of [`LIFETIMES`] (each prefix's objects expire, unfinished
+/// multipart uploads are aborted after a day).
+pub async fn ensure_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> Result<(), ProvisionError> {
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
+        LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, PublicAccessBlockConfiguration,
+        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+        ServerSideEncryptionRule,
+    };
+    let created = client.create_bucket().bucket(bucket).send().await;
+    if let Err(err) = created {
+        let exists = err
+            .code()
+            .is_some_and(|c| c == "BucketAlreadyOwnedByYou" || c == "BucketAlreadyExists");
+        if !exists {
+            return Err(failed(format!("create bucket {bucket}"), err));
+        }
+    }
+    let block = PublicAccessBlockConfiguration::builder()
+        .block_public_acls(true)
+        .block_public_policy(true)
+        .ignore_public_acls(true)
+        .restrict_public_buckets(true)
+        .build();
+    client
+        .put_public_access_block()
+        .bucket(bucket)
+        .public_access_block_configuration(block)
+        .send()
+        .await
+        .map_err(|e| failed(format!("block public access to bucket {bucket}"), e))?;
+    let encryption = ServerSideEncryptionConfiguration::builder()
+        .rules(
+            ServerSideEncryptionRule::builder()
+                .apply_server_side_encryption_by_default(
+                    ServerSideEncryptionByDefault::builder()
+                        .sse_algorithm(ServerSideEncryption::Aes256)
+                        .build()
+                        .expect("complete encryption default"),
+                )
+                .build(),
+        )
+        .build()
+        .expect("complete encryption configuration");
+    client
+        .put_bucket_encryption()
+        .bucket(bucket)
+        .server_side_encryption_configuration(encryption)
+        .send()
+        .await
+        .map_err(|e| failed(format!("encrypt bucket {bucket}"), e))?;
+    let rules = LIFETIMES
+        .iter()
+        .map(|(prefix, lifetime)| {
+            LifecycleRule::builder()
+                .id(format!("expire-{}", prefix.trim_end_matches('/')))
+                .filter(LifecycleRuleFilter::builder().prefix(*prefix).build())
+                .status(ExpirationStatus::Enabled)
+                .expiration(
+                    LifecycleExpiration::builder()
+                        .days(lifetime_days(*lifetime))
+                        .build(),
+                )
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(1)
+                        .build(),
+                )
+                .build()
+                .expect("complete lifecycle rule")
+        })
+        .collect();
+    let lifecycle = BucketLifecycleConfiguration::builder()
+        .set_rules(Some(rules))
+        .build()
+        .expect("complete lifecycle configuration");
+    client
+        .put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(lifecycle)
+        .send()
+        .await
+        .map_err(|e| failed(format!("set the lifecycle of bucket {bucket}"), e))?;
+    Ok(())
+}
+
+/// A lifetime in whole days (S3 lifecycle rules count days), at least one.
+pub fn lifetime_days(lifetime: Duration) -> i32 {
+    (lifetime.as_secs().div_ceil(86_400) as i32).max(1)
 }
 
 /// Creates the jobs table with TTL enabled unless it exists, and waits until it is active.

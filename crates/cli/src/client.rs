@@ -39,8 +39,15 @@ pub struct Submit {
     #[arg(long, conflicts_with_all = ["input_file", "text"])]
     pub input: Option<String>,
     /// Read the input JSON from a file, or from standard input with `-`.
-    #[arg(long, conflicts_with = "text")]
+    #[arg(long, conflicts_with_all = ["text", "file"])]
     pub input_file: Option<PathBuf>,
+    /// For tasks over documents (embed_document): upload this file (UTF-8 text, at
+    /// most 10 MiB) and name the upload in the input (`--input` adds other fields).
+    #[arg(long, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+    /// With --wait, write a document job's result (JSON Lines) here.
+    #[arg(long, requires = "wait")]
+    pub out: Option<PathBuf>,
     /// A text, for tasks that take a list of texts such as embed (repeat for several).
     #[arg(long)]
     pub text: Vec<String>,
@@ -50,9 +57,13 @@ pub struct Submit {
     /// How long the job is kept, in seconds.
     #[arg(long)]
     pub ttl_seconds: Option<u64>,
-    /// Wait for the job to finish, showing its status, and print the finished job.
+    /// Wait for the job to finish, showing its status (and a document's progress in
+    /// chunks), and print the finished job.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait, give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_seconds: u64,
 }
 
 /// The registered tasks, as `submit`'s possible values with their summaries.
@@ -102,7 +113,7 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
 pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
     let registry = offpath_tasks::registry();
     let task = registry.get(&options.task)?;
-    let input: Value = match (&options.input, &options.input_file) {
+    let mut input: Value = match (&options.input, &options.input_file) {
         (Some(text), _) => serde_json::from_str(text)?,
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut text = String::new();
@@ -110,6 +121,7 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
             serde_json::from_str(&text)?
         }
         (None, Some(path)) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        (None, None) if options.file.is_some() => json!({}),
         (None, None) if !options.text.is_empty() => {
             task.input_from_texts(options.text.clone()).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -120,6 +132,18 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give the input with --input, --input-file or --text"),
     };
+    if let Some(path) = &options.file {
+        anyhow::ensure!(
+            task.runs_in_parts(),
+            "{} takes no --file; give its input with --input",
+            task.name()
+        );
+        let upload = upload(api, path).await?;
+        input
+            .as_object_mut()
+            .ok_or_else(|| anyhow::anyhow!("--input must be a JSON object"))?
+            .insert("upload".into(), upload.into());
+    }
     task.prepare(&input)?;
     let mut body = json!({ "task": options.task, "input": input });
     if let Some(ttl) = options.ttl_seconds {
@@ -132,7 +156,12 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
     let job = send(authorize(api, request)).await?;
     if options.wait {
         let id = job["id"].as_str().unwrap_or_default().to_owned();
-        return wait(api, &id, Duration::from_secs(300)).await;
+        wait(api, &id, Duration::from_secs(options.timeout_seconds)).await?;
+        if let Some(path) = &options.out {
+            let bytes = download(api, &id, path).await?;
+            eprintln!("wrote {bytes} bytes to {}", path.display());
+        }
+        return Ok(());
     }
     println!("{}", serde_json::to_string_pretty(&job)?);
     Ok(())
@@ -153,8 +182,69 @@ async fn get(api: &Api, id: &str) -> anyhow::Result<Value> {
     .await
 }
 
-/// `offpath wait ID`: polls with a spinner until the job is terminal; fails unless it
-/// succeeded.
+/// Uploads a document (`POST /uploads`, then a PUT of the file to its URL); returns
+/// the upload's id.
+async fn upload(api: &Api, path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let upload = send(authorize(
+        api,
+        client()?.post(format!("{}/uploads", api.url)),
+    ))
+    .await?;
+    let url = upload["url"].as_str().unwrap_or_default();
+    // A URL of this API (local backend) is relative to it.
+    let url = if url.starts_with('/') {
+        format!("{}{url}", api.url)
+    } else {
+        url.to_owned()
+    };
+    let put = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?
+        .put(url)
+        .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(bytes);
+    let response = put.send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "uploading {} answered {}: {}",
+        path.display(),
+        response.status(),
+        response.text().await.unwrap_or_default()
+    );
+    Ok(upload["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Writes a document job's result to `path` (following the API's redirect to S3);
+/// returns the bytes written.
+async fn download(api: &Api, id: &str, path: &std::path::Path) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let request = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?
+        .get(format!("{}/jobs/{id}/result", api.url));
+    let mut response = authorize(api, request).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET /jobs/{id}/result answered {}",
+        response.status()
+    );
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut written = 0;
+    while let Some(chunk) = response.chunk().await? {
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await?;
+    Ok(written)
+}
+
+/// `offpath wait ID`: polls with a spinner (a progress bar in chunks for a document)
+/// until the job is terminal; fails unless it succeeded.
 pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
@@ -166,6 +256,20 @@ pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> 
         let job = get(api, id).await?;
         let status = job["status"].as_str().unwrap_or_default().to_owned();
         spinner.set_message(format!("job {id} {status} (attempts {})", job["attempts"]));
+        if let (Some(done), Some(total)) = (
+            job["progress"]["done"].as_u64(),
+            job["progress"]["total"].as_u64(),
+        ) && spinner.length() != Some(total)
+        {
+            spinner.set_length(total);
+            spinner.set_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} chunks {elapsed}")
+                    .expect("valid template"),
+            );
+            spinner.set_position(done);
+        } else if let Some(done) = job["progress"]["done"].as_u64() {
+            spinner.set_position(done);
+        }
         if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
             spinner.finish_and_clear();
             println!("{}", serde_json::to_string_pretty(&job)?);

@@ -2,16 +2,18 @@
 //! API Gateway and the SQS event source mapping do in AWS.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::config::DEFAULT_QUEUE;
-use offpath_aws::provision::{ResourceNames, ensure_table, provision};
-use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_aws::config::{DEFAULT_BUCKET, DEFAULT_QUEUE};
+use offpath_aws::provision::{ResourceNames, ensure_bucket, ensure_table, provision};
+use offpath_aws::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{Clock, Ports, QueueSettings, Registry, SystemClock};
+use offpath_embedded::LocalBlobs;
 use offpath_inference::{MiniLm, weights};
 use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::sweep::{SweepSettings, sweep};
@@ -57,6 +59,10 @@ pub struct DevArgs {
     /// First retry delay for transient failures (doubles per receive).
     #[arg(long, default_value_t = 2000)]
     pub backoff_base_ms: u64,
+    /// Where the embedded backend keeps uploads, document parts and results (default:
+    /// `data` in the cache directory).
+    #[arg(long, env = "OFFPATH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
@@ -69,11 +75,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_receive_count: args.max_receive_count,
         ..QueueSettings::default()
     };
-    let ports = match args.backend {
+    let (ports, local_blobs) = match args.backend {
         Backend::Embedded => {
-            offpath_embedded::ports(DEFAULT_QUEUE, &queue_settings, offpath_embedded::CAPACITY)
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| weights::cache_dir().join("data"));
+            let blobs = LocalBlobs::new(&dir)
+                .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
+            let capacity = offpath_embedded::CAPACITY;
+            let ports =
+                offpath_embedded::ports(DEFAULT_QUEUE, &queue_settings, capacity, blobs.clone());
+            (ports, Some(blobs))
         }
-        Backend::Aws => aws(&queue_settings).await?,
+        Backend::Aws => (aws(&queue_settings).await?, None),
     };
     // After the settings and resources are checked, so a wrong setting fails before a
     // model download.
@@ -97,25 +112,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_receive_count: config.max_receive_count,
         limit: 10_000,
     };
-    serve(args, ports, tasks, worker, auth, sweep).await
+    let sweeper = Sweeper {
+        ports: ports.clone(),
+        settings: sweep,
+        local_blobs,
+    };
+    serve(args, ports, tasks, worker, auth, sweeper).await
 }
 
 /// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.
 async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
     let sdk = load_sdk_config().await?;
     let config = Settings::from_env()?;
+    let bucket = config
+        .bucket
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BUCKET.to_owned());
     let queue_url = match &config.queue_url {
         Some(url) => {
             ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table).await?;
+            ensure_bucket(&offpath_aws::s3::client(&sdk), &bucket).await?;
             url.clone()
         }
         None => {
             let names = ResourceNames {
                 table: config.table.clone(),
+                bucket: bucket.clone(),
                 ..ResourceNames::default()
             };
             let resources = provision(&sdk, &names, settings).await?;
-            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, "resources ready");
+            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, bucket = %resources.bucket, "resources ready");
             resources.queue_url
         }
     };
@@ -125,6 +151,7 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
     Ok(Ports {
         store: Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
         queue: Arc::new(queue),
+        blobs: Arc::new(S3Blobs::from_sdk(&sdk, &bucket)),
         dlq: None,
     })
 }
@@ -135,7 +162,7 @@ async fn serve(
     tasks: Arc<Registry>,
     worker: Worker,
     auth: Auth,
-    sweep: SweepSettings,
+    sweeper: Sweeper,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -152,7 +179,7 @@ async fn serve(
         args.pollers,
     );
     let (stop, stopped) = watch::channel(false);
-    let sweeper = tokio::spawn(sweep_every_minute(ports.clone(), sweep, stopped));
+    let sweeper = tokio::spawn(sweeper.every_minute(stopped));
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
@@ -169,22 +196,33 @@ async fn serve(
     Ok(())
 }
 
-/// Sweeps once a minute until `stop` turns true.
-async fn sweep_every_minute(
+/// What `offpath dev` repairs and expires once a minute.
+struct Sweeper {
     ports: Ports,
     settings: SweepSettings,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let now = SystemClock.now_epoch_ms();
-        let swept = sweep(ports.store.as_ref(), ports.queue.as_ref(), &settings, now).await;
-        if let Err(err) = swept {
-            tracing::warn!(error = %err, "sweep failed; trying again in a minute");
+    /// The embedded backend's blobs, which no lifecycle rule expires.
+    local_blobs: Option<LocalBlobs>,
+}
+
+impl Sweeper {
+    /// Sweeps once a minute until `stop` turns true.
+    async fn every_minute(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = SystemClock.now_epoch_ms();
+            let (store, queue) = (self.ports.store.as_ref(), self.ports.queue.as_ref());
+            if let Err(err) = sweep(store, queue, &self.settings, now).await {
+                tracing::warn!(error = %err, "sweep failed; trying again in a minute");
+            }
+            if let Some(blobs) = &self.local_blobs
+                && let Err(err) = blobs.expire(std::time::SystemTime::now()).await
+            {
+                tracing::warn!(error = %err, "could not expire old blobs; trying again in a minute");
+            }
         }
     }
 }

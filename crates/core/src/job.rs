@@ -1,5 +1,6 @@
 //! The job record and its public view.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,67 @@ use crate::task::TaskName;
 /// dead-letter queue) or whose worker died on its last attempt. Only such a job can be
 /// revived by a redrive.
 pub const DEAD_LETTERED: &str = "dead_lettered";
+
+/// A worker's hold on a running job, or on one part of a job that runs in parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Unique per claim; finishing writes are conditional on it.
+    pub token: String,
+    /// When the lease expires.
+    pub until_epoch_ms: u64,
+}
+
+impl Lease {
+    /// True when the lease has not expired at `now`.
+    pub fn is_live(&self, now_epoch_ms: u64) -> bool {
+        self.until_epoch_ms > now_epoch_ms
+    }
+}
+
+/// How the parts of a job that runs in parts stand (a document, split into parts of
+/// chunks that run on many workers).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Parts {
+    /// How many parts the job was split into.
+    pub total: u32,
+    /// Chunks in all the parts.
+    pub chunks_total: u64,
+    /// Chunks in the parts done so far (the job's progress).
+    pub chunks_done: u64,
+    /// Parts that need nothing more: done, skipped (the job was cancelled) or dead.
+    pub settled: BTreeSet<u32>,
+    /// Parts that gave up on their last attempt, with the error.
+    pub dead: BTreeMap<u32, String>,
+    /// Leases of parts being run (or whose worker died and whose lease runs out).
+    pub leases: BTreeMap<u32, Lease>,
+    /// Claims of each part so far.
+    pub attempts: BTreeMap<u32, u32>,
+    /// When a part was last claimed or settled, or the job split.
+    pub touched_at_epoch_ms: u64,
+}
+
+impl Parts {
+    /// True when every part is settled: the job can end.
+    pub fn all_settled(&self) -> bool {
+        self.settled.len() as u64 >= u64::from(self.total)
+    }
+
+    /// True when some part holds a lease that has not expired at `now`.
+    pub fn any_live_lease(&self, now_epoch_ms: u64) -> bool {
+        self.leases
+            .values()
+            .any(|lease| lease.is_live(now_epoch_ms))
+    }
+}
+
+/// How far a job that runs in parts has come, in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// Chunks done.
+    pub done: u64,
+    /// Chunks in all.
+    pub total: u64,
+}
 
 /// A job's error as stored and shown: a stable snake_case code and a human sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -148,6 +210,8 @@ pub struct Job {
     pub lease_until_epoch_ms: Option<u64>,
     /// True once a cancel was requested for a running job.
     pub cancel_requested: bool,
+    /// For a job that runs in parts, once it was split: how its parts stand.
+    pub parts: Option<Parts>,
     /// Hash of the request that created the job.
     pub request_hash: String,
     /// The client's idempotency key, if any.
@@ -176,6 +240,7 @@ impl Job {
             lease_owner: None,
             lease_until_epoch_ms: None,
             cancel_requested: false,
+            parts: None,
             request_hash: new.request_hash,
             idempotency_key: new.idempotency_key,
             expires_at_epoch_s: new.expires_at_epoch_s,
@@ -202,6 +267,10 @@ impl Job {
             finished_at: self.finished_at_epoch_ms.map(rfc3339),
             attempts: self.attempts,
             cancel_requested: self.cancel_requested.then_some(true),
+            progress: self.parts.as_ref().map(|parts| Progress {
+                done: parts.chunks_done,
+                total: parts.chunks_total,
+            }),
             output: self.output.clone(),
             error: self.error.clone(),
         }
@@ -237,6 +306,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(nullable = false)]
     pub cancel_requested: Option<bool>,
+    /// For a job that runs in parts (a document), once it was split: chunks done and
+    /// in all.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
+    pub progress: Option<Progress>,
     /// The task's output once the job succeeded.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(value_type = Option<crate::task::JobOutput>, nullable = false)]
@@ -247,7 +321,8 @@ pub struct JobView {
     pub error: Option<ErrorInfo>,
 }
 
-fn rfc3339(epoch_ms: u64) -> String {
+/// An epoch time in milliseconds as RFC 3339 text, to the millisecond.
+pub fn rfc3339(epoch_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(epoch_ms)).to_string()
 }
 

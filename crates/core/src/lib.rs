@@ -1,6 +1,7 @@
 //! The offpath domain: jobs and their states, idempotency rules, tasks and their
 //! registry, and the ports the adapters implement. Nothing here knows about AWS.
 
+pub mod blob;
 pub mod clock;
 pub mod idempotency;
 pub mod job;
@@ -13,12 +14,16 @@ pub mod status;
 pub mod store;
 pub mod task;
 
+pub use blob::{BlobError, BlobStore, SignedUrl};
 pub use clock::{Clock, SystemClock};
-pub use job::{DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, NewJob};
+pub use job::{DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, Lease, NewJob, Parts, Progress};
 pub use message::JobMessage;
-pub use model::{Embedding, MODEL_NAME, Model, ModelError};
+pub use model::{Embedding, MODEL_NAME, Model, ModelError, Piece};
 pub use ports::Ports;
 pub use queue::{JobQueue, QueueDepth, QueueError, QueueMessage, QueueSettings};
 pub use status::JobStatus;
-pub use store::{JobStore, Lease, StoreError};
-pub use task::{InputError, Prepared, Registry, Task, TaskEntry, TaskName, UnknownTask};
+pub use store::{JobStore, PartsEnd, Settle, StoreError};
+pub use task::{
+    Assembled, DocumentTask, InputError, PartOutput, Prepared, Registry, Source, Split, Task,
+    TaskEntry, TaskName, UnknownTask,
+};

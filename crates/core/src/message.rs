@@ -1,4 +1,5 @@
-//! The SQS message body: a claim check, the input stays in the store.
+//! The SQS message body: a claim check, the input stays in the store (and, for a
+//! document job's parts, in blob storage).
 
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +8,8 @@ use crate::job::JobId;
 /// Current message format version.
 pub const MESSAGE_VERSION: u32 = 1;
 
-/// `{"v":1,"job_id":"…"}`.
+/// `{"v":1,"job_id":"…"}`, or `{"v":1,"job_id":"…","part":3}` for one part of a
+/// job that runs in parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobMessage {
@@ -15,13 +17,16 @@ pub struct JobMessage {
     pub v: u32,
     /// The job to run.
     pub job_id: JobId,
+    /// The part of the job to run, for a job that runs in parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
 }
 
 /// A message body that is not a job message.
 #[derive(Debug, thiserror::Error)]
 pub enum MalformedMessage {
     /// The body is not the expected JSON.
-    #[error("message body is not {{\"v\":1,\"job_id\":\"<uuid>\"}}: {0}")]
+    #[error("message body is not {{\"v\":1,\"job_id\":\"<uuid>\"[,\"part\":<n>]}}: {0}")]
     Json(#[from] serde_json::Error),
     /// The body has a version this worker does not know.
     #[error("message version {0} is not supported (expected {MESSAGE_VERSION})")]
@@ -34,6 +39,15 @@ impl JobMessage {
         JobMessage {
             v: MESSAGE_VERSION,
             job_id,
+            part: None,
+        }
+    }
+
+    /// The message for part `part` of a job.
+    pub fn part(job_id: JobId, part: u32) -> Self {
+        JobMessage {
+            part: Some(part),
+            ..Self::new(job_id)
         }
     }
 
@@ -66,5 +80,9 @@ mod tests {
                 .is_err()
         );
         assert!(JobMessage::from_body(r#"{"v":1,"job_id":"x"}"#).is_err());
+        let part = JobMessage::part(JobId::random(), 3);
+        assert!(part.to_body().ends_with(r#","part":3}"#));
+        assert_eq!(JobMessage::from_body(&part.to_body()).unwrap(), part);
+        assert!(!message.to_body().contains("part"));
     }
 }

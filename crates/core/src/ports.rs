@@ -3,16 +3,20 @@
 
 use std::sync::Arc;
 
+use crate::blob::BlobStore;
 use crate::queue::JobQueue;
 use crate::store::JobStore;
 
-/// A job store, the jobs queue and, where the caller manages it, its dead-letter queue.
+/// A job store, the jobs queue, blob storage and, where the caller manages it, the
+/// jobs queue's dead-letter queue.
 #[derive(Clone)]
 pub struct Ports {
     /// Job records.
     pub store: Arc<dyn JobStore>,
     /// The jobs queue.
     pub queue: Arc<dyn JobQueue>,
+    /// Uploads, document parts and results.
+    pub blobs: Arc<dyn BlobStore>,
     /// The jobs queue's dead-letter queue, where known.
     pub dlq: Option<Arc<dyn JobQueue>>,
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::job::{ErrorInfo, Job, JobId, NewJob};
+use crate::job::{ErrorInfo, Job, JobId, Lease, NewJob};
 use crate::status::JobStatus;
 
 /// What can go wrong talking to a [`JobStore`].
@@ -35,13 +35,38 @@ impl StoreError {
     }
 }
 
-/// A worker's hold on a running job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// Unique per claim; finishing writes are conditional on it.
-    pub token: String,
-    /// When the lease expires.
-    pub until_epoch_ms: u64,
+/// How a part of a job that runs in parts is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle<'a> {
+    /// Its worker finished it (condition: held under `token`); its chunks count as
+    /// done.
+    Done {
+        /// The lease token.
+        token: &'a str,
+        /// Chunks in the part.
+        chunks: u64,
+    },
+    /// It gave up (condition: held under `token`, or with `None` held by nobody: its
+    /// worker died on its last attempt).
+    Dead {
+        /// The lease token, if a worker holds it.
+        token: Option<&'a str>,
+        /// Why, for the job's error.
+        error: &'a str,
+    },
+    /// Its job was cancelled before it ran (condition: held by nobody).
+    Skipped,
+}
+
+/// How a job that runs in parts ends once every part is settled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PartsEnd<'a> {
+    /// Every part done and the result assembled.
+    Succeeded(&'a Value),
+    /// Some part dead.
+    Failed(&'a ErrorInfo),
+    /// Cancelled while it ran.
+    Cancelled,
 }
 
 /// Persistent job state (DynamoDB in AWS, in memory locally).
@@ -108,9 +133,61 @@ pub trait JobStore: Send + Sync + 'static {
     /// idempotency key fails.
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError>;
 
-    /// Puts a dead-lettered job back in the queue for an operator's redrive
-    /// (condition: failed with code `dead_lettered`). Its attempts are kept.
+    /// Puts a dead-lettered job back for an operator's redrive (condition: failed with
+    /// code `dead_lettered`). Its attempts are kept. A job that runs in parts goes back
+    /// to running, its dead parts unsettled again (their messages are redriven too);
+    /// any other job goes back to queued.
     async fn revive(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Splits a running job into `parts` parts of `chunks` chunks in all (condition:
+    /// running under `lease_token`, no cancel requested). Its lease ends: from now on
+    /// its parts are claimed one by one.
+    async fn fan_out(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        parts: u32,
+        chunks: u64,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Claims part `part` of a job that runs in parts (condition: the job is running
+    /// in parts, no cancel requested, the part exists and is not settled, and no live
+    /// lease holds it). Counts an attempt of the part.
+    async fn claim_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Gives a part back (condition: held under `lease_token`).
+    async fn release_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease_token: &str,
+    ) -> Result<Job, StoreError>;
+
+    /// Settles a part (condition: not settled yet, and as [`Settle`] says). The
+    /// result shows whether every part is now settled.
+    async fn settle_part(
+        &self,
+        id: JobId,
+        part: u32,
+        settle: Settle<'_>,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Ends a job that runs in parts (condition: running in parts, every part settled;
+    /// to succeed, also no cancel requested).
+    async fn finish_parts(
+        &self,
+        id: JobId,
+        end: PartsEnd<'_>,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
 
     /// Up to `limit` jobs that are not terminal (queued or running), for the sweep.
     async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError>;

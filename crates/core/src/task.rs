@@ -1,7 +1,9 @@
 //! Tasks as modules. A [`Task`] owns everything about one kind of job: its input type
 //! (serde, with validation and limits), its output type, how a group of its jobs runs
 //! on the model in one batched pass, and, through utoipa's `ToSchema`, the OpenAPI
-//! schemas of both. A [`Registry`] maps task names to tasks; the API, the worker, the
+//! schemas of both. A [`DocumentTask`] is the same for jobs too long for one pass: it
+//! splits a document into parts that run on many workers, and the worker assembles
+//! their outputs. A [`Registry`] maps task names to tasks; the API, the worker, the
 //! CLI and the OpenAPI document all read it, so adding a task is one module and one
 //! line of registration (`docs/adding-a-task.md`).
 
@@ -19,6 +21,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{Object, Schema, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::job::{JobId, Parts};
 use crate::model::{Model, ModelError};
 
 /// One kind of job. Implement it in a module of its own and register it in a
@@ -55,6 +58,92 @@ pub trait Task: Send + Sync + 'static {
         let _ = texts;
         None
     }
+}
+
+/// Where a document job's text is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An upload of the job's owner, by id (`POST /uploads`).
+    Upload(String),
+    /// Inline in the job's input.
+    Text(String),
+}
+
+/// A document split into parts: each part's input, as the worker stores it for
+/// [`DocumentTask::run_parts`], and how many chunks the document makes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    /// One input per part, in order.
+    pub parts: Vec<Vec<u8>>,
+    /// Chunks in all the parts.
+    pub chunks: u64,
+}
+
+/// What one part produced: the lines it adds to the result, and how many chunks
+/// it embedded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartOutput {
+    /// The part's share of the result (the worker appends the parts in order).
+    pub bytes: Vec<u8>,
+    /// Chunks in the part.
+    pub chunks: u64,
+}
+
+/// A kind of job over a document too long for one pass. The worker reads the
+/// document, [`split`](DocumentTask::split)s it into parts, runs each part (on as many
+/// workers as the queue feeds, parts of several jobs in one pass), appends the parts'
+/// outputs in order into the result, and records the job's
+/// [`output`](DocumentTask::output). Part bookkeeping (claims, retries, cancel,
+/// dead letters) is the worker's; the task only knows documents.
+pub trait DocumentTask: Send + Sync + 'static {
+    /// The task's name in requests and records.
+    const NAME: &'static str;
+    /// One line on what the task does.
+    const SUMMARY: &'static str;
+    /// What a job asks for.
+    type Input: Serialize + DeserializeOwned + ToSchema + Send + Sync + 'static;
+    /// What a finished job records as its output (the result itself is a blob).
+    type Output: Serialize + ToSchema + 'static;
+
+    /// Checks what the input's type cannot say.
+    fn validate(&self, input: &Self::Input) -> Result<(), InputError> {
+        let _ = input;
+        Ok(())
+    }
+
+    /// Where the document is.
+    fn source(&self, input: &Self::Input) -> Source;
+
+    /// Splits the document's text into parts, or says why it cannot be (the job then
+    /// fails `invalid_input`).
+    fn split(
+        &self,
+        model: &dyn Model,
+        input: &Self::Input,
+        text: &str,
+    ) -> Result<Split, InputError>;
+
+    /// Runs parts (inputs as [`split`](DocumentTask::split) made them) in one batched
+    /// pass: one output per part, in order.
+    fn run_parts(&self, model: &dyn Model, parts: &[&[u8]]) -> Result<Vec<PartOutput>, ModelError>;
+
+    /// The output of a job once all its parts are done and its result assembled.
+    fn output(&self, input: &Self::Input, assembled: &Assembled<'_>) -> Self::Output;
+}
+
+/// A document job whose result is assembled: what [`DocumentTask::output`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Assembled<'a> {
+    /// The job.
+    pub job: JobId,
+    /// How its parts stand (all done).
+    pub parts: &'a Parts,
+    /// The first bytes of the result (its first line at least).
+    pub head: &'a [u8],
+    /// The result's size.
+    pub bytes: u64,
+    /// When it was assembled.
+    pub at_epoch_ms: u64,
 }
 
 /// A task's name as requests and records carry it.
@@ -207,43 +296,81 @@ pub struct TaskSchemas {
     pub referenced: Vec<(String, RefOr<Schema>)>,
 }
 
-/// A [`Task`] behind JSON, so tasks of different types live in one registry.
+/// A task behind JSON, so tasks of different types live in one registry.
 trait Erased: Send + Sync {
     fn prepare(&self, input: &Value) -> Result<Prepared, InputError>;
     fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError>;
     fn input_from_texts(&self, texts: Vec<String>) -> Option<Value>;
     fn schemas(&self) -> TaskSchemas;
+    fn document(&self) -> Option<&dyn ErasedDocument>;
+}
+
+/// A [`DocumentTask`] behind JSON.
+trait ErasedDocument: Send + Sync {
+    fn source(&self, input: &Prepared) -> Result<Source, ModelError>;
+    fn split(&self, model: &dyn Model, input: &Prepared, text: &str) -> Result<Split, InputError>;
+    fn run_parts(&self, model: &dyn Model, parts: &[&[u8]]) -> Result<Vec<PartOutput>, ModelError>;
+    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<Value, ModelError>;
+}
+
+/// Deserialises and validates an input, naming the field of any problem.
+fn prepare<I: DeserializeOwned + Send + Sync + 'static>(
+    input: &Value,
+    validate: impl FnOnce(&I) -> Result<(), InputError>,
+) -> Result<Prepared, InputError> {
+    if !input.is_object() {
+        return Err(InputError::new("input", "must be a JSON object"));
+    }
+    let parsed: I = serde_path_to_error::deserialize(input).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." {
+            "input".to_owned()
+        } else {
+            format!("input.{path}")
+        };
+        InputError::new(field, err.into_inner().to_string())
+    })?;
+    validate(&parsed)?;
+    Ok(Prepared(Arc::new(parsed)))
+}
+
+/// The input `prepared` holds, if it was prepared for `I`.
+fn input_of<'a, I: 'static>(prepared: &'a Prepared, task: &str) -> Result<&'a I, ModelError> {
+    prepared.0.downcast_ref::<I>().ok_or_else(|| {
+        ModelError::Rejected(format!("an input prepared for another task reached {task}"))
+    })
+}
+
+/// An output as stored and served JSON: through text, not `to_value`, so an f32 keeps
+/// its shortest decimal form (0.1, not 0.10000000149011612).
+fn output_json(output: &impl Serialize) -> Result<Value, ModelError> {
+    serde_json::to_string(output)
+        .and_then(|text| serde_json::from_str(&text))
+        .map_err(|e| ModelError::Rejected(format!("output not serialisable: {e}")))
+}
+
+/// The schemas of an input and an output type.
+fn schemas<I: ToSchema, O: ToSchema>() -> TaskSchemas {
+    let mut referenced = Vec::new();
+    I::schemas(&mut referenced);
+    O::schemas(&mut referenced);
+    TaskSchemas {
+        input: (I::name().into_owned(), I::schema()),
+        output: (O::name().into_owned(), O::schema()),
+        referenced,
+    }
 }
 
 impl<T: Task> Erased for T {
     fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
-        if !input.is_object() {
-            return Err(InputError::new("input", "must be a JSON object"));
-        }
-        let parsed: T::Input = serde_path_to_error::deserialize(input).map_err(|err| {
-            let path = err.path().to_string();
-            let field = if path == "." {
-                "input".to_owned()
-            } else {
-                format!("input.{path}")
-            };
-            InputError::new(field, err.into_inner().to_string())
-        })?;
-        self.validate(&parsed)?;
-        Ok(Prepared(Arc::new(parsed)))
+        prepare(input, |parsed| self.validate(parsed))
     }
 
     fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
         let typed = inputs
             .iter()
-            .map(|p| p.0.downcast_ref::<T::Input>())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                ModelError::Rejected(format!(
-                    "an input prepared for another task reached {}",
-                    T::NAME
-                ))
-            })?;
+            .map(|p| input_of::<T::Input>(p, T::NAME))
+            .collect::<Result<Vec<_>, _>>()?;
         let outputs = Task::run(self, model, &typed)?;
         if outputs.len() != inputs.len() {
             return Err(ModelError::Rejected(format!(
@@ -253,16 +380,7 @@ impl<T: Task> Erased for T {
                 inputs.len()
             )));
         }
-        // Through text, not `to_value`: an f32 then keeps its shortest decimal form
-        // (0.1, not 0.10000000149011612) in the stored and served JSON.
-        outputs
-            .iter()
-            .map(|output| {
-                serde_json::to_string(output)
-                    .and_then(|text| serde_json::from_str(&text))
-                    .map_err(|e| ModelError::Rejected(format!("output not serialisable: {e}")))
-            })
-            .collect()
+        outputs.iter().map(output_json).collect()
     }
 
     fn input_from_texts(&self, texts: Vec<String>) -> Option<Value> {
@@ -270,14 +388,69 @@ impl<T: Task> Erased for T {
     }
 
     fn schemas(&self) -> TaskSchemas {
-        let mut referenced = Vec::new();
-        T::Input::schemas(&mut referenced);
-        T::Output::schemas(&mut referenced);
-        TaskSchemas {
-            input: (T::Input::name().into_owned(), T::Input::schema()),
-            output: (T::Output::name().into_owned(), T::Output::schema()),
-            referenced,
+        schemas::<T::Input, T::Output>()
+    }
+
+    fn document(&self) -> Option<&dyn ErasedDocument> {
+        None
+    }
+}
+
+/// A registered [`DocumentTask`].
+struct Document<T>(T);
+
+impl<T: DocumentTask> Erased for Document<T> {
+    fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
+        prepare(input, |parsed| self.0.validate(parsed))
+    }
+
+    fn run(&self, _model: &dyn Model, _inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+        Err(ModelError::Rejected(format!(
+            "{} runs in parts, not in one pass",
+            T::NAME
+        )))
+    }
+
+    fn input_from_texts(&self, _texts: Vec<String>) -> Option<Value> {
+        None
+    }
+
+    fn schemas(&self) -> TaskSchemas {
+        schemas::<T::Input, T::Output>()
+    }
+
+    fn document(&self) -> Option<&dyn ErasedDocument> {
+        Some(self)
+    }
+}
+
+impl<T: DocumentTask> ErasedDocument for Document<T> {
+    fn source(&self, input: &Prepared) -> Result<Source, ModelError> {
+        Ok(self.0.source(input_of::<T::Input>(input, T::NAME)?))
+    }
+
+    fn split(&self, model: &dyn Model, input: &Prepared, text: &str) -> Result<Split, InputError> {
+        let input = input_of::<T::Input>(input, T::NAME)
+            .map_err(|e| InputError::new("input", e.to_string()))?;
+        self.0.split(model, input, text)
+    }
+
+    fn run_parts(&self, model: &dyn Model, parts: &[&[u8]]) -> Result<Vec<PartOutput>, ModelError> {
+        let outputs = self.0.run_parts(model, parts)?;
+        if outputs.len() != parts.len() {
+            return Err(ModelError::Rejected(format!(
+                "task {} returned {} outputs for {} parts",
+                T::NAME,
+                outputs.len(),
+                parts.len()
+            )));
         }
+        Ok(outputs)
+    }
+
+    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<Value, ModelError> {
+        let input = input_of::<T::Input>(input, T::NAME)?;
+        output_json(&self.0.output(input, assembled))
     }
 }
 
@@ -319,6 +492,59 @@ impl TaskEntry {
     pub fn schemas(&self) -> TaskSchemas {
         self.task.schemas()
     }
+
+    /// True for a [`DocumentTask`]: its jobs run in parts.
+    pub fn runs_in_parts(&self) -> bool {
+        self.task.document().is_some()
+    }
+
+    /// Where a document job's text is (`None` for other tasks).
+    pub fn source(&self, input: &Prepared) -> Option<Source> {
+        self.task.document()?.source(input).ok()
+    }
+
+    /// Splits a document job's text into parts.
+    pub fn split(
+        &self,
+        model: &dyn Model,
+        input: &Prepared,
+        text: &str,
+    ) -> Result<Split, InputError> {
+        match self.task.document() {
+            Some(document) => document.split(model, input, text),
+            None => Err(InputError::new("task", "does not run in parts")),
+        }
+    }
+
+    /// Runs parts of document jobs of this task in one batched pass.
+    pub fn run_parts(
+        &self,
+        model: &dyn Model,
+        parts: &[&[u8]],
+    ) -> Result<Vec<PartOutput>, ModelError> {
+        match self.task.document() {
+            Some(document) => document.run_parts(model, parts),
+            None => Err(ModelError::Rejected(format!(
+                "{} does not run in parts",
+                self.name
+            ))),
+        }
+    }
+
+    /// The output of a document job whose parts are all done.
+    pub fn document_output(
+        &self,
+        input: &Prepared,
+        assembled: &Assembled<'_>,
+    ) -> Result<Value, ModelError> {
+        match self.task.document() {
+            Some(document) => document.output(input, assembled),
+            None => Err(ModelError::Rejected(format!(
+                "{} does not run in parts",
+                self.name
+            ))),
+        }
+    }
 }
 
 impl fmt::Debug for TaskEntry {
@@ -345,17 +571,32 @@ impl Registry {
     ///
     /// # Panics
     /// When a task of that name is registered already: a bug in the wiring.
-    pub fn with<T: Task>(mut self, task: T) -> Self {
-        let name = TaskName::new(T::NAME);
+    pub fn with<T: Task>(self, task: T) -> Self {
+        self.register(T::NAME, T::SUMMARY, Arc::new(task))
+    }
+
+    /// Registers a document task under [`DocumentTask::NAME`].
+    ///
+    /// # Panics
+    /// When a task of that name is registered already: a bug in the wiring.
+    pub fn with_document<T: DocumentTask>(self, task: T) -> Self {
+        self.register(T::NAME, T::SUMMARY, Arc::new(Document(task)))
+    }
+
+    fn register(
+        mut self,
+        name: &'static str,
+        summary: &'static str,
+        task: Arc<dyn Erased>,
+    ) -> Self {
         let entry = TaskEntry {
-            name: name.clone(),
-            summary: T::SUMMARY,
-            task: Arc::new(task),
+            name: TaskName::new(name),
+            summary,
+            task,
         };
         assert!(
-            self.tasks.insert(name, entry).is_none(),
-            "task {} is registered twice",
-            T::NAME
+            self.tasks.insert(entry.name.clone(), entry).is_none(),
+            "task {name} is registered twice"
         );
         self
     }

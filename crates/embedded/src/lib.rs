@@ -1,10 +1,12 @@
 //! In-process adapters for a local run with no AWS, no Docker and no emulator:
 //! [`MemoryStore`] behaves like the DynamoDB `JobStore` (every condition fails exactly
-//! when DynamoDB's would) and [`MemoryQueue`] like SQS (visibility timeout, receive
-//! counts, long polling, redrive to a dead-letter queue, change-visibility). Both are
-//! safe to share between tasks and bounded in memory. The conformance suite of the
-//! test kit runs against them and against the AWS adapters.
+//! when DynamoDB's would), [`MemoryQueue`] like SQS (visibility timeout, receive
+//! counts, long polling, redrive to a dead-letter queue, change-visibility) and
+//! [`LocalBlobs`] like the S3 bucket, in a directory. All are safe to share between
+//! tasks; the store and the queues are bounded in memory. The conformance suite of
+//! the test kit runs against them and against the AWS adapters.
 
+mod blobs;
 mod queue;
 mod store;
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use offpath_core::{Ports, QueueSettings};
 
+pub use blobs::LocalBlobs;
 pub use queue::{MemoryQueue, QueueOptions};
 pub use store::MemoryStore;
 
@@ -19,8 +22,8 @@ pub use store::MemoryStore;
 pub const CAPACITY: usize = 100_000;
 
 /// A store, a jobs queue named `queue` and its dead-letter queue `queue`-dlq, each
-/// holding up to `capacity` jobs or messages, with the queue `settings`.
-pub fn ports(queue: &str, settings: &QueueSettings, capacity: usize) -> Ports {
+/// holding up to `capacity` jobs or messages, with the queue `settings`, and `blobs`.
+pub fn ports(queue: &str, settings: &QueueSettings, capacity: usize, blobs: LocalBlobs) -> Ports {
     let options = |name: String| QueueOptions {
         name,
         visibility_timeout: settings.visibility_timeout,
@@ -35,6 +38,7 @@ pub fn ports(queue: &str, settings: &QueueSettings, capacity: usize) -> Ports {
     Ports {
         store: Arc::new(MemoryStore::new(capacity)),
         queue: Arc::new(jobs),
+        blobs: Arc::new(blobs),
         dlq: Some(dlq),
     }
 }

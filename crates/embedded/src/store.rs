@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use offpath_core::{
-    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, StoreError,
-    SystemClock,
+    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, Parts,
+    PartsEnd, Settle, StoreError, SystemClock,
 };
 use serde_json::Value;
 
@@ -19,6 +19,33 @@ fn unheld(job: &Job, now: u64) -> bool {
 /// The caller holds the lease.
 fn held(job: &Job, token: &str) -> bool {
     job.status == JobStatus::Running && job.lease_owner.as_deref() == Some(token)
+}
+
+/// The job runs in parts, no cancel requested, and part `part` is unsettled and held
+/// by no live lease (DynamoDB: `PART_CLAIMABLE`).
+fn part_claimable(job: &Job, part: u32, now: u64) -> bool {
+    job.status == JobStatus::Running
+        && !job.cancel_requested
+        && job.parts.as_ref().is_some_and(|parts| {
+            part < parts.total
+                && !parts.settled.contains(&part)
+                && parts.leases.get(&part).is_none_or(|l| !l.is_live(now))
+        })
+}
+
+/// The caller holds part `part`'s lease (DynamoDB: `PART_HELD`).
+fn part_held(job: &Job, part: u32, token: &str) -> bool {
+    job.status == JobStatus::Running
+        && job
+            .parts
+            .as_ref()
+            .and_then(|parts| parts.leases.get(&part))
+            .is_some_and(|lease| lease.token == token)
+}
+
+/// The parts of a job that runs in parts (the conditions checked they exist).
+fn parts_of(job: &mut Job) -> &mut Parts {
+    job.parts.get_or_insert_with(Parts::default)
 }
 
 /// An in-memory [`JobStore`] holding at most `capacity` jobs; expired jobs (TTL) are
@@ -191,9 +218,139 @@ impl JobStore for MemoryStore {
                     && job.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED)
             },
             |job| {
-                job.status = JobStatus::Queued;
                 job.error = None;
                 job.finished_at_epoch_ms = None;
+                job.status = match &mut job.parts {
+                    Some(parts) => {
+                        for part in std::mem::take(&mut parts.dead).into_keys() {
+                            parts.settled.remove(&part);
+                            parts.attempts.remove(&part);
+                        }
+                        JobStatus::Running
+                    }
+                    None => JobStatus::Queued,
+                };
+            },
+        )
+    }
+
+    async fn fan_out(
+        &self,
+        id: JobId,
+        token: &str,
+        parts: u32,
+        chunks: u64,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, token) && !job.cancel_requested,
+            |job| {
+                job.lease_owner = None;
+                job.lease_until_epoch_ms = None;
+                job.parts = Some(Parts {
+                    total: parts,
+                    chunks_total: chunks,
+                    touched_at_epoch_ms: now,
+                    ..Parts::default()
+                });
+            },
+        )
+    }
+
+    async fn claim_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| part_claimable(job, part, now),
+            |job| {
+                let parts = parts_of(job);
+                parts.leases.insert(part, lease.clone());
+                *parts.attempts.entry(part).or_default() += 1;
+                parts.touched_at_epoch_ms = now;
+            },
+        )
+    }
+
+    async fn release_part(&self, id: JobId, part: u32, token: &str) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| part_held(job, part, token),
+            |job| {
+                parts_of(job).leases.remove(&part);
+            },
+        )
+    }
+
+    async fn settle_part(
+        &self,
+        id: JobId,
+        part: u32,
+        settle: Settle<'_>,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| {
+                let unsettled = job
+                    .parts
+                    .as_ref()
+                    .is_some_and(|parts| part < parts.total && !parts.settled.contains(&part));
+                let unheld = job
+                    .parts
+                    .as_ref()
+                    .and_then(|parts| parts.leases.get(&part))
+                    .is_none_or(|lease| !lease.is_live(now));
+                unsettled
+                    && match settle {
+                        Settle::Done { token, .. }
+                        | Settle::Dead {
+                            token: Some(token), ..
+                        } => part_held(job, part, token),
+                        Settle::Dead { token: None, .. } | Settle::Skipped => unheld,
+                    }
+            },
+            |job| {
+                let parts = parts_of(job);
+                parts.leases.remove(&part);
+                parts.settled.insert(part);
+                parts.touched_at_epoch_ms = now;
+                match settle {
+                    Settle::Done { chunks, .. } => parts.chunks_done += chunks,
+                    Settle::Dead { error, .. } => {
+                        parts.dead.insert(part, error.to_owned());
+                    }
+                    Settle::Skipped => {}
+                }
+            },
+        )
+    }
+
+    async fn finish_parts(
+        &self,
+        id: JobId,
+        end: PartsEnd<'_>,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| {
+                job.status == JobStatus::Running
+                    && job.parts.as_ref().is_some_and(Parts::all_settled)
+                    && !(matches!(end, PartsEnd::Succeeded(_)) && job.cancel_requested)
+            },
+            |job| match end {
+                PartsEnd::Succeeded(output) => {
+                    job.output = Some(output.clone());
+                    Self::finish(job, JobStatus::Succeeded, now);
+                }
+                PartsEnd::Failed(error) => Self::failed(job, error, now),
+                PartsEnd::Cancelled => Self::finish(job, JobStatus::Cancelled, now),
             },
         )
     }

@@ -28,7 +28,12 @@ const PASS_TOKENS: usize = 4096;
 /// several threads.
 pub struct MiniLm {
     encoder: Encoder,
+    /// Truncates at [`MAX_TOKENS`] and adds the special tokens: texts.
     tokenizer: Tokenizer,
+    /// Neither: documents, split into windows of pieces by the caller.
+    pieces: Tokenizer,
+    /// The ids of `[CLS]` and `[SEP]`, around every sequence.
+    specials: (u32, u32),
     precision: Precision,
 }
 
@@ -46,10 +51,13 @@ impl MiniLm {
         if !Precision::supported().contains(&precision) {
             return Err(LoadError::Unsupported(precision));
         }
-        let (tokenizer, encoder) = rayon::join(|| tokenizer(files), || encoder(files, precision));
+        let (tokenizers, encoder) = rayon::join(|| tokenizers(files), || encoder(files, precision));
+        let (tokenizer, pieces, specials) = tokenizers?;
         let model = MiniLm {
             encoder: encoder?,
-            tokenizer: tokenizer?,
+            tokenizer,
+            pieces,
+            specials,
             precision,
         };
         tracing::info!(precision = precision.name(), "model loaded");
@@ -68,13 +76,55 @@ impl MiniLm {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError(e.to_string()))?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let sequences: Vec<&[u32]> = encodings.iter().map(Encoding::get_ids).collect();
+        self.embed_sequences(&sequences)
+    }
+
+    /// The word pieces of `text` with their byte offsets: no special tokens, no
+    /// truncation.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<(u32, Range<usize>)>, EmbedError> {
+        let encoding = self
+            .pieces
+            .encode(text, false)
+            .map_err(|e| EmbedError(e.to_string()))?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .map(|(&id, &(start, end))| (id, start..end))
+            .collect())
+    }
+
+    /// Embeds sequences of word pieces, each at most [`MAX_TOKENS`] - 2 long, with the
+    /// special tokens added around each: one unit vector per sequence, in order. The
+    /// pieces of a text embed as the text does.
+    pub fn embed_pieces(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (cls, sep) = self.specials;
+        let framed: Vec<Vec<u32>> = sequences
+            .iter()
+            .map(|pieces| {
+                let pieces = &pieces[..pieces.len().min(MAX_TOKENS - 2)];
+                let mut ids = Vec::with_capacity(pieces.len() + 2);
+                ids.push(cls);
+                ids.extend_from_slice(pieces);
+                ids.push(sep);
+                ids
+            })
+            .collect();
+        let sequences: Vec<&[u32]> = framed.iter().map(Vec::as_slice).collect();
+        self.embed_sequences(&sequences)
+    }
+
+    /// Embeds sequences of ids (special tokens included), in passes of about equal
+    /// token counts run in parallel.
+    fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
         let passes = passes(&lengths, rayon::current_num_threads());
         let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = passes
             .into_par_iter()
-            .map(|pass| self.pass(&encodings[pass.clone()], &lengths[pass]))
+            .map(|pass| self.pass(&sequences[pass.clone()], &lengths[pass]))
             .collect();
-        let mut vectors = Vec::with_capacity(texts.len());
+        let mut vectors = Vec::with_capacity(sequences.len());
         for pass in results {
             vectors.extend(pass?);
         }
@@ -83,12 +133,8 @@ impl MiniLm {
 
     /// One forward pass over some sequences, then attention-mask mean pooling (the mean
     /// of each sequence's own tokens: there is no padding) and L2 normalisation.
-    fn pass(&self, encodings: &[Encoding], lengths: &[usize]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let ids: Vec<u32> = encodings
-            .iter()
-            .flat_map(|e| e.get_ids())
-            .copied()
-            .collect();
+    fn pass(&self, sequences: &[&[u32]], lengths: &[usize]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let ids: Vec<u32> = sequences.iter().flat_map(|s| s.iter()).copied().collect();
         let hidden = self.encoder.forward(&ids, lengths)?;
         let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
         let mut rows = hidden.chunks_exact(DIMENSIONS);
@@ -111,10 +157,16 @@ impl MiniLm {
     }
 }
 
-/// Reads the tokenizer, set to truncate at [`MAX_TOKENS`] and not to pad.
-fn tokenizer(files: &ModelFiles) -> Result<Tokenizer, LoadError> {
+/// Reads the tokenizer twice: for texts, set to truncate at [`MAX_TOKENS`] and not to
+/// pad; for documents, set to do neither; and the ids of `[CLS]` and `[SEP]`.
+fn tokenizers(files: &ModelFiles) -> Result<(Tokenizer, Tokenizer, (u32, u32)), LoadError> {
     let path = files.tokenizer();
-    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| LoadError::corrupt(&path, e))?;
+    let mut pieces = Tokenizer::from_file(&path).map_err(|e| LoadError::corrupt(&path, e))?;
+    pieces.with_padding(None);
+    pieces
+        .with_truncation(None)
+        .map_err(|e| LoadError::corrupt(&path, e))?;
+    let mut tokenizer = pieces.clone();
     // The shipped tokenizer pins padding and truncation at 128; the model reads 256.
     tokenizer
         .with_truncation(Some(TruncationParams {
@@ -122,8 +174,13 @@ fn tokenizer(files: &ModelFiles) -> Result<Tokenizer, LoadError> {
             ..TruncationParams::default()
         }))
         .map_err(|e| LoadError::corrupt(&path, e))?;
-    tokenizer.with_padding(None);
-    Ok(tokenizer)
+    let id = |token: &str| {
+        pieces
+            .token_to_id(token)
+            .ok_or_else(|| LoadError::corrupt(&path, format!("the vocabulary has no {token}")))
+    };
+    let specials = (id("[CLS]")?, id("[SEP]")?);
+    Ok((tokenizer, pieces, specials))
 }
 
 /// Reads the configuration and the weights, for products in `precision`.

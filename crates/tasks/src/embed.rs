@@ -112,19 +112,11 @@ fn encode(vector: Vec<f32>, format: EncodingFormat) -> Vector {
 
 #[cfg(test)]
 mod tests {
-    use offpath_core::{Embedding, Registry};
+    use offpath_core::{Embedding, Piece, Registry};
     use serde_json::{Value, json};
 
     use super::*;
-
-    /// Embeds each text as `[length, 1]`.
-    struct Lengths;
-
-    impl Model for Lengths {
-        fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
-            Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
-        }
-    }
+    use crate::test_model::Words as Lengths;
 
     fn prepare(input: Value) -> Result<offpath_core::Prepared, String> {
         Registry::new()
@@ -201,6 +193,12 @@ mod tests {
         impl Model for Tenth {
             fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
                 Ok(texts.iter().map(|_| vec![0.1, -0.033_417_4]).collect())
+            }
+            fn tokenize(&self, _text: &str) -> Result<Vec<Piece>, ModelError> {
+                Ok(Vec::new())
+            }
+            fn embed_pieces(&self, _sequences: &[&[u32]]) -> Result<Vec<Embedding>, ModelError> {
+                Ok(Vec::new())
             }
         }
         let registry = Registry::new().with(Embed);

@@ -2,8 +2,11 @@
 //! task is a module here and one line in [`registry`] (`docs/adding-a-task.md`).
 
 pub mod classify;
+pub mod document;
 pub mod embed;
 pub mod rank;
+#[cfg(test)]
+mod test_model;
 pub mod text;
 
 use offpath_core::Registry;
@@ -14,6 +17,7 @@ pub fn registry() -> Registry {
         .with(embed::Embed)
         .with(rank::Rank)
         .with(classify::Classify)
+        .with_document(document::EmbedDocument)
 }
 
 #[cfg(test)]
@@ -25,11 +29,11 @@ mod tests {
     fn the_registry_names_its_tasks() {
         let registry = registry();
         let names: Vec<&str> = registry.entries().map(|e| e.name().as_str()).collect();
-        assert_eq!(names, ["classify", "embed", "rank"]);
+        assert_eq!(names, ["classify", "embed", "embed_document", "rank"]);
         let err = registry.get("summarise").unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown task \"summarise\"; known tasks are classify, embed and rank"
+            "unknown task \"summarise\"; known tasks are classify, embed, embed_document and rank"
         );
     }
 

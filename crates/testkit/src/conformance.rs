@@ -5,10 +5,16 @@
 
 /// Generates one test per property. `store` makes a fresh `Arc<dyn JobStore>`,
 /// `queues` a fresh `(queue, dead-letter queue)` with visibility timeout 2 s and
-/// maxReceiveCount 3.
+/// maxReceiveCount 3, `blobs` a fresh `Arc<dyn BlobStore>`.
 #[macro_export]
 macro_rules! conformance_suite {
-    (store: $store:expr, queues: $queues:expr) => {
+    (store: $store:expr, queues: $queues:expr, blobs: $blobs:expr) => {
+        $crate::conformance_suite!(@blobs $blobs;
+            blobs_round_trip_and_replace,
+            ranges_read_slices_clamped_to_the_end,
+            concat_appends_parts_in_order,
+            delete_prefix_deletes_only_its_prefix,
+        );
         $crate::conformance_suite!(@store $store;
             create_is_conditional_and_returns_the_existing_job,
             racing_creates_make_one_job,
@@ -22,6 +28,12 @@ macro_rules! conformance_suite {
             delete_unstarted_removes_only_never_claimed_jobs,
             revive_requeues_only_dead_lettered_jobs,
             unfinished_lists_queued_and_running_jobs_only,
+            fan_out_needs_the_lease_and_ends_it,
+            a_part_is_claimed_by_one_and_settled_once,
+            racing_part_claims_have_one_winner,
+            cancel_lets_unheld_parts_be_skipped,
+            parts_end_the_job_only_once_all_are_settled,
+            dead_parts_fail_the_job_and_revive_unsettles_them,
         );
 
         #[tokio::test]
@@ -46,6 +58,12 @@ macro_rules! conformance_suite {
             $crate::conformance::$name($store.await).await;
         }
     )*};
+    (@blobs $blobs:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            $crate::conformance::$name($blobs.await).await;
+        }
+    )*};
 }
 
 use std::sync::Arc;
@@ -53,8 +71,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use offpath_core::{
-    Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease, NewJob,
-    StoreError, SystemClock,
+    BlobError, BlobStore, Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore,
+    Lease, NewJob, PartsEnd, Settle, StoreError, SystemClock,
 };
 use serde_json::json;
 
@@ -406,4 +424,344 @@ pub async fn a_full_store_refuses_new_jobs(store: Arc<dyn JobStore>) {
         store.create(&new_job()).await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+/// A job claimed under `w1` and split into `parts` parts of 10 chunks each.
+async fn fanned_out(store: &dyn JobStore, parts: u32) -> JobId {
+    let id = store.create(&new_job()).await.unwrap().id;
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    store
+        .fan_out(id, "w1", parts, u64::from(parts) * 10, now())
+        .await
+        .unwrap();
+    id
+}
+
+/// Property: fan-out needs the job's lease and ends it.
+pub async fn fan_out_needs_the_lease_and_ends_it(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    conflict(store.fan_out(id, "w1", 3, 30, now()).await);
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    conflict(store.fan_out(id, "intruder", 3, 30, now()).await);
+    let split = store.fan_out(id, "w1", 3, 30, now()).await.unwrap();
+    assert_eq!(split.status, JobStatus::Running);
+    assert!(split.lease_owner.is_none() && split.lease_until_epoch_ms.is_none());
+    let parts = split.parts.clone().expect("parts");
+    assert_eq!(
+        (parts.total, parts.chunks_total, parts.chunks_done),
+        (3, 30, 0)
+    );
+    assert!(parts.settled.is_empty() && parts.leases.is_empty());
+    let view = split.view();
+    assert_eq!(view.progress.map(|p| (p.done, p.total)), Some((0, 30)));
+    // Split once; nobody claims the job itself any more, even past the lease.
+    conflict(store.fan_out(id, "w1", 3, 30, now()).await);
+    conflict(store.claim(id, &lease("w2", 60_000), now() + 600_000).await);
+    assert_eq!(store.get(id).await.unwrap(), Some(split));
+}
+
+/// Property: a part is claimed by one worker at a time and settled once.
+pub async fn a_part_is_claimed_by_one_and_settled_once(store: Arc<dyn JobStore>) {
+    let id = fanned_out(store.as_ref(), 2).await;
+    let claimed = store
+        .claim_part(id, 0, &lease("a", 60_000), now())
+        .await
+        .unwrap();
+    let parts = claimed.parts.unwrap();
+    assert_eq!(parts.attempts[&0], 1);
+    assert_eq!(parts.leases[&0].token, "a");
+    conflict(store.claim_part(id, 0, &lease("b", 60_000), now()).await);
+    conflict(store.claim_part(id, 2, &lease("b", 60_000), now()).await);
+    let done = |token| Settle::Done { token, chunks: 10 };
+    conflict(store.settle_part(id, 0, done("b"), now()).await);
+    conflict(store.release_part(id, 0, "b").await);
+    // A lease that ran out is taken over, and the part's attempts count on.
+    let later = now() + 120_000;
+    let again = store
+        .claim_part(
+            id,
+            0,
+            &Lease {
+                token: "b".into(),
+                until_epoch_ms: later + 60_000,
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.parts.unwrap().attempts[&0], 2);
+    conflict(store.settle_part(id, 0, done("a"), now()).await);
+    let settled = store.settle_part(id, 0, done("b"), now()).await.unwrap();
+    let parts = settled.parts.unwrap();
+    assert!(parts.settled.contains(&0) && !parts.leases.contains_key(&0));
+    assert_eq!(parts.chunks_done, 10);
+    assert!(!parts.all_settled());
+    conflict(store.settle_part(id, 0, done("b"), now()).await);
+    conflict(
+        store
+            .claim_part(id, 0, &lease("c", 60_000), later + 600_000)
+            .await,
+    );
+    // Released, a part is claimable again at once.
+    store
+        .claim_part(id, 1, &lease("c", 60_000), now())
+        .await
+        .unwrap();
+    let released = store.release_part(id, 1, "c").await.unwrap();
+    assert!(!released.parts.unwrap().leases.contains_key(&1));
+    store
+        .claim_part(id, 1, &lease("d", 60_000), now())
+        .await
+        .unwrap();
+}
+
+/// Property: racing claims of one part have one winner.
+pub async fn racing_part_claims_have_one_winner(store: Arc<dyn JobStore>) {
+    let id = fanned_out(store.as_ref(), 1).await;
+    let leases: Vec<Lease> = (0..20).map(|i| lease(&format!("w{i}"), 60_000)).collect();
+    let results = join_all(leases.iter().map(|l| store.claim_part(id, 0, l, now()))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.parts.unwrap().attempts[&0], 1);
+}
+
+/// Property: after a cancel, parts are not claimed, and parts nobody holds are skipped.
+pub async fn cancel_lets_unheld_parts_be_skipped(store: Arc<dyn JobStore>) {
+    let id = fanned_out(store.as_ref(), 3).await;
+    store
+        .claim_part(id, 0, &lease("a", 60_000), now())
+        .await
+        .unwrap();
+    let flagged = store.cancel(id, now()).await.unwrap();
+    assert!(flagged.cancel_requested && flagged.status == JobStatus::Running);
+    conflict(store.claim_part(id, 1, &lease("b", 60_000), now()).await);
+    conflict(store.settle_part(id, 0, Settle::Skipped, now()).await);
+    store
+        .settle_part(id, 1, Settle::Skipped, now())
+        .await
+        .unwrap();
+    store
+        .settle_part(id, 2, Settle::Skipped, now())
+        .await
+        .unwrap();
+    let last = store
+        .settle_part(
+            id,
+            0,
+            Settle::Done {
+                token: "a",
+                chunks: 10,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(last.parts.as_ref().unwrap().all_settled());
+    conflict(
+        store
+            .finish_parts(id, PartsEnd::Succeeded(&json!({})), now())
+            .await,
+    );
+    let cancelled = store
+        .finish_parts(id, PartsEnd::Cancelled, now())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+}
+
+/// Property: a job that runs in parts ends only once every part is settled, and once.
+pub async fn parts_end_the_job_only_once_all_are_settled(store: Arc<dyn JobStore>) {
+    let id = fanned_out(store.as_ref(), 2).await;
+    let output = json!({"chunks": 20});
+    for part in 0..2 {
+        conflict(
+            store
+                .finish_parts(id, PartsEnd::Succeeded(&output), now())
+                .await,
+        );
+        let token = format!("w{part}");
+        store
+            .claim_part(id, part, &lease(&token, 60_000), now())
+            .await
+            .unwrap();
+        let settle = Settle::Done {
+            token: &token,
+            chunks: 10,
+        };
+        store.settle_part(id, part, settle, now()).await.unwrap();
+    }
+    let done = store
+        .finish_parts(id, PartsEnd::Succeeded(&output), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.output.clone()),
+        (JobStatus::Succeeded, Some(output.clone()))
+    );
+    assert_eq!(
+        done.view().progress.map(|p| (p.done, p.total)),
+        Some((20, 20))
+    );
+    conflict(store.finish_parts(id, PartsEnd::Cancelled, now()).await);
+    conflict(store.revive(id).await);
+}
+
+/// Property: a dead part fails the job once all are settled; a revive puts the job back
+/// to running with only its dead parts unsettled, their attempts afresh.
+pub async fn dead_parts_fail_the_job_and_revive_unsettles_them(store: Arc<dyn JobStore>) {
+    let id = fanned_out(store.as_ref(), 3).await;
+    store
+        .claim_part(id, 0, &lease("a", 60_000), now())
+        .await
+        .unwrap();
+    store
+        .settle_part(
+            id,
+            0,
+            Settle::Done {
+                token: "a",
+                chunks: 10,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    store
+        .claim_part(id, 1, &lease("b", 60_000), now())
+        .await
+        .unwrap();
+    let dead = Settle::Dead {
+        token: Some("b"),
+        error: "part 1 of 3 gave up",
+    };
+    store.settle_part(id, 1, dead, now()).await.unwrap();
+    // A part whose worker died on its last attempt is settled dead by nobody.
+    store
+        .claim_part(id, 2, &lease("c", -1), now())
+        .await
+        .unwrap();
+    let unheld = Settle::Dead {
+        token: None,
+        error: "part 2 of 3: its worker stopped",
+    };
+    let all = store.settle_part(id, 2, unheld, now()).await.unwrap();
+    let parts = all.parts.clone().unwrap();
+    assert!(parts.all_settled());
+    assert_eq!(parts.dead.len(), 2);
+    let error = ErrorInfo::new(
+        "dead_lettered",
+        "part 1 of 3 gave up; part 2 of 3: its worker stopped",
+    );
+    let failed = store
+        .finish_parts(id, PartsEnd::Failed(&error), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.status, failed.error),
+        (JobStatus::Failed, Some(error))
+    );
+    let revived = store.revive(id).await.unwrap();
+    assert_eq!(revived.status, JobStatus::Running);
+    assert!(revived.error.is_none() && revived.finished_at_epoch_ms.is_none());
+    let parts = revived.parts.unwrap();
+    assert_eq!(parts.settled.iter().copied().collect::<Vec<_>>(), [0]);
+    assert!(parts.dead.is_empty());
+    assert_eq!(
+        (parts.attempts.get(&1), parts.attempts.get(&0)),
+        (None, Some(&1))
+    );
+    assert_eq!(parts.chunks_done, 10);
+    let again = store
+        .claim_part(id, 1, &lease("d", 60_000), now())
+        .await
+        .unwrap();
+    assert_eq!(again.parts.unwrap().attempts[&1], 1);
+    conflict(store.claim_part(id, 0, &lease("e", 60_000), now()).await);
+}
+
+/// A key no other test uses.
+fn blob_key(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4())
+}
+
+/// Property: blobs round-trip byte for byte (empty ones too), and a put replaces.
+pub async fn blobs_round_trip_and_replace(blobs: Arc<dyn BlobStore>) {
+    let key = blob_key("parts/conformance/");
+    let bytes: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+    assert_eq!(blobs.size(&key).await.unwrap(), None);
+    assert!(matches!(blobs.get(&key).await, Err(BlobError::NotFound(_))));
+    blobs.put(&key, bytes.clone()).await.unwrap();
+    assert_eq!(blobs.get(&key).await.unwrap(), bytes);
+    assert_eq!(blobs.size(&key).await.unwrap(), Some(70_000));
+    blobs.put(&key, b"shorter".to_vec()).await.unwrap();
+    assert_eq!(blobs.get(&key).await.unwrap(), b"shorter");
+    let empty = blob_key("parts/conformance/");
+    blobs.put(&empty, Vec::new()).await.unwrap();
+    assert_eq!(blobs.get(&empty).await.unwrap(), b"");
+    assert_eq!(blobs.size(&empty).await.unwrap(), Some(0));
+}
+
+/// Property: a range reads its slice, clamped to the blob's end.
+pub async fn ranges_read_slices_clamped_to_the_end(blobs: Arc<dyn BlobStore>) {
+    let key = blob_key("uploads/conformance/");
+    blobs.put(&key, b"0123456789".to_vec()).await.unwrap();
+    assert_eq!(blobs.get_range(&key, 2..5).await.unwrap(), b"234");
+    assert_eq!(blobs.get_range(&key, 8..100).await.unwrap(), b"89");
+    assert_eq!(blobs.get_range(&key, 10..20).await.unwrap(), b"");
+    assert_eq!(blobs.get_range(&key, 3..3).await.unwrap(), b"");
+    assert!(matches!(
+        blobs
+            .get_range(&blob_key("uploads/conformance/"), 0..1)
+            .await,
+        Err(BlobError::NotFound(_))
+    ));
+}
+
+/// Property: concat writes its parts one after another, and fails on a missing part.
+pub async fn concat_appends_parts_in_order(blobs: Arc<dyn BlobStore>) {
+    let parts: Vec<String> = (0..3).map(|_| blob_key("parts/conformance/")).collect();
+    for (i, part) in parts.iter().enumerate() {
+        blobs
+            .put(part, format!("line {i}\n").repeat(i + 1).into_bytes())
+            .await
+            .unwrap();
+    }
+    let result = blob_key("results/conformance-");
+    let written = blobs.concat(&result, &parts).await.unwrap();
+    let want = "line 0\nline 1\nline 1\nline 2\nline 2\nline 2\n";
+    assert_eq!(written, want.len() as u64);
+    assert_eq!(blobs.get(&result).await.unwrap(), want.as_bytes());
+    let missing = vec![parts[0].clone(), blob_key("parts/conformance/")];
+    let other = blob_key("results/conformance-");
+    assert!(matches!(
+        blobs.concat(&other, &missing).await,
+        Err(BlobError::NotFound(_))
+    ));
+    assert_eq!(blobs.size(&other).await.unwrap(), None);
+}
+
+/// Property: deleting a prefix deletes the blobs under it and only those.
+pub async fn delete_prefix_deletes_only_its_prefix(blobs: Arc<dyn BlobStore>) {
+    let prefix = blob_key("parts/");
+    let keep = blob_key("parts/");
+    for i in 0..3 {
+        blobs
+            .put(&format!("{prefix}/{i}.jsonl"), vec![1])
+            .await
+            .unwrap();
+    }
+    blobs
+        .put(&format!("{keep}/0.jsonl"), vec![2])
+        .await
+        .unwrap();
+    assert_eq!(blobs.delete_prefix(&format!("{prefix}/")).await.unwrap(), 3);
+    assert_eq!(
+        blobs.size(&format!("{prefix}/0.jsonl")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        blobs.get(&format!("{keep}/0.jsonl")).await.unwrap(),
+        vec![2]
+    );
+    assert_eq!(blobs.delete_prefix(&format!("{prefix}/")).await.unwrap(), 0);
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{
-    ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, NewJob, QueueDepth, QueueError,
-    QueueMessage, StoreError,
+    ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, NewJob, PartsEnd, QueueDepth,
+    QueueError, QueueMessage, Settle, StoreError,
 };
 use serde_json::Value;
 
@@ -40,6 +40,16 @@ pub enum Call {
     DeleteUnstarted(JobId),
     /// `JobStore::revive`.
     Revive(JobId),
+    /// `JobStore::fan_out`.
+    FanOut(JobId),
+    /// `JobStore::claim_part` of this part.
+    ClaimPart(JobId, u32),
+    /// `JobStore::release_part`.
+    ReleasePart(JobId, u32),
+    /// `JobStore::settle_part`.
+    SettlePart(JobId, u32),
+    /// `JobStore::finish_parts`.
+    FinishParts(JobId),
     /// `JobStore::unfinished`.
     Unfinished,
     /// `JobStore::ping`.
@@ -59,11 +69,16 @@ pub enum Call {
 }
 
 impl Call {
-    /// True for the writes that end a job: complete, fail, finish_cancelled, abandon.
+    /// True for the writes that end a job: complete, fail, finish_cancelled, abandon,
+    /// finish_parts.
     pub fn finishes(self) -> bool {
         matches!(
             self,
-            Call::Complete(_) | Call::Fail(_) | Call::FinishCancelled(_) | Call::Abandon(_)
+            Call::Complete(_)
+                | Call::Fail(_)
+                | Call::FinishCancelled(_)
+                | Call::Abandon(_)
+                | Call::FinishParts(_)
         )
     }
 
@@ -82,6 +97,11 @@ impl Call {
             | Call::RequestCancel(id)
             | Call::DeleteUnstarted(id)
             | Call::Revive(id)
+            | Call::FanOut(id)
+            | Call::ClaimPart(id, _)
+            | Call::ReleasePart(id, _)
+            | Call::SettlePart(id, _)
+            | Call::FinishParts(id)
             | Call::Send(id) => Some(id),
             Call::Unfinished
             | Call::Ping
@@ -226,6 +246,50 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     }
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
         self.around(Call::Revive(id), self.inner.revive(id)).await
+    }
+    async fn fan_out(
+        &self,
+        id: JobId,
+        token: &str,
+        parts: u32,
+        chunks: u64,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.fan_out(id, token, parts, chunks, now);
+        self.around(Call::FanOut(id), write).await
+    }
+    async fn claim_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.claim_part(id, part, lease, now);
+        self.around(Call::ClaimPart(id, part), write).await
+    }
+    async fn release_part(&self, id: JobId, part: u32, token: &str) -> Result<Job, StoreError> {
+        let write = self.inner.release_part(id, part, token);
+        self.around(Call::ReleasePart(id, part), write).await
+    }
+    async fn settle_part(
+        &self,
+        id: JobId,
+        part: u32,
+        settle: Settle<'_>,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.settle_part(id, part, settle, now);
+        self.around(Call::SettlePart(id, part), write).await
+    }
+    async fn finish_parts(
+        &self,
+        id: JobId,
+        end: PartsEnd<'_>,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.finish_parts(id, end, now);
+        self.around(Call::FinishParts(id), write).await
     }
     async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.around(Call::Unfinished, self.inner.unfinished(limit))

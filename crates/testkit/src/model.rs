@@ -5,9 +5,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use offpath_core::{Embedding, Model, ModelError};
+use offpath_core::{Embedding, Model, ModelError, Piece};
 
 /// Embeds each text as `[length, 1]` and counts passes and how often each text ran.
+/// Its word pieces are the whitespace-separated words of a text (id: the word's
+/// length), and a sequence of pieces embeds as `[pieces, 1]`.
 /// Texts containing "poison" make it panic until `cured`; texts containing "reject"
 /// are refused for good. It answers "throttled" while `throttled` counts down (no
 /// retry hint) and until `throttle_until` (a 300 ms hint).
@@ -25,6 +27,8 @@ pub struct TestModel {
     pub poison_panics: AtomicUsize,
     /// Once set, poison no longer panics.
     pub cured: AtomicBool,
+    /// Sequences of word pieces embedded (document chunks), in passes that succeeded.
+    pub sequences_embedded: AtomicUsize,
     runs: Mutex<HashMap<String, usize>>,
 }
 
@@ -58,8 +62,9 @@ impl TestModel {
     }
 }
 
-impl Model for TestModel {
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+impl TestModel {
+    /// The faults of a pass over `texts`: throttled, poisoned (a panic) or rejected.
+    fn faults(&self, texts: &[String]) -> Result<(), ModelError> {
         self.passes.fetch_add(1, Ordering::SeqCst);
         if let Some(throttled) = self.throttle() {
             return Err(throttled);
@@ -74,8 +79,46 @@ impl Model for TestModel {
         }
         let mut runs = self.runs.lock().expect("runs lock");
         for text in texts {
-            *runs.entry((*text).to_owned()).or_default() += 1;
+            *runs.entry(text.clone()).or_default() += 1;
         }
-        Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
+        Ok(())
     }
 }
+
+impl Model for TestModel {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        let owned: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        self.faults(&owned)?;
+        Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<Piece>, ModelError> {
+        Ok(Piece::words(text))
+    }
+
+    /// Each sequence counts as the text "pieces:<ids>" for the counts and faults; a
+    /// sequence holding [`POISON_PIECE`] is poison.
+    fn embed_pieces(&self, sequences: &[&[u32]]) -> Result<Vec<Embedding>, ModelError> {
+        let texts: Vec<String> = sequences
+            .iter()
+            .map(|ids| {
+                let poison = if ids.contains(&POISON_PIECE) {
+                    " poison"
+                } else {
+                    ""
+                };
+                format!("pieces:{ids:?}{poison}")
+            })
+            .collect();
+        self.faults(&texts)?;
+        self.sequences_embedded
+            .fetch_add(sequences.len(), Ordering::SeqCst);
+        Ok(sequences
+            .iter()
+            .map(|s| vec![s.len() as f32, 1.0])
+            .collect())
+    }
+}
+
+/// A word piece [`TestModel`] panics on until cured: a word 6,666 bytes long.
+pub const POISON_PIECE: u32 = 6666;

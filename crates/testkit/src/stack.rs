@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use offpath_aws::provision::{ResourceNames, Resources, provision};
 use offpath_core::{JobQueue, Model, Ports, QueueSettings, Registry};
-use offpath_embedded::CAPACITY;
+use offpath_embedded::{CAPACITY, LocalBlobs};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 
 /// Where the jobs live.
@@ -85,6 +85,7 @@ impl Stack {
             table: unique("t"),
             queue: unique("q"),
             dlq: unique("dlq"),
+            bucket: unique("b"),
         };
         Self::named(backend, &names, settings).await
     }
@@ -111,12 +112,18 @@ impl Stack {
                     resources: Some(resources),
                 }
             }
-            Backend::Embedded => Stack {
-                backend,
-                ports: offpath_embedded::ports(&names.queue, &settings, CAPACITY),
-                settings,
-                resources: None,
-            },
+            Backend::Embedded => {
+                let dir = std::env::temp_dir()
+                    .join("offpath-test-blobs")
+                    .join(&names.bucket);
+                let blobs = LocalBlobs::new(dir).expect("a blob directory");
+                Stack {
+                    backend,
+                    ports: offpath_embedded::ports(&names.queue, &settings, CAPACITY, blobs),
+                    settings,
+                    resources: None,
+                }
+            }
         }
     }
 
@@ -146,6 +153,7 @@ impl Stack {
             ("OFFPATH_TABLE", resources.table.clone()),
             ("OFFPATH_QUEUE_URL", resources.queue_url.clone()),
             ("OFFPATH_DLQ_URL", resources.dlq_url.clone()),
+            ("OFFPATH_BUCKET", resources.bucket.clone()),
         ]
     }
 

@@ -58,6 +58,23 @@ pub enum ApiError {
     /// No such job for this caller.
     #[error("no job with this id")]
     JobNotFound,
+    /// No such upload for this caller.
+    #[error(
+        "upload {0} does not exist; get one from POST /uploads and PUT the document to its url (uploads are kept a day)"
+    )]
+    UploadNotFound(String),
+    /// The upload is larger than a document may be.
+    #[error("the document is larger than 10 MiB")]
+    UploadTooLarge,
+    /// A signed URL that does not hold.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The job's task makes no result file.
+    #[error("this job has no result file; its output is in GET /jobs/{{id}}")]
+    NoResult,
+    /// The job has not succeeded.
+    #[error("the job is {0}; its result exists once it has succeeded")]
+    ResultNotReady(offpath_core::JobStatus),
     /// The job already finished.
     #[error("the job is already {0} and can no longer be cancelled")]
     AlreadyFinished(offpath_core::JobStatus),
@@ -81,9 +98,12 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge(_) | ApiError::JobTooLarge(_) => {
+            ApiError::PayloadTooLarge(_) | ApiError::JobTooLarge(_) | ApiError::UploadTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::UploadNotFound(_) | ApiError::NoResult => StatusCode::NOT_FOUND,
+            ApiError::ResultNotReady(_) => StatusCode::CONFLICT,
             ApiError::MalformedJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::UnknownTask(_)
@@ -112,6 +132,11 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::JobNotFound => "job_not_found",
+            ApiError::UploadNotFound(_) => "upload_not_found",
+            ApiError::UploadTooLarge => "upload_too_large",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NoResult => "no_result",
+            ApiError::ResultNotReady(_) => "result_not_ready",
             ApiError::AlreadyFinished(_) => "job_finished",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",

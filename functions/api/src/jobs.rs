@@ -34,7 +34,8 @@ use crate::{ApiError, AppState};
                  ("Idempotent-Replayed" = String, description = "true on a replay"))),
         (status = 400, description = "Malformed JSON, unknown task, schema violation or bad Idempotency-Key.", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
-        (status = 413, description = "Body or job too large.", body = ErrorBody),
+        (status = 404, description = "The input names an upload the caller does not have.", body = ErrorBody),
+        (status = 413, description = "Body, job or uploaded document too large.", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body.", body = ErrorBody),
         (status = 503, description = "Backend unavailable; retry after the Retry-After header.", body = ErrorBody),
@@ -79,7 +80,7 @@ pub(crate) async fn submit(
 
 /// The `{id}` of a job route. A segment that is not a job id, including one that is
 /// not UTF-8 once decoded, answers the same 404 as an unknown id.
-pub(crate) struct JobIdParam(JobId);
+pub(crate) struct JobIdParam(pub(crate) JobId);
 
 impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
     type Rejection = ApiError;
@@ -151,7 +152,7 @@ pub(crate) async fn cancel(
 
 /// The job with this id if the caller owns it; 404 otherwise, so ids of other
 /// owners' jobs are indistinguishable from absent ones.
-async fn owned_job(state: &AppState, owner: &str, id: JobId) -> Result<Job, ApiError> {
+pub(crate) async fn owned_job(state: &AppState, owner: &str, id: JobId) -> Result<Job, ApiError> {
     match state.store.get(id).await? {
         Some(job) if job.owner == owner => Ok(job),
         _ => Err(ApiError::JobNotFound),

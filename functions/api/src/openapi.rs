@@ -44,6 +44,9 @@ impl ToSchema for SubmitRequest {}
         crate::jobs::submit,
         crate::jobs::get,
         crate::jobs::cancel,
+        crate::uploads::result,
+        crate::uploads::create,
+        crate::uploads::put,
         crate::health::health,
         openapi_json
     )

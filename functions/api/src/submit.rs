@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use offpath_core::blob::{MAX_UPLOAD_BYTES, upload_key};
 use offpath_core::idempotency::{job_id_for_key, request_hash};
 use offpath_core::{
-    Job, JobId, JobMessage, JobStatus, NewJob, Registry, StoreError, TaskName, metrics,
+    Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName, metrics,
 };
 use serde_json::Value;
 
@@ -45,6 +46,8 @@ impl Default for SubmitLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SubmitRequest {
     task: TaskName,
+    /// The upload the input names, if any: it must exist, be the caller's and fit.
+    upload: Option<String>,
     input: Value,
     ttl_seconds: Option<u64>,
 }
@@ -84,8 +87,13 @@ impl SubmitRequest {
         if input.is_null() {
             return Err(ApiError::InvalidInput("input: is required".into()));
         }
-        task.prepare(&input)
+        let prepared = task
+            .prepare(&input)
             .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+        let upload = match task.source(&prepared) {
+            Some(Source::Upload(upload)) => Some(upload),
+            _ => None,
+        };
         let task = task.name().clone();
         let ttl_seconds = match fields.get("ttl_seconds") {
             None | Some(Value::Null) => None,
@@ -101,6 +109,7 @@ impl SubmitRequest {
         };
         Ok(SubmitRequest {
             task,
+            upload,
             input,
             ttl_seconds,
         })
@@ -127,6 +136,13 @@ pub(crate) async fn submit(
     key: Option<&str>,
     request: SubmitRequest,
 ) -> Result<Submitted, ApiError> {
+    if let Some(upload) = &request.upload {
+        match state.blobs.size(&upload_key(owner, upload)).await? {
+            None => return Err(ApiError::UploadNotFound(upload.clone())),
+            Some(bytes) if bytes > MAX_UPLOAD_BYTES => return Err(ApiError::UploadTooLarge),
+            Some(_) => {}
+        }
+    }
     let now = state.clock.now_epoch_ms();
     let ttl = request
         .ttl_seconds

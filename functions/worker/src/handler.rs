@@ -10,9 +10,9 @@ use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::{
-    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore, Lease,
-    Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock, TaskEntry, TaskName,
-    metrics,
+    BlobStore, Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus,
+    JobStore, Lease, Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock,
+    TaskEntry, TaskName, metrics,
 };
 use serde_json::Value;
 use tracing::Instrument;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::outcome::Outcome;
 use crate::panic::panic_text;
+use crate::parts::ClaimedPart;
 use crate::record::Record;
 
 /// Worker settings.
@@ -55,17 +56,31 @@ pub enum WorkerError {
 }
 
 /// A record whose job this invocation holds, with its input ready to run.
-struct Claimed {
-    job: Job,
-    lease: Lease,
-    task: TaskEntry,
-    input: Prepared,
-    receive_count: u32,
+pub(crate) struct Claimed {
+    pub(crate) job: Job,
+    pub(crate) lease: Lease,
+    pub(crate) task: TaskEntry,
+    pub(crate) input: Prepared,
+    pub(crate) receive_count: u32,
 }
 
+/// What claiming a record gave this invocation.
+pub(crate) enum Claim {
+    /// A job to run in its task's batched pass.
+    Job(Claimed),
+    /// A document job to split into parts.
+    Document(Claimed),
+    /// A part of a document job to run in its task's batched pass over parts.
+    Part(ClaimedPart),
+}
+
+/// One batched pass of a task over inputs of type `I`: one output each.
+pub(crate) type Runner<I, O> =
+    Arc<dyn Fn(&dyn Model, &[I]) -> Result<Vec<O>, ModelError> + Send + Sync>;
+
 /// What inference did for one job.
-enum Inference {
-    Output(Value),
+pub(crate) enum Inference<T = Value> {
+    Output(T),
     Failed(ModelError),
     Crashed(String),
 }
@@ -74,12 +89,13 @@ enum Inference {
 /// init).
 #[derive(Clone)]
 pub struct Worker {
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    model: Arc<dyn Model>,
-    tasks: Arc<Registry>,
-    clock: Arc<dyn Clock>,
-    config: WorkerConfig,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) queue: Arc<dyn JobQueue>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) tasks: Arc<Registry>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: WorkerConfig,
 }
 
 impl Worker {
@@ -94,6 +110,7 @@ impl Worker {
         Worker {
             store: Arc::clone(&ports.store),
             queue: Arc::clone(&ports.queue),
+            blobs: Arc::clone(&ports.blobs),
             model,
             tasks,
             clock: Arc::new(SystemClock),
@@ -132,37 +149,70 @@ impl Worker {
         .await;
 
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(count);
-        let mut groups: BTreeMap<TaskName, Vec<(usize, Claimed)>> = BTreeMap::new();
+        let mut jobs: BTreeMap<TaskName, Vec<(usize, Claimed)>> = BTreeMap::new();
+        let mut parts: BTreeMap<TaskName, Vec<(usize, ClaimedPart)>> = BTreeMap::new();
+        let mut documents = Vec::new();
         for (index, claim) in claims.into_iter().enumerate() {
+            outcomes.push(Outcome::done());
             match claim {
-                Ok(claimed) => {
-                    outcomes.push(Outcome::done());
-                    let group = groups.entry(claimed.task.name().clone()).or_default();
+                Ok(Claim::Job(claimed)) => {
+                    let group = jobs.entry(claimed.task.name().clone()).or_default();
                     group.push((index, claimed));
                 }
-                Err(outcome) => outcomes.push(outcome),
+                Ok(Claim::Part(claimed)) => {
+                    let group = parts.entry(claimed.task.name().clone()).or_default();
+                    group.push((index, claimed));
+                }
+                Ok(Claim::Document(claimed)) => documents.push((index, claimed)),
+                Err(outcome) => outcomes[index] = outcome,
             }
         }
 
-        // 2. One forward pass per task group.
+        // 2. One forward pass per task group; documents split, each on its own.
         let mut finished = Vec::new();
-        for group in groups.into_values() {
+        for group in jobs.into_values() {
             let task = group[0].1.task.clone();
             let inputs: Vec<Prepared> = group.iter().map(|(_, c)| c.input.clone()).collect();
             let results = self.infer(task, inputs).await;
             finished.extend(group.into_iter().zip(results));
         }
+        let mut parts_run = Vec::new();
+        for group in parts.into_values() {
+            let task = group[0].1.task.clone();
+            let inputs: Vec<Arc<Vec<u8>>> =
+                group.iter().map(|(_, c)| Arc::clone(&c.input)).collect();
+            let results = self.infer_parts(task, inputs).await;
+            parts_run.extend(group.into_iter().zip(results));
+        }
 
         // 3. Record the outcomes.
-        let finishes = join_all(finished.into_iter().map(|((index, c), result)| {
+        let jobs_done = join_all(finished.into_iter().map(|((index, c), result)| {
             let fallback = self.config.backoff.delay(c.receive_count);
             let span = tracing::info_span!("job", job_id = %c.job.id);
             let step =
                 async move { Ok::<_, Outcome>(self.finish(c, result).await) }.instrument(span);
             async move { (index, guarded(step, fallback).await) }
-        }))
-        .await;
-        for (index, outcome) in finishes {
+        }));
+        let parts_done = join_all(parts_run.into_iter().map(|((index, c), result)| {
+            let fallback = self.config.backoff.delay(c.receive_count);
+            let span = tracing::info_span!("job", job_id = %c.job.id, part = c.part);
+            let step =
+                async move { Ok::<_, Outcome>(self.finish_part(c, result).await) }.instrument(span);
+            async move { (index, guarded(step, fallback).await) }
+        }));
+        let documents_split = join_all(documents.into_iter().map(|(index, c)| {
+            let fallback = self.config.backoff.delay(c.receive_count);
+            let span = tracing::info_span!("job", job_id = %c.job.id);
+            let step = async move { Ok::<_, Outcome>(self.split(c).await) }.instrument(span);
+            async move { (index, guarded(step, fallback).await) }
+        }));
+        let (jobs_done, parts_done, documents_split) =
+            futures::join!(jobs_done, parts_done, documents_split);
+        for (index, outcome) in jobs_done
+            .into_iter()
+            .chain(parts_done)
+            .chain(documents_split)
+        {
             outcomes[index] = match outcome {
                 Ok(outcome) | Err(outcome) => outcome,
             };
@@ -203,21 +253,31 @@ impl Worker {
         }
     }
 
-    /// Decodes a record and claims its job. `Err` is the record's final outcome.
-    async fn claim(&self, record: &Record<'_>) -> Result<Claimed, Outcome> {
+    /// Decodes a record and claims its job or part. `Err` is the record's final
+    /// outcome.
+    async fn claim(&self, record: &Record<'_>) -> Result<Claim, Outcome> {
         let message = JobMessage::from_body(record.body).map_err(|err| {
             tracing::error!(message_id = record.message_id, error = %err,
                 "malformed message; it goes to the dead-letter queue");
             Outcome::toward_dead_letter_queue()
         })?;
         let id = message.job_id;
-        self.claim_job(id, record)
-            .instrument(tracing::info_span!("job", job_id = %id))
-            .await
+        match message.part {
+            None => {
+                self.claim_job(id, record)
+                    .instrument(tracing::info_span!("job", job_id = %id))
+                    .await
+            }
+            Some(part) => {
+                self.claim_part(id, part, record)
+                    .instrument(tracing::info_span!("job", job_id = %id, part))
+                    .await
+            }
+        }
     }
 
     /// Claims the job a record names and prepares its input.
-    async fn claim_job(&self, id: JobId, record: &Record<'_>) -> Result<Claimed, Outcome> {
+    async fn claim_job(&self, id: JobId, record: &Record<'_>) -> Result<Claim, Outcome> {
         let receive_count = record.receive_count;
         let last = self.is_last_receive(receive_count);
         let now = self.clock.now_epoch_ms();
@@ -230,6 +290,9 @@ impl Worker {
             Err(StoreError::NotFound) => {
                 tracing::error!(job_id = %id, "message for a job that does not exist; it goes to the dead-letter queue");
                 return Err(Outcome::toward_dead_letter_queue());
+            }
+            Err(StoreError::Conflict(current)) if current.parts.is_some() => {
+                return Err(self.resend_parts(&current, receive_count).await);
             }
             Err(StoreError::Conflict(current)) => return Err(self.unclaimable(&current, last)),
             Err(err) => {
@@ -259,13 +322,21 @@ impl Worker {
                 Ok((task.clone(), input))
             });
         match prepared {
-            Ok((task, input)) => Ok(Claimed {
-                job,
-                lease,
-                task,
-                input,
-                receive_count,
-            }),
+            Ok((task, input)) => {
+                let in_parts = task.runs_in_parts();
+                let claimed = Claimed {
+                    job,
+                    lease,
+                    task,
+                    input,
+                    receive_count,
+                };
+                Ok(if in_parts {
+                    Claim::Document(claimed)
+                } else {
+                    Claim::Job(claimed)
+                })
+            }
             Err(problem) => {
                 let error = ErrorInfo::new("invalid_input", problem);
                 let written = self.store.fail(id, &lease.token, &error, now).await;
@@ -274,8 +345,8 @@ impl Worker {
         }
     }
 
-    /// The outcome for a message whose job could not be claimed.
-    fn unclaimable(&self, current: &Job, last: bool) -> Outcome {
+    /// The outcome for a message whose job (or part) could not be claimed.
+    pub(crate) fn unclaimable(&self, current: &Job, last: bool) -> Outcome {
         let now = self.clock.now_epoch_ms();
         if current.status.is_terminal() {
             tracing::info!(job_id = %current.id, status = %current.status, "duplicate delivery of a finished job");
@@ -293,43 +364,68 @@ impl Worker {
         }
     }
 
-    /// Runs one task group on a blocking thread. If the batched pass fails or
-    /// panics, each job runs alone, so one poisonous input fails only its own job.
+    /// Runs one group of jobs of `task` in one batched pass.
     async fn infer(&self, task: TaskEntry, inputs: Vec<Prepared>) -> Vec<Inference> {
+        let name = task.name().clone();
+        let run: Runner<Prepared, Value> =
+            Arc::new(move |model: &dyn Model, inputs: &[Prepared]| task.run(model, inputs));
+        self.run_batched(&name, inputs, run).await
+    }
+
+    /// Runs `inputs` on a blocking thread in one batched pass of `run`. If the pass
+    /// fails or panics, each input runs alone, so one poisonous input fails only its
+    /// own job (or part).
+    pub(crate) async fn run_batched<I, O>(
+        &self,
+        task: &TaskName,
+        inputs: Vec<I>,
+        run: Runner<I, O>,
+    ) -> Vec<Inference<O>>
+    where
+        I: Clone + Send + Sync + 'static,
+        O: Send + 'static,
+    {
         let count = inputs.len();
-        match self.run_model(&task, inputs.clone()).await {
+        match self.run_model(task, inputs.clone(), Arc::clone(&run)).await {
             Ok(outputs) => outputs.into_iter().map(Inference::Output).collect(),
             Err(whole) if count == 1 => vec![whole],
             Err(_) => {
                 let mut results = Vec::with_capacity(count);
                 for input in inputs {
-                    results.push(match self.run_model(&task, vec![input]).await {
-                        Ok(mut one) => Inference::Output(one.remove(0)),
-                        Err(failed) => failed,
-                    });
+                    results.push(
+                        match self.run_model(task, vec![input], Arc::clone(&run)).await {
+                            Ok(mut one) => Inference::Output(one.remove(0)),
+                            Err(failed) => failed,
+                        },
+                    );
                 }
                 results
             }
         }
     }
 
-    /// One batched pass of `task` over `inputs`: one output per input, or what went
+    /// One batched pass of `run` over `inputs`: one output per input, or what went
     /// wrong.
-    async fn run_model(
+    async fn run_model<I, O>(
         &self,
-        task: &TaskEntry,
-        inputs: Vec<Prepared>,
-    ) -> Result<Vec<Value>, Inference> {
+        task: &TaskName,
+        inputs: Vec<I>,
+        run: Runner<I, O>,
+    ) -> Result<Vec<O>, Inference<O>>
+    where
+        I: Send + Sync + 'static,
+        O: Send + 'static,
+    {
         let model = Arc::clone(&self.model);
-        let runner = task.clone();
+        let count = inputs.len();
         let started = std::time::Instant::now();
-        let ran = tokio::task::spawn_blocking(move || runner.run(model.as_ref(), &inputs)).await;
-        metrics::inference(
-            task.name().as_str(),
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        let ran = tokio::task::spawn_blocking(move || run(model.as_ref(), &inputs)).await;
+        metrics::inference(task.as_str(), started.elapsed().as_secs_f64() * 1000.0);
         match ran {
-            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Ok(outputs)) if outputs.len() == count => Ok(outputs),
+            Ok(Ok(_)) => Err(Inference::Crashed(
+                "the task returned the wrong number of outputs".into(),
+            )),
             Ok(Err(err)) => Err(Inference::Failed(err)),
             Err(join) => Err(Inference::Crashed(match join.try_into_panic() {
                 Ok(panic) => panic_text(panic.as_ref()),
@@ -402,7 +498,7 @@ impl Worker {
 
     /// The outcome of a finishing write. A lost lease is acknowledged (the new owner
     /// finishes); an unreachable store retries the message.
-    fn finish_write(&self, id: JobId, written: Result<Job, StoreError>) -> Outcome {
+    pub(crate) fn finish_write(&self, id: JobId, written: Result<Job, StoreError>) -> Outcome {
         match written {
             Ok(job) => {
                 tracing::info!(job_id = %id, status = %job.status, attempts = job.attempts, "job finished");
@@ -438,7 +534,7 @@ impl Worker {
         }
     }
 
-    fn is_last_receive(&self, receive_count: u32) -> bool {
+    pub(crate) fn is_last_receive(&self, receive_count: u32) -> bool {
         self.config
             .max_receive_count
             .is_some_and(|max| receive_count >= max)
@@ -446,7 +542,7 @@ impl Worker {
 }
 
 /// Runs one record's step, turning a panic into a retry.
-async fn guarded<T>(
+pub(crate) async fn guarded<T>(
     step: impl Future<Output = Result<T, Outcome>>,
     retry_after: Duration,
 ) -> Result<T, Outcome> {
@@ -460,7 +556,7 @@ async fn guarded<T>(
 }
 
 /// Counts a job that reached a terminal state under its metric.
-fn count_finished(job: &Job) {
+pub(crate) fn count_finished(job: &Job) {
     let name = match job.status {
         JobStatus::Succeeded => metrics::JOBS_SUCCEEDED,
         JobStatus::Failed if job.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED) => {

@@ -1,6 +1,8 @@
 //! The offpath worker: a `LambdaEvent<SqsEvent> -> SqsBatchResponse` handler that
 //! claims jobs, runs each task group in one batched pass (micro-batching) and records
 //! the outcome, plus a [`poller`] that drives the same handler from a queue locally.
+//! Document jobs run in parts: fan-out to one message per part, fan-in by whoever
+//! settles the last part (see `parts.rs`).
 //!
 //! Rules (DESIGN §6): claim with a conditional update; finish conditional on the lease
 //! owner; permanent errors fail the job and acknowledge; transient errors release the
@@ -12,6 +14,7 @@ mod backoff;
 mod handler;
 mod outcome;
 mod panic;
+mod parts;
 pub mod poller;
 mod record;
 pub mod sweep;

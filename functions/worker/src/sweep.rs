@@ -1,5 +1,9 @@
 //! The sweep: finds jobs that would otherwise stay non-terminal forever, because their
-//! worker died on the last attempt or their message was lost.
+//! worker died on the last attempt or their message was lost. A job that runs in parts
+//! whose parts have all gone quiet (no live part lease, nothing touched for the grace)
+//! gets its unsettled parts' messages again (or, every part settled, one message that
+//! ends it); a part whose worker died on its last attempt is settled dead when that
+//! message is claimed.
 
 use std::time::Duration;
 
@@ -56,6 +60,27 @@ pub async fn sweep(
     let mut report = SweepReport::default();
     for job in store.unfinished(settings.limit).await? {
         report.examined += 1;
+        if let Some(parts) = &job.parts {
+            let quiet = !parts.any_live_lease(now_epoch_ms)
+                && parts.touched_at_epoch_ms + grace < now_epoch_ms;
+            if job.status == JobStatus::Running && quiet {
+                let unsettled: Vec<u32> = (0..parts.total)
+                    .filter(|n| !parts.settled.contains(n))
+                    .collect();
+                // Every part settled but the job not ended: any part's message ends it.
+                let parts_to_send = if unsettled.is_empty() {
+                    vec![0]
+                } else {
+                    unsettled
+                };
+                for part in parts_to_send {
+                    queue.send(&JobMessage::part(job.id, part)).await?;
+                }
+                report.requeued += 1;
+                tracing::warn!(job_id = %job.id, "sweep sent the quiet parts of a job again");
+            }
+            continue;
+        }
         let lost = match job.status {
             JobStatus::Running => job
                 .lease_until_epoch_ms

@@ -1,8 +1,10 @@
 //! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
 
+mod document;
 mod model;
 mod service;
 
+pub use document::DocumentBench;
 pub use model::ModelBench;
 pub use service::ServiceBench;
 
@@ -21,6 +23,9 @@ pub enum BenchCommand {
     /// a synchronous endpoint, submit overhead against a bare write + send, pipeline
     /// throughput, cold starts and cost.
     Service(ServiceBench),
+    /// A document end to end on the embedded backend (upload, parts on 1 and 2
+    /// pollers, result): chunks/s and time to result, beside sentence-transformers.
+    Document(DocumentBench),
 }
 
 /// Runs a benchmark.
@@ -30,6 +35,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || model::run(options)).await?
         }
         BenchCommand::Service(options) => service::run(options).await,
+        BenchCommand::Document(options) => document::run(options).await,
     }
 }
 

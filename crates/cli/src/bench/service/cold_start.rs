@@ -36,12 +36,14 @@ pub(super) async fn measure(dir: &Path, model_dir: &Path) -> anyhow::Result<Vec<
         table: prefix.clone(),
         queue: format!("{prefix}-jobs"),
         dlq: format!("{prefix}-dlq"),
+        bucket: prefix.clone(),
     };
     let resources = provision(&sdk, &names, &QueueSettings::default()).await?;
     let model_dir = model_dir.to_string_lossy();
     let env = [
         ("OFFPATH_TABLE", resources.table.as_str()),
         ("OFFPATH_QUEUE_URL", resources.queue_url.as_str()),
+        ("OFFPATH_BUCKET", resources.bucket.as_str()),
         ("OFFPATH_MODEL_DIR", model_dir.as_ref()),
     ];
     let mut rows = Vec::new();

@@ -23,7 +23,8 @@ use axum::Router;
 use clap::Args;
 use offpath_aws::provision::ResourceNames;
 use offpath_core::{
-    Embedding, JobId, JobMessage, JobStore, Model, ModelError, Ports, QueueSettings, Registry,
+    Embedding, JobId, JobMessage, JobStore, Model, ModelError, Piece, Ports, QueueSettings,
+    Registry,
 };
 use offpath_inference::{MiniLm, weights};
 use offpath_testkit::{Backend as StackBackend, Stack, new_job};
@@ -155,6 +156,7 @@ impl Bench {
             table: prefix.clone(),
             queue: format!("{prefix}-jobs"),
             dlq: format!("{prefix}-dlq"),
+            bucket: prefix.clone(),
         };
         let backend = match self.options.backend {
             Backend::Embedded => StackBackend::Embedded,
@@ -235,13 +237,31 @@ impl PooledModel {
     }
 }
 
-impl Model for PooledModel {
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+impl PooledModel {
+    /// Runs `pass` on the pool and times it.
+    fn timed<T>(&self, pass: impl FnOnce() -> T + Send) -> T
+    where
+        T: Send,
+    {
         let start = Instant::now();
-        let out = self.pool.install(|| self.inner.embed(texts));
+        let out = self.pool.install(pass);
         self.nanos
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         out
+    }
+}
+
+impl Model for PooledModel {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
+        self.timed(|| self.inner.embed(texts))
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<Piece>, ModelError> {
+        self.inner.tokenize(text)
+    }
+
+    fn embed_pieces(&self, sequences: &[&[u32]]) -> Result<Vec<Embedding>, ModelError> {
+        self.timed(|| self.inner.embed_pieces(sequences))
     }
 }
 
