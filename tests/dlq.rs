@@ -2,14 +2,13 @@
 //! `offpath dlq list` and by the AWS CLI, and completes after `offpath dlq redrive`
 //! once its cause is fixed.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use offpath_api::{AppState, Auth, app};
 use offpath_core::{JobId, JobStatus, QueueSettings};
-use offpath_testkit::{Stack, TestModel, binary, drained, fast_queue};
+use offpath_testkit::{Stack, TestModel, drained, fast_queue};
 use offpath_worker::Worker;
 use offpath_worker::poller::process_batch;
 use tower::ServiceExt;
@@ -50,24 +49,9 @@ async fn drive(stack: &Stack, worker: &Worker, done: impl AsyncFn() -> bool) {
     }
 }
 
-fn offpath(stack: &Stack, args: &[&str]) -> String {
-    let output = Command::new(binary("offpath"))
-        .args(args)
-        .envs(stack.env())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "offpath {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn aws_cli_sees(stack: &Stack, job: JobId) -> bool {
     let aws = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/aws");
-    let output = Command::new(aws)
+    let output = std::process::Command::new(aws)
         .args([
             "sqs",
             "receive-message",
@@ -132,7 +116,7 @@ async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
         assert!(Instant::now() < deadline, "message not in the DLQ");
         assert!(drained(stack.ports.queue.as_ref()).await);
     }
-    let listing = offpath(&stack, &["dlq", "list"]);
+    let listing = stack.offpath(&["dlq", "list"]);
     assert!(listing.contains(&poisoned.to_string()), "{listing}");
     assert!(listing.contains("dead_lettered"), "{listing}");
     assert!(listing.contains("1 message(s)"), "{listing}");
@@ -143,7 +127,7 @@ async fn a_poisoned_job_is_dead_lettered_listed_redriven_and_completed() {
 
     // Fix the cause, redrive the job by its id, and it completes.
     model.cured.store(true, Ordering::SeqCst);
-    let redrive = offpath(&stack, &["dlq", "redrive", &poisoned.to_string()]);
+    let redrive = stack.offpath(&["dlq", "redrive", &poisoned.to_string()]);
     assert!(redrive.contains("1 message(s) moved"), "{redrive}");
     assert_eq!(
         stack
@@ -187,7 +171,7 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
     }
 
     model.cured.store(true, Ordering::SeqCst);
-    let redrive = offpath(&stack, &["dlq", "redrive", "--all"]);
+    let redrive = stack.offpath(&["dlq", "redrive", "--all"]);
     // moto has no StartMessageMoveTask: the command moves messages itself.
     assert!(redrive.contains("moving one by one"), "{redrive}");
     assert!(redrive.contains("1 message(s) moved"), "{redrive}");
@@ -206,14 +190,14 @@ async fn redrive_all_falls_back_to_moving_one_by_one_and_purge_empties_the_queue
             .await
             .unwrap();
     }
-    let redrive = offpath(&stack, &["dlq", "redrive", "--all"]);
+    let redrive = stack.offpath(&["dlq", "redrive", "--all"]);
     assert_eq!(redrive.matches("not a job message").count(), 2, "{redrive}");
     assert!(redrive.contains("0 message(s) moved"), "{redrive}");
     assert_eq!(stack.dlq().depth().await.unwrap().visible, 2);
-    offpath(&stack, &["dlq", "purge", "--yes"]);
+    stack.offpath(&["dlq", "purge", "--yes"]);
     assert!(drained(stack.dlq().as_ref()).await);
 
     // Nothing is stuck: the sweep finds no unfinished job.
-    let swept = offpath(&stack, &["sweep"]);
-    assert!(swept.contains("examined 0 unfinished job(s)"), "{swept}");
+    let swept = stack.offpath(&["sweep"]);
+    assert!(swept.contains("examined 0 job(s)"), "{swept}");
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use offpath_core::QueueSettings;
 use offpath_core::{JobId, JobMessage};
-use offpath_testkit::{Dev, Stack, binary, drained, fast_queue, item_count, reference_embedding};
+use offpath_testkit::{
+    Dev, Receiver, Stack, binary, drained, fast_queue, item_count, reference_embedding,
+};
 use serde_json::{Value, json};
 
 async fn stack(settings: QueueSettings) -> Stack {
@@ -481,4 +483,52 @@ async fn submit_status_and_wait_commands_drive_the_api() {
     assert!(!ok && err.contains("embed takes no --file"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[tokio::test]
+async fn dev_delivers_signed_webhooks_to_a_loopback_receiver_and_honours_prefer_wait() {
+    let stack = stack(fast_queue()).await;
+    let mut env = stack.env();
+    env.push(("OFFPATH_WEBHOOK_ALLOW_LOOPBACK", "1".into()));
+    env.push((
+        "OFFPATH_WEBHOOK_KEY",
+        "an e2e webhook key, 32 bytes or more".into(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dev = Dev::start(&env, &["--backoff-base-ms", "200", "--lease-seconds", "10"]);
+    let secret = get_json(format!("{}/webhooks/secret", dev.url)).await;
+    let receiver = Receiver::start(&[secret["secret"].as_str().unwrap().to_owned()]);
+    let mut body = embed("A man is eating food.");
+    body["webhook"] = receiver.url("/ok/e2e").into();
+    body["webhook_events"] = json!(["started", "completed"]);
+    let response = client()
+        .post(format!("{}/jobs", dev.url))
+        .header("prefer", "wait=15")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["preference-applied"], "wait=15");
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["webhook"]["events"], json!(["started", "completed"]));
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deliveries = receiver
+        .wait_for(Duration::from_secs(30), |d| d.len() >= 2)
+        .await;
+    let kinds: Vec<&str> = deliveries
+        .iter()
+        .map(|d| d.kind.as_deref().unwrap())
+        .collect();
+    assert_eq!(kinds, ["job.started", "job.succeeded"]);
+    for delivery in &deliveries {
+        assert!(delivery.verified, "{delivery:#?}");
+        assert_eq!(delivery.job_id.as_deref(), Some(id.as_str()));
+    }
+    // Without the flag's loopback exception a private target is refused at submit.
+    body["webhook"] = "http://10.0.0.7/hook".into();
+    let refused = submit(&dev, &body, None).await;
+    assert_eq!(refused.status(), 400);
+    assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use faults::{
-    Crash, Finishes, Observer, Row, create, embed, finishes_over_one, report, scale, stack,
+    Finishes, Observer, Processes, Row, create, embed, finishes_over_one, report, scale, stack,
     succeeded, wait_terminal, workers,
 };
 use futures::StreamExt;
@@ -24,10 +24,14 @@ use futures::stream::{self, FuturesUnordered};
 use offpath_api::{AppState, Auth, app};
 use offpath_aws::{DynamoStore, SqsQueue};
 use offpath_core::{
-    DEAD_LETTERED, JobId, JobMessage, JobQueue, JobStatus, JobStore, Ports, QueueDepth,
-    QueueMessage, QueueSettings,
+    DEAD_LETTERED, EventKind, JobId, JobMessage, JobQueue, JobStatus, JobStore, NewJob, Ports,
+    QueueDepth, QueueMessage, QueueSettings, Webhook,
 };
-use offpath_testkit::{Backend, Call, Dev, Hooked, Hooks, Proxy, Stack, TestModel, item_count};
+use offpath_testkit::{
+    Backend, Call, Delivery, Dev, Hooked, Hooks, Proxy, Receiver, Stack, TestModel, item_count,
+};
+use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
+use offpath_worker::Deliverer;
 use offpath_worker::sweep::{SweepSettings, sweep};
 use rand::seq::SliceRandom;
 use serde_json::Value;
@@ -268,24 +272,8 @@ async fn worker_crashes(backend: Backend) {
 
     let model: Arc<TestModel> = Arc::default();
     let finishes: Finishes = Arc::default();
-    // One worker process per slot: its store's hooks crash it at random points.
-    let spawn = |crash: &Arc<Crash>| {
-        let observer = Observer {
-            finishes: Arc::clone(&finishes),
-            crash: Some(Arc::clone(crash)),
-        };
-        let store = Hooked::store(stack.ports.store.clone(), Arc::new(observer));
-        workers(&stack, store, model.clone(), 1)
-    };
-    let mut slots: Vec<_> = (0..3)
-        .map(|_| {
-            let crash = Crash::new(0.05);
-            let pool = spawn(&crash);
-            (crash, Some(pool))
-        })
-        .collect();
-    let mut crashes: HashMap<faults::CrashPoint, usize> = HashMap::new();
-    let mut restarts = 0;
+    // Worker processes whose stores' hooks crash them at random points.
+    let mut processes = Processes::start(&stack, &model, &finishes, 3);
     let settings = SweepSettings {
         grace: stack.settings.visibility_timeout,
         max_receive_count: Some(stack.settings.max_receive_count),
@@ -295,21 +283,7 @@ async fn worker_crashes(backend: Backend) {
     let mut swept = 0;
     let limit = scale.patience;
     let all_terminal = loop {
-        for (crash, pool) in &mut slots {
-            if crash.dead.load(Ordering::SeqCst) {
-                // The process died: whatever it held comes back after the visibility
-                // timeout, and a new process takes its place.
-                if let Some(dead) = pool.take() {
-                    dead.kill();
-                }
-                for (point, n) in crash.injected.lock().unwrap().iter() {
-                    *crashes.entry(*point).or_default() += n;
-                }
-                restarts += 1;
-                *crash = Crash::new(0.05);
-                *pool = Some(spawn(crash));
-            }
-        }
+        processes.replace_dead(&stack, &model, &finishes);
         // The scheduled sweep, run when the workers are idle: a scan of a large table
         // on every pass would starve them on moto.
         if last_sweep.elapsed() >= Duration::from_secs(2)
@@ -319,6 +293,7 @@ async fn worker_crashes(backend: Backend) {
             let report = sweep(
                 stack.ports.store.as_ref(),
                 stack.ports.queue.as_ref(),
+                stack.ports.webhooks.as_ref(),
                 &settings,
                 now,
             )
@@ -336,27 +311,28 @@ async fn worker_crashes(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let elapsed = started.elapsed();
-    for (_, pool) in slots {
-        if let Some(pool) = pool {
-            pool.kill();
-        }
-    }
+    let (crashes, restarts, total) = (
+        processes.crashes.clone(),
+        processes.restarts,
+        processes.total(),
+    );
+    processes.kill();
     let (done, _) = wait_terminal(&stack, &ids, Duration::ZERO).await;
     let succeeded = succeeded(&done);
     let dead_lettered = done
         .values()
         .filter(|j| j.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED))
         .count();
-    let total: usize = crashes.values().sum();
     report(Row {
         scenario: "3 worker crashes",
         backend,
         load: format!("{} jobs, 3 workers", jobs.len()),
         faults: format!(
-            "{total} crashes (before claim {}, after claim {}, before finish {}), {restarts} restarts, {swept} swept; {succeeded} succeeded, {dead_lettered} dead-lettered",
+            "{total} crashes (before claim {}, after claim {}, before finish {}, after finish {}), {restarts} restarts, {swept} swept; {succeeded} succeeded, {dead_lettered} dead-lettered",
             crashes.get(&faults::CrashPoint::BeforeClaim).unwrap_or(&0),
             crashes.get(&faults::CrashPoint::AfterClaim).unwrap_or(&0),
             crashes.get(&faults::CrashPoint::BeforeFinish).unwrap_or(&0),
+            crashes.get(&faults::CrashPoint::AfterFinish).unwrap_or(&0),
         ),
         lost: jobs.len() - done.values().filter(|j| j.status.is_terminal()).count(),
         duplicated: finishes_over_one(&finishes),
@@ -374,6 +350,190 @@ async fn worker_crashes(backend: Backend) {
 async fn scenario_3_worker_crashes_leave_every_job_terminal() {
     for backend in BACKENDS {
         worker_crashes(backend).await;
+    }
+}
+
+// 10. Webhooks under worker crashes and receiver outages --------------------------
+
+/// Moves every message of the webhooks dead-letter queue back to the webhooks queue
+/// (what `offpath dlq redrive --queue webhooks` does); returns how many.
+async fn redrive_webhooks(stack: &Stack) -> usize {
+    let messages = take_all(stack.webhooks_dlq().as_ref()).await;
+    for message in &messages {
+        let event = JobMessage::from_body(&message.body).expect("an event message");
+        stack.ports.webhooks.send(&event).await.expect("send");
+        stack
+            .webhooks_dlq()
+            .delete(&message.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    messages.len()
+}
+
+async fn webhooks_under_faults(backend: Backend) {
+    let scale = scale();
+    let stack = stack(backend, Duration::from_secs(2), 5).await;
+    let keys = WebhookKeys::new(&WebhookKeys::generate(), None).unwrap();
+    let owner = offpath_testkit::new_job("embed", Value::Null).owner;
+    let receiver = Receiver::start(&[keys.secret(&owner)]);
+    // Half the jobs' receivers answer 500 to each event's first delivery; the other
+    // half are down (503) until 3 s into the run.
+    let ids: Vec<JobId> = stream::iter(0..scale.jobs)
+        .map(|i| {
+            let url = receiver.url(&format!(
+                "/{}/{i}",
+                if i % 2 == 0 { "flaky" } else { "down" }
+            ));
+            let store = stack.ports.store.clone();
+            async move {
+                let events = [EventKind::Started, EventKind::Completed].into();
+                let new = NewJob {
+                    webhook: Some(Webhook::new(url, events)),
+                    ..offpath_testkit::new_job(
+                        "embed",
+                        embed(&format!("webhook-{i}"))["input"].clone(),
+                    )
+                };
+                store.create(&new).await.expect("create").id
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let started = Instant::now();
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
+
+    let model: Arc<TestModel> = Arc::default();
+    let finishes: Finishes = Arc::default();
+    let mut processes = Processes::start(&stack, &model, &finishes, 2);
+    let sender = Sender::new(
+        UrlPolicy {
+            allow_loopback: true,
+        },
+        keys,
+        Duration::from_secs(5),
+    );
+    let backoff = offpath_worker::Backoff {
+        base: Duration::from_millis(500),
+        max: Duration::from_secs(1),
+    };
+    let deliverer = Deliverer::new(&stack.ports, sender, backoff);
+    let poll = offpath_worker::poller::PollSettings {
+        batch_size: 10,
+        wait: Duration::from_millis(500),
+    };
+    let deliverers = offpath_worker::poller::Pool::start(
+        Arc::new(deliverer),
+        stack.ports.webhooks.clone(),
+        poll,
+        2,
+    );
+    let settings = SweepSettings {
+        grace: stack.settings.visibility_timeout,
+        max_receive_count: Some(stack.settings.max_receive_count),
+        limit: 10_000,
+    };
+    let (mut swept, mut redriven) = (0, 0);
+    let mut last_sweep = Instant::now();
+    let mut up = false;
+    // Completion events delivered (answered 200), by job.
+    let completed = |deliveries: &[Delivery]| -> HashSet<String> {
+        deliveries
+            .iter()
+            .filter(|d| {
+                d.status == 200
+                    && d.kind
+                        .as_deref()
+                        .is_some_and(|k| k != "job.started" && k != "job.progress")
+            })
+            .filter_map(|d| d.job_id.clone())
+            .collect()
+    };
+    let all_delivered = loop {
+        processes.replace_dead(&stack, &model, &finishes);
+        if !up && started.elapsed() >= Duration::from_secs(3) {
+            receiver.bring_up();
+            up = true;
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(2)
+            && faults::queue_empty(stack.ports.queue.as_ref()).await
+        {
+            let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+            let report = sweep(
+                stack.ports.store.as_ref(),
+                stack.ports.queue.as_ref(),
+                stack.ports.webhooks.as_ref(),
+                &settings,
+                now,
+            )
+            .await
+            .expect("sweep");
+            swept += report.requeued + report.dead_lettered + report.events;
+            last_sweep = Instant::now();
+            if up {
+                redriven += redrive_webhooks(&stack).await;
+            }
+        }
+        if completed(&receiver.deliveries()).len() == ids.len() {
+            break true;
+        }
+        if started.elapsed() > scale.patience {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let elapsed = started.elapsed();
+    let (crashes, restarts) = (processes.total(), processes.restarts);
+    processes.kill();
+    deliverers.stop().await;
+    let deliveries = receiver.deliveries();
+    let unverified = deliveries.iter().filter(|d| !d.verified).count();
+    // One event (job, type) must carry one id, however often it was delivered.
+    let mut ids_per_event: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for d in &deliveries {
+        let key = (
+            d.job_id.clone().unwrap_or_default(),
+            d.kind.clone().unwrap_or_default(),
+        );
+        ids_per_event.entry(key).or_default().insert(d.id.clone());
+    }
+    let duplicated = ids_per_event.values().filter(|ids| ids.len() > 1).count();
+    let delivered = completed(&deliveries).len();
+    let failed_attempts = deliveries.iter().filter(|d| d.status != 200).count();
+    report(Row {
+        scenario: "10 webhooks under faults",
+        backend,
+        load: format!(
+            "{} jobs with webhooks (started, completed), 2 workers",
+            ids.len()
+        ),
+        faults: format!(
+            "{crashes} worker crashes, {restarts} restarts; receivers: 500 on each first delivery, or down for 3 s; {} deliveries, {failed_attempts} failed and retried, {redriven} from the webhooks DLQ, {swept} swept; {unverified} unverified",
+            deliveries.len()
+        ),
+        lost: ids.len() - delivered,
+        duplicated,
+        server_errors: 0,
+        drain: elapsed,
+    });
+    assert!(
+        all_delivered,
+        "every completion event delivered within {:?}",
+        scale.patience
+    );
+    assert_eq!(unverified, 0, "every delivery verifies");
+    assert_eq!(
+        duplicated, 0,
+        "an event is redelivered only under its own id"
+    );
+    assert!(failed_attempts > 0, "receiver outages were injected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_10_webhooks_survive_worker_crashes_and_receiver_outages() {
+    for backend in BACKENDS {
+        webhooks_under_faults(backend).await;
     }
 }
 
@@ -752,6 +912,8 @@ async fn endpoint_outage() {
             queue: Arc::new(queue),
             blobs: moto.ports.blobs.clone(),
             dlq: moto.ports.dlq.clone(),
+            webhooks: moto.ports.webhooks.clone(),
+            webhooks_dlq: moto.ports.webhooks_dlq.clone(),
         },
         ..moto
     };

@@ -2,7 +2,8 @@
 //! deployment; `tests/run` builds them once), run as Lambda runs them (the test kit's
 //! loopback Runtime API) against moto: an API Gateway event submits a job, the SQS
 //! event of its message runs it through the real model, and every line the functions
-//! print is JSON: logs carry the request id (and the job id where there is a job), and
+//! print is JSON (the webhook function, with its key from Secrets Manager, refuses a
+//! private target without connecting): logs carry the request id (and the job id where there is a job), and
 //! each invocation ends with CloudWatch Embedded Metric Format lines.
 
 use offpath_core::{JobId, JobStatus, metrics};
@@ -16,6 +17,14 @@ async fn stack() -> Stack {
 async fn start(function: &str, stack: &Stack) -> Function {
     let mut env = stack.env();
     env.push(("RUST_LOG", "info".into()));
+    env.push((
+        "OFFPATH_WEBHOOK_KEY",
+        "a webhook key of at least 32 bytes".into(),
+    ));
+    start_with(function, env).await
+}
+
+async fn start_with(function: &str, env: Vec<(&'static str, String)>) -> Function {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Function::start(&bootstrap(function), function, &env)
         .await
@@ -231,8 +240,75 @@ async fn the_sweep_function_answers_its_scheduled_event() {
         .expect("answered");
     assert_eq!(
         answer,
-        json!({"examined": 0, "requeued": 0, "dead_lettered": 0})
+        json!({"examined": 0, "requeued": 0, "dead_lettered": 0, "events": 0})
     );
     let (lines, finished) = logged(&sweep, "sweep finished").await;
     assert_eq!(ids(&lines[finished]).0, Some("sweep-request-1"));
+}
+
+#[tokio::test]
+async fn the_webhook_function_reads_its_key_from_secrets_manager_and_refuses_private_targets() {
+    use offpath_core::{EventKind, JobMessage, Webhook};
+    let stack = stack().await;
+    let sdk = offpath_testkit::sdk().await;
+    let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+        .create_secret()
+        .name(offpath_testkit::unique("webhook-key"))
+        .secret_string("k".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    // A job whose webhook (written past the API's check) points into a private
+    // network: the function refuses it at delivery, before any connection.
+    let new = offpath_core::NewJob {
+        webhook: Some(Webhook::new(
+            "https://10.0.0.1/hook",
+            [EventKind::Started].into(),
+        )),
+        ..offpath_testkit::new_job("embed", json!({"texts": ["x"]}))
+    };
+    let id = stack.ports.store.create(&new).await.unwrap().id;
+    let lease = offpath_core::Lease {
+        token: "w".into(),
+        until_epoch_ms: u64::MAX / 2,
+    };
+    let claimed = stack.ports.store.claim(id, &lease, 1).await.unwrap();
+    let event = claimed.due_events()[0];
+    stack
+        .ports
+        .webhooks
+        .send(&JobMessage::event(id, event))
+        .await
+        .unwrap();
+    let messages = stack
+        .ports
+        .webhooks
+        .receive(10, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let sqs_event = offpath_worker::poller::sqs_event(stack.ports.webhooks.arn(), &messages);
+
+    let mut env = stack.env();
+    env.push(("RUST_LOG", "info".into()));
+    env.push((
+        "OFFPATH_WEBHOOK_KEY_SECRET",
+        secret.arn().unwrap().to_owned(),
+    ));
+    let webhooks = start_with("offpath-webhooks", env).await;
+    let answer = webhooks
+        .invoke(
+            "webhook-request-1",
+            serde_json::to_value(&sqs_event).unwrap(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let (lines, refused) = logged(
+        &webhooks,
+        "webhook URL refused at delivery: the event is dropped",
+    )
+    .await;
+    let why = lines[refused]["fields"]["why"].as_str().unwrap();
+    assert!(why.contains("a private address"), "{why}");
+    assert_eq!(ids(&lines[refused]).0, Some("webhook-request-1"));
 }

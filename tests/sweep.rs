@@ -13,13 +13,20 @@ use serde_json::json;
 
 const MINUTE: u64 = 60_000;
 
-fn ports() -> (Arc<MemoryStore>, Arc<MemoryQueue>) {
-    let queue = MemoryQueue::new(QueueOptions {
-        name: "jobs".into(),
-        visibility_timeout: Duration::from_secs(360),
-        capacity: 100,
-    });
-    (Arc::new(MemoryStore::new(100)), Arc::new(queue))
+/// A store, a jobs queue and a webhooks queue.
+fn ports() -> (Arc<MemoryStore>, Arc<MemoryQueue>, Arc<MemoryQueue>) {
+    let queue = |name: &str| {
+        Arc::new(MemoryQueue::new(QueueOptions {
+            name: name.into(),
+            visibility_timeout: Duration::from_secs(360),
+            capacity: 100,
+        }))
+    };
+    (
+        Arc::new(MemoryStore::new(100)),
+        queue("jobs"),
+        queue("webhooks"),
+    )
 }
 
 fn settings() -> SweepSettings {
@@ -55,21 +62,28 @@ async fn run_dead(store: &MemoryStore, id: JobId, attempts: u32, lease_until: u6
 
 #[tokio::test]
 async fn a_worker_that_died_on_the_last_attempt_is_dead_lettered() {
-    let (store, queue) = ports();
+    let (store, queue, webhooks) = ports();
     let now = SystemClock.now_epoch_ms();
     let id = job(&store, now - 30 * MINUTE).await;
     run_dead(&store, id, 3, now - 10 * MINUTE).await;
 
-    let report = sweep(store.as_ref(), queue.as_ref(), &settings(), now)
-        .await
-        .unwrap();
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        now,
+    )
+    .await
+    .unwrap();
 
     assert_eq!(
         report,
         SweepReport {
             examined: 1,
             requeued: 0,
-            dead_lettered: 1
+            dead_lettered: 1,
+            events: 0,
         }
     );
     let job = store.get(id).await.unwrap().unwrap();
@@ -79,22 +93,29 @@ async fn a_worker_that_died_on_the_last_attempt_is_dead_lettered() {
 
 #[tokio::test]
 async fn lost_messages_are_sent_again() {
-    let (store, queue) = ports();
+    let (store, queue, webhooks) = ports();
     let now = SystemClock.now_epoch_ms();
     let dead_worker = job(&store, now - 30 * MINUTE).await;
     run_dead(&store, dead_worker, 1, now - 10 * MINUTE).await;
     let never_claimed = job(&store, now - 30 * MINUTE).await;
 
-    let report = sweep(store.as_ref(), queue.as_ref(), &settings(), now)
-        .await
-        .unwrap();
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        now,
+    )
+    .await
+    .unwrap();
 
     assert_eq!(
         report,
         SweepReport {
             examined: 2,
             requeued: 2,
-            dead_lettered: 0
+            dead_lettered: 0,
+            events: 0,
         }
     );
     let mut sent: Vec<String> = queue
@@ -115,7 +136,7 @@ async fn lost_messages_are_sent_again() {
 
 #[tokio::test]
 async fn healthy_and_finished_jobs_are_left_alone() {
-    let (store, queue) = ports();
+    let (store, queue, webhooks) = ports();
     let now = SystemClock.now_epoch_ms();
     job(&store, now - MINUTE).await; // young, in the queue
     let running = job(&store, now - 30 * MINUTE).await;
@@ -125,17 +146,117 @@ async fn healthy_and_finished_jobs_are_left_alone() {
     let done = job(&store, now - 30 * MINUTE).await;
     store.cancel(done, now).await.unwrap();
 
-    let report = sweep(store.as_ref(), queue.as_ref(), &settings(), now)
-        .await
-        .unwrap();
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        now,
+    )
+    .await
+    .unwrap();
 
     assert_eq!(
         report,
         SweepReport {
             examined: 3,
             requeued: 0,
-            dead_lettered: 0
+            dead_lettered: 0,
+            events: 0,
         }
     );
     assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
+    use offpath_core::{EventKind, EventType, JobMessage, Webhook};
+    let (store, queue, webhooks) = ports();
+    let now = SystemClock.now_epoch_ms();
+    let subscribed = |created_at: u64| {
+        let store = store.clone();
+        async move {
+            let new = NewJob {
+                webhook: Some(Webhook::new(
+                    "https://hooks.example.com/offpath",
+                    [EventKind::Started, EventKind::Completed].into(),
+                )),
+                created_at_epoch_ms: created_at,
+                ..new_job("embed", json!({"texts": ["x"]}))
+            };
+            let id = store.create(&new).await.unwrap().id;
+            let lease = Lease {
+                token: "w".into(),
+                until_epoch_ms: created_at + MINUTE,
+            };
+            store.claim(id, &lease, created_at).await.unwrap();
+            // The worker dies right after its finishing write: nothing was published.
+            store
+                .complete(id, "w", &json!([]), created_at + 1)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let old = subscribed(now - 30 * MINUTE).await;
+    let fresh = subscribed(now - 1000).await;
+    let cancelled_queued = {
+        let new = NewJob {
+            webhook: Some(Webhook::new(
+                "https://hooks.example.com/offpath",
+                [EventKind::Started].into(),
+            )),
+            ..new_job("embed", json!({"texts": ["y"]}))
+        };
+        let id = store.create(&new).await.unwrap().id;
+        store.cancel(id, now - 30 * MINUTE).await.unwrap();
+        id
+    };
+
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        now,
+    )
+    .await
+    .unwrap();
+
+    // The old job's two events go out; the fresh one's writer may still send its own;
+    // a job cancelled before it started can never start, so its outbox just empties.
+    assert_eq!(report.events, 2);
+    assert_eq!(report.examined, 3);
+    let sent: Vec<JobMessage> = webhooks
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| JobMessage::from_body(&m.body).unwrap())
+        .collect();
+    let kinds: Vec<EventType> = sent.iter().map(|m| m.event.unwrap().kind).collect();
+    assert_eq!(kinds, [EventType::Started, EventType::Succeeded]);
+    assert!(sent.iter().all(|m| m.job_id == old));
+    assert!(!store.get(old).await.unwrap().unwrap().has_unsent_events());
+    assert!(store.get(fresh).await.unwrap().unwrap().has_unsent_events());
+    assert!(
+        !store
+            .get(cancelled_queued)
+            .await
+            .unwrap()
+            .unwrap()
+            .has_unsent_events()
+    );
+    // Next run: only the fresh job is left to examine.
+    let later = now + 10 * MINUTE;
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        later,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.examined, report.events), (1, 2));
 }

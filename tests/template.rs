@@ -7,15 +7,35 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use offpath_aws::provision::{QueueSettings, ResourceNames, WORKER_TIMEOUT, provision};
+use offpath_core::queue::WEBHOOK_FUNCTION_TIMEOUT;
 use serde_yaml::Value;
 
-/// The settings both sides must agree on.
+/// A queue and its dead-letter queue as both sides set them.
 #[derive(Debug, PartialEq)]
-struct Settings {
+struct Queues {
     visibility_timeout: u64,
     retention: u64,
     dlq_retention: u64,
     max_receive_count: u64,
+}
+
+impl Queues {
+    /// What the code provisions with `settings`.
+    fn of(settings: &QueueSettings) -> Queues {
+        Queues {
+            visibility_timeout: settings.visibility_timeout.as_secs(),
+            retention: settings.retention.as_secs(),
+            dlq_retention: settings.dlq_retention.as_secs(),
+            max_receive_count: settings.max_receive_count.into(),
+        }
+    }
+}
+
+/// The settings both sides must agree on.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    jobs: Queues,
+    webhooks: Queues,
     key: String,
     billing: String,
     ttl_attribute: String,
@@ -41,15 +61,24 @@ fn number(value: &Value) -> u64 {
 fn declared() -> Settings {
     let t = template();
     let resources = &t["Resources"];
-    let queue = &resources["JobsQueue"]["Properties"];
+    let queues = |queue: &str, dlq: &str| {
+        let properties = &resources[queue]["Properties"];
+        let max = &properties["RedrivePolicy"]["maxReceiveCount"];
+        Queues {
+            visibility_timeout: number(&properties["VisibilityTimeout"]),
+            retention: number(&properties["MessageRetentionPeriod"]),
+            dlq_retention: number(&resources[dlq]["Properties"]["MessageRetentionPeriod"]),
+            max_receive_count: match max {
+                // !Ref MaxReceiveCount: the parameter's default.
+                Value::Tagged(_) => number(&t["Parameters"]["MaxReceiveCount"]["Default"]),
+                _ => number(max),
+            },
+        }
+    };
     let table = &resources["JobsTable"]["Properties"];
     Settings {
-        visibility_timeout: number(&queue["VisibilityTimeout"]),
-        retention: number(&queue["MessageRetentionPeriod"]),
-        dlq_retention: number(
-            &resources["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"],
-        ),
-        max_receive_count: number(&t["Parameters"]["MaxReceiveCount"]["Default"]),
+        jobs: queues("JobsQueue", "DeadLetterQueue"),
+        webhooks: queues("WebhooksQueue", "WebhooksDeadLetterQueue"),
         key: format!(
             "{}:{}",
             table["KeySchema"][0]["AttributeName"].as_str().unwrap(),
@@ -100,10 +129,9 @@ fn the_template_expires_each_prefix_as_the_code_does() {
     assert_eq!(code, declared().lifecycle);
 }
 
-/// What exists at the endpoint for these resources.
-async fn observed(table: &str, queue_url: &str, dlq_url: &str, bucket: &str) -> Settings {
-    let sdk = offpath_testkit::sdk().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+/// What exists at the endpoint for a queue and its dead-letter queue.
+async fn observed_queues(queue_url: &str, dlq_url: &str) -> Queues {
+    let sqs = aws_sdk_sqs::Client::new(&offpath_testkit::sdk().await);
     let attributes = |url: String| {
         let sqs = sqs.clone();
         async move {
@@ -122,6 +150,26 @@ async fn observed(table: &str, queue_url: &str, dlq_url: &str, bucket: &str) -> 
     let dlq = attributes(dlq_url.to_owned()).await;
     let redrive: serde_json::Value =
         serde_json::from_str(&queue[&QueueAttributeName::RedrivePolicy]).unwrap();
+    let seconds = |value: &str| value.parse().unwrap();
+    Queues {
+        visibility_timeout: seconds(&queue[&QueueAttributeName::VisibilityTimeout]),
+        retention: seconds(&queue[&QueueAttributeName::MessageRetentionPeriod]),
+        dlq_retention: seconds(&dlq[&QueueAttributeName::MessageRetentionPeriod]),
+        max_receive_count: number(&serde_yaml::to_value(&redrive["maxReceiveCount"]).unwrap()),
+    }
+}
+
+/// The URLs of a jobs queue, a webhooks queue and their dead-letter queues.
+struct QueueUrls<'a> {
+    queue: &'a str,
+    dlq: &'a str,
+    webhooks: &'a str,
+    webhooks_dlq: &'a str,
+}
+
+/// What exists at the endpoint for these resources.
+async fn observed(table: &str, urls: QueueUrls<'_>, bucket: &str) -> Settings {
+    let sdk = offpath_testkit::sdk().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let s3 = offpath_aws::s3::client(&sdk);
     let described = dynamo
@@ -138,16 +186,8 @@ async fn observed(table: &str, queue_url: &str, dlq_url: &str, bucket: &str) -> 
         .await
         .unwrap();
     Settings {
-        visibility_timeout: queue[&QueueAttributeName::VisibilityTimeout]
-            .parse()
-            .unwrap(),
-        retention: queue[&QueueAttributeName::MessageRetentionPeriod]
-            .parse()
-            .unwrap(),
-        dlq_retention: dlq[&QueueAttributeName::MessageRetentionPeriod]
-            .parse()
-            .unwrap(),
-        max_receive_count: number(&serde_yaml::to_value(&redrive["maxReceiveCount"]).unwrap()),
+        jobs: observed_queues(urls.queue, urls.dlq).await,
+        webhooks: observed_queues(urls.webhooks, urls.webhooks_dlq).await,
         key: format!(
             "{}:{}",
             described.key_schema()[0].attribute_name(),
@@ -227,9 +267,25 @@ fn the_template_keeps_aws_guidance() {
     let worker_timeout = number(&t["Resources"]["WorkerFunction"]["Properties"]["Timeout"]);
     assert_eq!(worker_timeout, WORKER_TIMEOUT.as_secs());
     assert!(
-        declared().visibility_timeout >= 6 * worker_timeout,
+        declared().jobs.visibility_timeout >= 6 * worker_timeout,
         "visibility >= 6 x worker timeout"
     );
+    let webhook = &t["Resources"]["WebhookFunction"];
+    let webhook_timeout = number(&webhook["Properties"]["Timeout"]);
+    assert_eq!(webhook_timeout, WEBHOOK_FUNCTION_TIMEOUT.as_secs());
+    assert!(declared().webhooks.visibility_timeout >= 6 * webhook_timeout);
+    assert_eq!(declared().webhooks, Queues::of(&QueueSettings::webhooks()));
+    assert_eq!(
+        webhook["Metadata"]["BuildProperties"]["Binary"],
+        "offpath-webhooks"
+    );
+    assert_eq!(
+        t["Resources"]["WebhookEventSource"]["Properties"]["FunctionResponseTypes"][0],
+        "ReportBatchItemFailures"
+    );
+    // Long-poll waits up to 20 s inside the API function, under API Gateway's 30 s.
+    let api_timeout = number(&t["Resources"]["ApiFunction"]["Properties"]["Timeout"]);
+    assert!((21..30).contains(&api_timeout), "{api_timeout}");
     let mapping = &t["Resources"]["WorkerEventSource"]["Properties"];
     assert_eq!(
         mapping["FunctionResponseTypes"][0],
@@ -260,22 +316,25 @@ async fn provisioning_code_creates_what_the_template_declares() {
         table: offpath_testkit::unique("tpl"),
         queue: offpath_testkit::unique("tpl-q"),
         dlq: offpath_testkit::unique("tpl-dlq"),
+        webhooks: offpath_testkit::unique("tpl-wh"),
+        webhooks_dlq: offpath_testkit::unique("tpl-whdlq"),
         bucket: offpath_testkit::unique("tpl-b"),
     };
     let created = provision(
         &offpath_testkit::sdk().await,
         &names,
         &QueueSettings::default(),
+        &QueueSettings::webhooks(),
     )
     .await
     .unwrap();
-    let observed = observed(
-        &created.table,
-        &created.queue_url,
-        &created.dlq_url,
-        &created.bucket,
-    )
-    .await;
+    let urls = QueueUrls {
+        queue: &created.queue_url,
+        dlq: &created.dlq_url,
+        webhooks: &created.webhooks_url,
+        webhooks_dlq: &created.webhooks_dlq_url,
+    };
+    let observed = observed(&created.table, urls, &created.bucket).await;
     assert_eq!(observed, declared());
 }
 
@@ -287,6 +346,11 @@ async fn the_localstack_init_script_creates_what_the_template_declares() {
         offpath_testkit::unique("ls-dlq"),
         offpath_testkit::unique("ls-b"),
     );
+    let (webhooks, webhooks_dlq, secret) = (
+        offpath_testkit::unique("ls-wh"),
+        offpath_testkit::unique("ls-whdlq"),
+        offpath_testkit::unique("ls-key"),
+    );
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let output = Command::new(format!("{root}/infra/localstack/init/ready.d/offpath.sh"))
         .env("AWS_CLI", format!("{root}/.venv/bin/aws"))
@@ -294,6 +358,9 @@ async fn the_localstack_init_script_creates_what_the_template_declares() {
         .env("OFFPATH_QUEUE_NAME", &queue)
         .env("OFFPATH_DLQ_NAME", &dlq)
         .env("OFFPATH_BUCKET", &bucket)
+        .env("OFFPATH_WEBHOOK_QUEUE_NAME", &webhooks)
+        .env("OFFPATH_WEBHOOK_DLQ_NAME", &webhooks_dlq)
+        .env("OFFPATH_WEBHOOK_SECRET_NAME", &secret)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -310,12 +377,20 @@ async fn the_localstack_init_script_creates_what_the_template_declares() {
             .to_owned()
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let observed = observed(
-        &table,
-        &url("OFFPATH_QUEUE_URL"),
-        &url("OFFPATH_DLQ_URL"),
-        &url("OFFPATH_BUCKET"),
-    )
-    .await;
+    let urls = QueueUrls {
+        queue: &url("OFFPATH_QUEUE_URL"),
+        dlq: &url("OFFPATH_DLQ_URL"),
+        webhooks: &url("OFFPATH_WEBHOOK_QUEUE_URL"),
+        webhooks_dlq: &url("OFFPATH_WEBHOOK_DLQ_URL"),
+    };
+    let observed = observed(&table, urls, &url("OFFPATH_BUCKET")).await;
     assert_eq!(observed, declared());
+    // The key secret it made is one offpath reads (64 characters, like the template's).
+    let lookup = |name: &str| {
+        (name == "OFFPATH_WEBHOOK_KEY_SECRET").then(|| url("OFFPATH_WEBHOOK_KEY_SECRET"))
+    };
+    let key = offpath_aws::secrets::webhook_key(&offpath_testkit::sdk().await, lookup)
+        .await
+        .unwrap();
+    assert_eq!(key.current.len(), 64);
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{Job, JobId, JobQueue, JobStatus, JobStore, Model, QueueSettings};
-use offpath_testkit::{Backend, Call, Hooks, Stack};
+use offpath_testkit::{Backend, Call, Hooked, Hooks, Stack, TestModel};
 use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 use serde_json::{Value, json};
@@ -88,6 +88,8 @@ pub enum CrashPoint {
     BeforeClaim,
     AfterClaim,
     BeforeFinish,
+    /// After the finishing write, before anything else (its webhook event, its ack).
+    AfterFinish,
 }
 
 /// Crash injection for one worker process: at each point, with probability `rate`,
@@ -150,6 +152,78 @@ impl Hooks for Observer {
         }
         if let (true, Some(id)) = (call.finishes(), call.job()) {
             *self.finishes.lock().unwrap().entry(id).or_default() += 1;
+            self.maybe_crash(CrashPoint::AfterFinish).await;
+        }
+    }
+}
+
+/// Worker processes over the stack's store that die at the crash points (probability
+/// 5% each) and are replaced by new ones, each counting its finishing writes.
+pub struct Processes {
+    slots: Vec<(Arc<Crash>, Option<Pool>)>,
+    /// Crashes so far, by point.
+    pub crashes: HashMap<CrashPoint, usize>,
+    /// Processes started in place of dead ones.
+    pub restarts: usize,
+}
+
+impl Processes {
+    /// `count` processes of one poller each running `model`.
+    pub fn start(stack: &Stack, model: &Arc<TestModel>, finishes: &Finishes, count: usize) -> Self {
+        let mut processes = Processes {
+            slots: Vec::new(),
+            crashes: HashMap::new(),
+            restarts: 0,
+        };
+        for _ in 0..count {
+            let crash = Crash::new(0.05);
+            let pool = Self::spawn(stack, model, finishes, &crash);
+            processes.slots.push((crash, Some(pool)));
+        }
+        processes
+    }
+
+    fn spawn(
+        stack: &Stack,
+        model: &Arc<TestModel>,
+        finishes: &Finishes,
+        crash: &Arc<Crash>,
+    ) -> Pool {
+        let observer = Observer {
+            finishes: Arc::clone(finishes),
+            crash: Some(Arc::clone(crash)),
+        };
+        let store = Hooked::store(stack.ports.store.clone(), Arc::new(observer));
+        workers(stack, store, model.clone(), 1)
+    }
+
+    /// Replaces the dead processes: whatever one held comes back after the visibility
+    /// timeout.
+    pub fn replace_dead(&mut self, stack: &Stack, model: &Arc<TestModel>, finishes: &Finishes) {
+        for (crash, pool) in &mut self.slots {
+            if crash.dead.load(Ordering::SeqCst) {
+                if let Some(dead) = pool.take() {
+                    dead.kill();
+                }
+                for (point, n) in crash.injected.lock().unwrap().iter() {
+                    *self.crashes.entry(*point).or_default() += n;
+                }
+                self.restarts += 1;
+                *crash = Crash::new(0.05);
+                *pool = Some(Self::spawn(stack, model, finishes, crash));
+            }
+        }
+    }
+
+    /// Every crash so far.
+    pub fn total(&self) -> usize {
+        self.crashes.values().sum()
+    }
+
+    /// Stops every process at once.
+    pub fn kill(self) {
+        for pool in self.slots.into_iter().filter_map(|(_, pool)| pool) {
+            pool.kill();
         }
     }
 }

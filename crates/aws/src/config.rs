@@ -11,6 +11,10 @@ pub const DEFAULT_TABLE: &str = "offpath-jobs";
 pub const DEFAULT_QUEUE: &str = "offpath-jobs";
 /// Default dead-letter queue name.
 pub const DEFAULT_DLQ: &str = "offpath-jobs-dlq";
+/// Default webhooks queue name.
+pub const DEFAULT_WEBHOOK_QUEUE: &str = "offpath-webhooks";
+/// Default webhooks dead-letter queue name.
+pub const DEFAULT_WEBHOOK_DLQ: &str = "offpath-webhooks-dlq";
 /// Default bucket name (for `offpath dev --backend aws`; a deployment names its own,
 /// since bucket names are global).
 pub const DEFAULT_BUCKET: &str = "offpath-blobs";
@@ -39,7 +43,8 @@ pub enum ConfigError {
 }
 
 /// Where offpath's resources live, from `OFFPATH_TABLE`, `OFFPATH_QUEUE_URL`,
-/// `OFFPATH_DLQ_URL` and `OFFPATH_BUCKET`.
+/// `OFFPATH_DLQ_URL`, `OFFPATH_WEBHOOK_QUEUE_URL`, `OFFPATH_WEBHOOK_DLQ_URL` and
+/// `OFFPATH_BUCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The jobs table.
@@ -48,6 +53,10 @@ pub struct Settings {
     pub queue_url: Option<String>,
     /// The dead-letter queue URL, if set.
     pub dlq_url: Option<String>,
+    /// The webhooks queue URL, if set.
+    pub webhook_queue_url: Option<String>,
+    /// The webhooks dead-letter queue URL, if set.
+    pub webhook_dlq_url: Option<String>,
     /// The bucket, if set.
     pub bucket: Option<String>,
 }
@@ -95,6 +104,8 @@ impl Settings {
             table,
             queue_url: url("OFFPATH_QUEUE_URL")?,
             dlq_url: url("OFFPATH_DLQ_URL")?,
+            webhook_queue_url: url("OFFPATH_WEBHOOK_QUEUE_URL")?,
+            webhook_dlq_url: url("OFFPATH_WEBHOOK_DLQ_URL")?,
             bucket,
         })
     }
@@ -113,6 +124,19 @@ impl Settings {
             name: "OFFPATH_QUEUE_URL",
             hint: "set it to the jobs queue URL (the QueueUrl output of the stack)",
         })
+    }
+}
+
+impl Settings {
+    /// The webhooks queue URL, required where resources are not created (the Lambda
+    /// functions).
+    pub fn require_webhook_queue_url(&self) -> Result<&str, ConfigError> {
+        self.webhook_queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing {
+                name: "OFFPATH_WEBHOOK_QUEUE_URL",
+                hint: "set it to the webhooks queue URL (the WebhooksQueueUrl output of the stack)",
+            })
     }
 }
 

@@ -1,7 +1,7 @@
 //! `JobStore` on DynamoDB: one table, `pk` = job id; every state change is one
 //! conditional write whose condition is a named constant below.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -12,12 +12,12 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use offpath_core::{
-    DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, PartsEnd, Settle,
-    StoreError,
+    DEAD_LETTERED, ErrorInfo, EventKind, Job, JobId, JobStatus, JobStore, Lease, NewJob, PartsEnd,
+    Settle, StoreError,
 };
 use serde_json::Value;
 
-use crate::item::{Item, attr, error_value, from_item, n, part_lease, s, to_item};
+use crate::item::{Item, attr, error_value, from_item, kinds, n, part_lease, s, to_item};
 
 /// No job with this id exists.
 const ABSENT: &str = "attribute_not_exists(#pk)";
@@ -30,8 +30,17 @@ const HELD_NOT_CANCELLED: &str =
     "#status = :running AND #lease_owner = :token AND #cancel_requested = :false";
 /// The job failed on its last receive and its message went to the dead-letter queue.
 const REVIVABLE: &str = "#status = :failed AND #error.#code = :dead_lettered";
-/// The job is not terminal (a scan filter).
-const UNFINISHED: &str = "#status IN (:queued, :running)";
+/// The job is not terminal, or its webhook outbox holds events (a scan filter).
+const UNFINISHED: &str = "#status IN (:queued, :running) OR attribute_exists(#webhook_unsent)";
+/// The job's finish time is as the caller read it (absent: not finished).
+const FINISHED_AT: &str = "#finished_at_epoch_ms = :finished";
+const NOT_FINISHED: &str = "attribute_not_exists(#finished_at_epoch_ms)";
+/// Running, its webhook wants progress, and no progress event since `:since`.
+const PROGRESS_DUE: &str = "#status = :running AND #webhook_gone = :false \
+     AND contains(#webhook_events, :progress) \
+     AND (attribute_not_exists(#webhook_progress_at_epoch_ms) OR #webhook_progress_at_epoch_ms <= :since)";
+/// The job has a webhook.
+const HAS_WEBHOOK: &str = "attribute_exists(#webhook_url)";
 /// The job waits in the queue.
 const QUEUED: &str = "#status = :queued";
 /// The job is running.
@@ -53,6 +62,12 @@ const CANCELLED: &str = "SET #status = :cancelled, #finished_at_epoch_ms = :now,
 const REVIVE: &str =
     "SET #status = :queued, #version = #version + :one REMOVE #error, #finished_at_epoch_ms";
 const REQUEST_CANCEL: &str = "SET #cancel_requested = :true, #version = #version + :one";
+const EVENTS_SENT: &str = "DELETE #webhook_unsent :kinds SET #version = #version + :one";
+const PROGRESS_SENT: &str = "SET #webhook_progress_at_epoch_ms = :now, #version = #version + :one";
+const WEBHOOK_GONE: &str =
+    "SET #webhook_gone = :true, #version = #version + :one REMOVE #webhook_unsent";
+/// Appended to a revive: the job will end again, so its completion event is due again.
+const COMPLETION_UNSENT: &str = " ADD #webhook_unsent :completed";
 
 // Jobs that run in parts. `#part` names the part's key in the part maps, `:part` is its
 // number.
@@ -302,10 +317,21 @@ impl JobStore for DynamoStore {
     }
 
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
-        let values = vec![(":dead_lettered", s(DEAD_LETTERED))];
+        let mut values = vec![(":dead_lettered", s(DEAD_LETTERED))];
         let job = self.get(id).await?.ok_or(StoreError::NotFound)?;
+        let completion = job
+            .webhook
+            .as_ref()
+            .is_some_and(|w| !w.gone && w.events.contains(&EventKind::Completed));
+        let completion_unsent = if completion {
+            values.push((":completed", kinds(&[EventKind::Completed].into())));
+            COMPLETION_UNSENT
+        } else {
+            ""
+        };
         let Some(parts) = job.parts.filter(|_| job.status == JobStatus::Failed) else {
-            return self.update(id, REVIVABLE, REVIVE, values).await;
+            let update = format!("{REVIVE}{completion_unsent}");
+            return self.update(id, REVIVABLE, &update, values).await;
         };
         // Back to running, its dead parts unsettled again with fresh attempts; the read
         // above must still hold.
@@ -322,7 +348,7 @@ impl JobStore for DynamoStore {
         for (placeholder, _) in &names {
             update.push_str(&format!(", #part_attempts.{placeholder}"));
         }
-        let mut values = values;
+        update.push_str(completion_unsent);
         values.extend([
             (":version", n(job.version)),
             (
@@ -507,6 +533,41 @@ impl JobStore for DynamoStore {
                 _ => return Ok(jobs),
             }
         }
+    }
+
+    async fn events_sent(
+        &self,
+        id: JobId,
+        sent: &BTreeSet<EventKind>,
+        finished_at: Option<u64>,
+    ) -> Result<Job, StoreError> {
+        let mut values = vec![(":kinds", kinds(sent))];
+        let condition = match finished_at {
+            Some(at) => {
+                values.push((":finished", n(at)));
+                FINISHED_AT
+            }
+            None => NOT_FINISHED,
+        };
+        self.update(id, condition, EVENTS_SENT, values).await
+    }
+
+    async fn progress_event(
+        &self,
+        id: JobId,
+        now_epoch_ms: u64,
+        min_gap_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let values = vec![
+            (":progress", s(EventKind::Progress.as_str())),
+            (":since", n(now_epoch_ms.saturating_sub(min_gap_ms))),
+            (":now", n(now_epoch_ms)),
+        ];
+        self.update(id, PROGRESS_DUE, PROGRESS_SENT, values).await
+    }
+
+    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError> {
+        self.update(id, HAS_WEBHOOK, WEBHOOK_GONE, vec![]).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use offpath_core::{ErrorInfo, Job, JobStatus, Lease, Parts};
+use offpath_core::{ErrorInfo, EventKind, Job, JobStatus, Lease, Parts, Webhook};
 
 /// Attribute names.
 pub(crate) mod attr {
@@ -39,6 +39,14 @@ pub(crate) mod attr {
     pub(crate) const PART_LEASES: &str = "part_leases";
     pub(crate) const PART_ATTEMPTS: &str = "part_attempts";
     pub(crate) const PARTS_TOUCHED_AT: &str = "parts_touched_at_epoch_ms";
+    /// The webhook: its URL, subscribed kinds (a string set), the outbox of kinds not
+    /// yet sent (a string set, absent when empty: the sweep finds jobs by it), whether
+    /// the receiver is gone, when the last progress event went.
+    pub(crate) const WEBHOOK_URL: &str = "webhook_url";
+    pub(crate) const WEBHOOK_EVENTS: &str = "webhook_events";
+    pub(crate) const WEBHOOK_UNSENT: &str = "webhook_unsent";
+    pub(crate) const WEBHOOK_GONE: &str = "webhook_gone";
+    pub(crate) const WEBHOOK_PROGRESS_AT: &str = "webhook_progress_at_epoch_ms";
     /// A part lease's fields.
     pub(crate) const TOKEN: &str = "token";
     pub(crate) const UNTIL: &str = "until";
@@ -96,7 +104,36 @@ pub(crate) fn to_item(job: &Job) -> Item {
     if let Some(parts) = &job.parts {
         item.extend(parts_attributes(parts));
     }
+    if let Some(webhook) = &job.webhook {
+        item.extend(webhook_attributes(webhook));
+    }
     item
+}
+
+/// A set of event kinds as a string set.
+pub(crate) fn kinds(kinds: &std::collections::BTreeSet<EventKind>) -> AttributeValue {
+    AttributeValue::Ss(kinds.iter().map(|k| k.as_str().to_owned()).collect())
+}
+
+/// The attributes of a job's webhook (sets cannot be empty: an empty one is absent).
+fn webhook_attributes(webhook: &Webhook) -> Vec<(String, AttributeValue)> {
+    let mut attributes = vec![
+        (attr::WEBHOOK_URL.to_owned(), s(&webhook.url)),
+        (
+            attr::WEBHOOK_GONE.to_owned(),
+            AttributeValue::Bool(webhook.gone),
+        ),
+    ];
+    if !webhook.events.is_empty() {
+        attributes.push((attr::WEBHOOK_EVENTS.to_owned(), kinds(&webhook.events)));
+    }
+    if !webhook.unsent.is_empty() {
+        attributes.push((attr::WEBHOOK_UNSENT.to_owned(), kinds(&webhook.unsent)));
+    }
+    if let Some(at) = webhook.progress_at_epoch_ms {
+        attributes.push((attr::WEBHOOK_PROGRESS_AT.to_owned(), n(at)));
+    }
+    attributes
 }
 
 /// The attributes of a job's parts.
@@ -182,6 +219,7 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
             Some(AttributeValue::Bool(true))
         ),
         parts: r.parts()?,
+        webhook: r.webhook()?,
         request_hash: r.optional_string(attr::REQUEST_HASH)?.unwrap_or_default(),
         idempotency_key: r.optional_string(attr::IDEMPOTENCY_KEY)?,
         expires_at_epoch_s: r.number(attr::EXPIRES_AT)?.unwrap_or(0),
@@ -298,6 +336,40 @@ impl Reader<'_> {
         }))
     }
 
+    /// The string set at `name` as event kinds (empty when absent).
+    fn kinds(
+        &self,
+        name: &'static str,
+    ) -> Result<std::collections::BTreeSet<EventKind>, CorruptItem> {
+        match self.0.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(Default::default()),
+            Some(AttributeValue::Ss(set)) => set
+                .iter()
+                .map(|kind| kind.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e: offpath_core::webhook::UnknownEventKind| {
+                    Self::corrupt(name, e.to_string())
+                }),
+            Some(_) => Err(Self::corrupt(name, "expected a string set")),
+        }
+    }
+
+    fn webhook(&self) -> Result<Option<Webhook>, CorruptItem> {
+        let Some(url) = self.optional_string(attr::WEBHOOK_URL)? else {
+            return Ok(None);
+        };
+        Ok(Some(Webhook {
+            url,
+            events: self.kinds(attr::WEBHOOK_EVENTS)?,
+            unsent: self.kinds(attr::WEBHOOK_UNSENT)?,
+            gone: matches!(
+                self.0.get(attr::WEBHOOK_GONE),
+                Some(AttributeValue::Bool(true))
+            ),
+            progress_at_epoch_ms: self.number(attr::WEBHOOK_PROGRESS_AT)?,
+        }))
+    }
+
     fn error(&self) -> Result<Option<ErrorInfo>, CorruptItem> {
         let map = match self.0.get(attr::ERROR) {
             None | Some(AttributeValue::Null(_)) => return Ok(None),
@@ -332,7 +404,17 @@ mod tests {
             idempotency_key: Some("k".into()),
             created_at_epoch_ms: 10,
             expires_at_epoch_s: 20,
+            webhook: None,
         });
+        assert_eq!(from_item(&to_item(&job)).unwrap(), job);
+        job.webhook = Some(Webhook::new(
+            "https://example.com/h",
+            [EventKind::Started, EventKind::Progress].into(),
+        ));
+        assert_eq!(from_item(&to_item(&job)).unwrap(), job);
+        job.webhook.as_mut().unwrap().unsent.clear();
+        job.webhook.as_mut().unwrap().progress_at_epoch_ms = Some(9);
+        assert!(!to_item(&job).contains_key(attr::WEBHOOK_UNSENT));
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         job.status = JobStatus::Failed;
         job.error = Some(ErrorInfo::new("invalid_input", "bad"));
@@ -374,6 +456,7 @@ mod tests {
             idempotency_key: None,
             created_at_epoch_ms: 0,
             expires_at_epoch_s: 0,
+            webhook: None,
         }));
         item.insert(attr::STATUS.into(), s("exploded"));
         let err = from_item(&item).unwrap_err().to_string();

@@ -15,22 +15,36 @@ use crate::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The ports of a deployment: the jobs table (`OFFPATH_TABLE`), queue
-/// (`OFFPATH_QUEUE_URL`) and bucket (`OFFPATH_BUCKET`). Connects with the standard AWS
+/// (`OFFPATH_QUEUE_URL`), webhooks queue (`OFFPATH_WEBHOOK_QUEUE_URL`) and bucket
+/// (`OFFPATH_BUCKET`). Connects with the standard AWS
 /// configuration; a missing or wrong setting is an error that names it.
 pub async fn ports_from_env() -> Result<Ports, BoxError> {
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let url = settings.require_queue_url()?;
     let bucket = settings.require_bucket()?;
+    let webhooks_url = settings.require_webhook_queue_url()?;
     let queue = SqsQueue::from_sdk(&sdk, url)
         .await
         .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
+    let webhooks = SqsQueue::from_sdk(&sdk, webhooks_url)
+        .await
+        .map_err(|e| format!("OFFPATH_WEBHOOK_QUEUE_URL={webhooks_url:?} cannot be used: {e}"))?;
     Ok(Ports {
         store: Arc::new(DynamoStore::from_sdk(&sdk, &settings.table)),
         queue: Arc::new(queue),
         blobs: Arc::new(S3Blobs::from_sdk(&sdk, bucket)),
         dlq: None,
+        webhooks: Arc::new(webhooks),
+        webhooks_dlq: None,
     })
+}
+
+/// The webhook signing key: `OFFPATH_WEBHOOK_KEY` or the Secrets Manager secret
+/// `OFFPATH_WEBHOOK_KEY_SECRET` (see [`crate::secrets`]).
+pub async fn webhook_key_from_env() -> Result<crate::secrets::KeyText, BoxError> {
+    let sdk = load_sdk_config().await?;
+    Ok(crate::secrets::webhook_key(&sdk, |name| std::env::var(name).ok()).await?)
 }
 
 /// The CloudWatch namespace of offpath's metrics.

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dlq;
 pub mod lambda;
 pub mod provision;
+pub mod secrets;
 
 pub use config::{ConfigError, Settings, load_sdk_config};
 pub use dynamo::DynamoStore;

@@ -15,7 +15,10 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use offpath_core::blob::LIFETIMES;
 use offpath_core::{Ports, QueueError};
 
-use crate::config::{DEFAULT_BUCKET, DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE};
+use crate::config::{
+    DEFAULT_BUCKET, DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE, DEFAULT_WEBHOOK_DLQ,
+    DEFAULT_WEBHOOK_QUEUE,
+};
 use crate::item::attr;
 use crate::sqs::queue_arn;
 use crate::{DynamoStore, S3Blobs, SqsQueue};
@@ -31,6 +34,10 @@ pub struct ResourceNames {
     pub queue: String,
     /// Dead-letter queue name.
     pub dlq: String,
+    /// Webhooks queue name.
+    pub webhooks: String,
+    /// Webhooks dead-letter queue name.
+    pub webhooks_dlq: String,
     /// Bucket of uploads, document parts and results.
     pub bucket: String,
 }
@@ -41,6 +48,8 @@ impl Default for ResourceNames {
             table: DEFAULT_TABLE.into(),
             queue: DEFAULT_QUEUE.into(),
             dlq: DEFAULT_DLQ.into(),
+            webhooks: DEFAULT_WEBHOOK_QUEUE.into(),
+            webhooks_dlq: DEFAULT_WEBHOOK_DLQ.into(),
             bucket: DEFAULT_BUCKET.into(),
         }
     }
@@ -55,6 +64,10 @@ pub struct Resources {
     pub queue_url: String,
     /// Dead-letter queue URL.
     pub dlq_url: String,
+    /// Webhooks queue URL.
+    pub webhooks_url: String,
+    /// Webhooks dead-letter queue URL.
+    pub webhooks_dlq_url: String,
     /// Bucket name.
     pub bucket: String,
 }
@@ -67,6 +80,10 @@ impl Resources {
             queue: Arc::new(SqsQueue::from_sdk(sdk, &self.queue_url).await?),
             blobs: Arc::new(S3Blobs::from_sdk(sdk, &self.bucket)),
             dlq: Some(Arc::new(SqsQueue::from_sdk(sdk, &self.dlq_url).await?)),
+            webhooks: Arc::new(SqsQueue::from_sdk(sdk, &self.webhooks_url).await?),
+            webhooks_dlq: Some(Arc::new(
+                SqsQueue::from_sdk(sdk, &self.webhooks_dlq_url).await?,
+            )),
         })
     }
 }
@@ -86,21 +103,45 @@ fn failed(action: impl Into<String>, err: impl std::error::Error) -> ProvisionEr
     }
 }
 
-/// Creates whatever of the table, queue, dead-letter queue and bucket is missing. Safe
-/// to run again and from several processes at once.
+/// Creates whatever of the table, the queues (jobs with `settings`, webhooks with
+/// `webhook_settings`), their dead-letter queues and the bucket is missing. Safe to
+/// run again and from several processes at once.
 pub async fn provision(
     sdk: &SdkConfig,
     names: &ResourceNames,
     settings: &QueueSettings,
+    webhook_settings: &QueueSettings,
 ) -> Result<Resources, ProvisionError> {
     ensure_table(&aws_sdk_dynamodb::Client::new(sdk), &names.table).await?;
     let sqs = aws_sdk_sqs::Client::new(sdk);
+    let (queue_url, dlq_url) = ensure_queues(&sqs, &names.queue, &names.dlq, settings).await?;
+    let (webhooks_url, webhooks_dlq_url) =
+        ensure_queues(&sqs, &names.webhooks, &names.webhooks_dlq, webhook_settings).await?;
+    ensure_bucket(&crate::s3::client(sdk), &names.bucket).await?;
+    Ok(Resources {
+        table: names.table.clone(),
+        queue_url,
+        dlq_url,
+        webhooks_url,
+        webhooks_dlq_url,
+        bucket: names.bucket.clone(),
+    })
+}
+
+/// Creates a queue named `queue` with `settings` and its dead-letter queue `dlq`
+/// unless they exist; returns their URLs.
+async fn ensure_queues(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    dlq: &str,
+    settings: &QueueSettings,
+) -> Result<(String, String), ProvisionError> {
     let dlq_attributes = HashMap::from([(
         QueueAttributeName::MessageRetentionPeriod,
         settings.dlq_retention.as_secs().to_string(),
     )]);
-    let dlq_url = ensure_queue(&sqs, &names.dlq, dlq_attributes).await?;
-    let dlq_arn = queue_arn(&sqs, &dlq_url)
+    let dlq_url = ensure_queue(sqs, dlq, dlq_attributes).await?;
+    let dlq_arn = queue_arn(sqs, &dlq_url)
         .await
         .map_err(|e| failed(format!("read the ARN of queue {dlq_url}"), e))?;
     let redrive = serde_json::json!({
@@ -118,14 +159,8 @@ pub async fn provision(
         ),
         (QueueAttributeName::RedrivePolicy, redrive.to_string()),
     ]);
-    let queue_url = ensure_queue(&sqs, &names.queue, queue_attributes).await?;
-    ensure_bucket(&crate::s3::client(sdk), &names.bucket).await?;
-    Ok(Resources {
-        table: names.table.clone(),
-        queue_url,
-        dlq_url,
-        bucket: names.bucket.clone(),
-    })
+    let queue_url = ensure_queue(sqs, queue, queue_attributes).await?;
+    Ok((queue_url, dlq_url))
 }
 
 /// Creates the bucket unless it exists: private, encrypted (SSE-S3), and with the

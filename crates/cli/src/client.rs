@@ -169,17 +169,18 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
 
 /// `offpath status ID`.
 pub async fn status(api: &Api, id: &str) -> anyhow::Result<()> {
-    let job = get(api, id).await?;
+    let job = get(api, id, 0).await?;
     println!("{}", serde_json::to_string_pretty(&job)?);
     Ok(())
 }
 
-async fn get(api: &Api, id: &str) -> anyhow::Result<Value> {
-    send(authorize(
-        api,
-        client()?.get(format!("{}/jobs/{id}", api.url)),
-    ))
-    .await
+/// `GET /jobs/{id}`, long-polling up to `wait` seconds (0: answer at once).
+async fn get(api: &Api, id: &str, wait: u64) -> anyhow::Result<Value> {
+    let url = match wait {
+        0 => format!("{}/jobs/{id}", api.url),
+        wait => format!("{}/jobs/{id}?wait={wait}", api.url),
+    };
+    send(authorize(api, client()?.get(url))).await
 }
 
 /// Uploads a document (`POST /uploads`, then a PUT of the file to its URL); returns
@@ -243,8 +244,9 @@ async fn download(api: &Api, id: &str, path: &std::path::Path) -> anyhow::Result
     Ok(written)
 }
 
-/// `offpath wait ID`: polls with a spinner (a progress bar in chunks for a document)
-/// until the job is terminal; fails unless it succeeded.
+/// `offpath wait ID`: long-polls (`GET /jobs/{id}?wait=20`, which answers as soon as
+/// the job ends) with a spinner until the job is terminal; a document's progress bar
+/// refreshes every 2 s. Fails unless the job succeeded.
 pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
@@ -252,8 +254,9 @@ pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> 
     );
     spinner.enable_steady_tick(Duration::from_millis(100));
     let start = Instant::now();
+    let mut wait = 0;
     loop {
-        let job = get(api, id).await?;
+        let job = get(api, id, wait).await?;
         let status = job["status"].as_str().unwrap_or_default().to_owned();
         spinner.set_message(format!("job {id} {status} (attempts {})", job["attempts"]));
         if let (Some(done), Some(total)) = (
@@ -276,10 +279,9 @@ pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> 
             anyhow::ensure!(status == "succeeded", "job {id} ended {status}");
             return Ok(());
         }
-        anyhow::ensure!(
-            start.elapsed() < timeout,
-            "job {id} still {status} after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let left = timeout.saturating_sub(start.elapsed());
+        anyhow::ensure!(!left.is_zero(), "job {id} still {status} after {timeout:?}");
+        let most = if job["progress"].is_object() { 2 } else { 20 };
+        wait = left.as_secs().clamp(1, most);
     }
 }

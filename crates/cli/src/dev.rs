@@ -1,5 +1,5 @@
-//! `offpath dev`: the API over TCP plus pollers that feed the worker handler, the way
-//! API Gateway and the SQS event source mapping do in AWS.
+//! `offpath dev`: the API over TCP plus pollers that feed the worker handler and the
+//! webhook deliverer, the way API Gateway and the SQS event source mappings do in AWS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,12 +12,14 @@ use offpath_api::{AppState, Auth, app};
 use offpath_aws::config::{DEFAULT_BUCKET, DEFAULT_QUEUE};
 use offpath_aws::provision::{ResourceNames, ensure_bucket, ensure_table, provision};
 use offpath_aws::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
+use offpath_core::queue::WEBHOOK_ATTEMPT_TIMEOUT;
 use offpath_core::{Clock, Ports, QueueSettings, Registry, SystemClock};
 use offpath_embedded::LocalBlobs;
 use offpath_inference::{MiniLm, weights};
+use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::sweep::{SweepSettings, sweep};
-use offpath_worker::{Backoff, Worker, WorkerConfig};
+use offpath_worker::{Backoff, Deliverer, WEBHOOK_BACKOFF, Worker, WorkerConfig};
 use tokio::sync::watch;
 
 /// Where jobs and the queue live.
@@ -63,6 +65,13 @@ pub struct DevArgs {
     /// `data` in the cache directory).
     #[arg(long, env = "OFFPATH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Accept webhooks to http(s)://127.0.0.1 and [::1], for receivers on this
+    /// machine. Without it, as in AWS, only https URLs on public addresses.
+    #[arg(long, env = "OFFPATH_WEBHOOK_ALLOW_LOOPBACK", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub allow_loopback_webhooks: bool,
+    /// Concurrent pollers of the webhooks queue (webhook function instances).
+    #[arg(long, default_value_t = 1)]
+    pub webhook_pollers: usize,
 }
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
@@ -84,8 +93,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let blobs = LocalBlobs::new(&dir)
                 .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
             let capacity = offpath_embedded::CAPACITY;
-            let ports =
-                offpath_embedded::ports(DEFAULT_QUEUE, &queue_settings, capacity, blobs.clone());
+            let webhooks = QueueSettings::webhooks();
+            let ports = offpath_embedded::ports(
+                DEFAULT_QUEUE,
+                &queue_settings,
+                &webhooks,
+                capacity,
+                blobs.clone(),
+            );
             (ports, Some(blobs))
         }
         Backend::Aws => (aws(&queue_settings).await?, None),
@@ -107,6 +122,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let tasks = Arc::new(offpath_tasks::registry());
     let worker = Worker::new(&ports, Arc::new(model), Arc::clone(&tasks), config);
     let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
+    let keys = webhook_keys()?;
+    let policy = UrlPolicy {
+        allow_loopback: args.allow_loopback_webhooks,
+    };
+    let sender = Sender::new(policy, keys.clone(), WEBHOOK_ATTEMPT_TIMEOUT);
+    let deliverer = Deliverer::new(&ports, sender, WEBHOOK_BACKOFF);
+    let webhooks = Webhooks {
+        keys,
+        policy,
+        deliverer,
+    };
     let sweep = SweepSettings {
         grace: queue_settings.visibility_timeout,
         max_receive_count: config.max_receive_count,
@@ -117,7 +143,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         settings: sweep,
         local_blobs,
     };
-    serve(args, ports, tasks, worker, auth, sweeper).await
+    serve(args, ports, tasks, worker, webhooks, auth, sweeper).await
+}
+
+/// The webhook side of the local stack.
+struct Webhooks {
+    keys: WebhookKeys,
+    policy: UrlPolicy,
+    deliverer: Deliverer,
+}
+
+/// The signing key: OFFPATH_WEBHOOK_KEY (and OFFPATH_WEBHOOK_PREVIOUS_KEY while
+/// rotating), else one generated on first use and kept in `webhook.key` in the cache
+/// directory, so receivers' secrets survive a restart.
+fn webhook_keys() -> anyhow::Result<WebhookKeys> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    if let Some(key) = var("OFFPATH_WEBHOOK_KEY") {
+        let previous = var("OFFPATH_WEBHOOK_PREVIOUS_KEY");
+        return WebhookKeys::new(&key, previous.as_deref()).context("OFFPATH_WEBHOOK_KEY");
+    }
+    let path = weights::cache_dir().join("webhook.key");
+    let key = match std::fs::read_to_string(&path) {
+        Ok(key) => key.trim().to_owned(),
+        Err(_) => {
+            let key = WebhookKeys::generate();
+            std::fs::create_dir_all(weights::cache_dir())
+                .and_then(|()| std::fs::write(&path, &key))
+                .with_context(|| format!("cannot keep the webhook key in {}", path.display()))?;
+            key
+        }
+    };
+    WebhookKeys::new(&key, None).with_context(|| format!("the webhook key in {}", path.display()))
 }
 
 /// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.
@@ -128,11 +184,11 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
         .bucket
         .clone()
         .unwrap_or_else(|| DEFAULT_BUCKET.to_owned());
-    let queue_url = match &config.queue_url {
+    let (queue_url, webhooks_url) = match &config.queue_url {
         Some(url) => {
             ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table).await?;
             ensure_bucket(&offpath_aws::s3::client(&sdk), &bucket).await?;
-            url.clone()
+            (url.clone(), config.require_webhook_queue_url()?.to_owned())
         }
         None => {
             let names = ResourceNames {
@@ -140,19 +196,24 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
                 bucket: bucket.clone(),
                 ..ResourceNames::default()
             };
-            let resources = provision(&sdk, &names, settings).await?;
-            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, bucket = %resources.bucket, "resources ready");
-            resources.queue_url
+            let resources = provision(&sdk, &names, settings, &QueueSettings::webhooks()).await?;
+            tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, webhooks = %resources.webhooks_url, bucket = %resources.bucket, "resources ready");
+            (resources.queue_url, resources.webhooks_url)
         }
     };
     let queue = SqsQueue::from_sdk(&sdk, &queue_url)
         .await
         .with_context(|| format!("cannot use the queue at {queue_url}"))?;
+    let webhooks = SqsQueue::from_sdk(&sdk, &webhooks_url)
+        .await
+        .with_context(|| format!("cannot use the webhooks queue at {webhooks_url}"))?;
     Ok(Ports {
         store: Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
         queue: Arc::new(queue),
         blobs: Arc::new(S3Blobs::from_sdk(&sdk, &bucket)),
         dlq: None,
+        webhooks: Arc::new(webhooks),
+        webhooks_dlq: None,
     })
 }
 
@@ -161,6 +222,7 @@ async fn serve(
     ports: Ports,
     tasks: Arc<Registry>,
     worker: Worker,
+    webhooks: Webhooks,
     auth: Auth,
     sweeper: Sweeper,
 ) -> anyhow::Result<()> {
@@ -178,12 +240,19 @@ async fn serve(
         poll,
         args.pollers,
     );
+    let deliverers = Pool::start(
+        Arc::new(webhooks.deliverer),
+        Arc::clone(&ports.webhooks),
+        PollSettings::default(),
+        args.webhook_pollers,
+    );
     let (stop, stopped) = watch::channel(false);
     let sweeper = tokio::spawn(sweeper.every_minute(stopped));
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
-    let router = app(AppState::new(&ports, tasks, auth));
+    let state = AppState::new(&ports, tasks, auth).with_webhooks(webhooks.keys, webhooks.policy);
+    let router = app(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -192,6 +261,7 @@ async fn serve(
         .await?;
     stop.send(true)?;
     pollers.stop().await;
+    deliverers.stop().await;
     sweeper.await?;
     Ok(())
 }
@@ -214,8 +284,10 @@ impl Sweeper {
                 _ = stop.changed() => return,
             }
             let now = SystemClock.now_epoch_ms();
-            let (store, queue) = (self.ports.store.as_ref(), self.ports.queue.as_ref());
-            if let Err(err) = sweep(store, queue, &self.settings, now).await {
+            let ports = &self.ports;
+            let (store, queue) = (ports.store.as_ref(), ports.queue.as_ref());
+            let swept = sweep(store, queue, ports.webhooks.as_ref(), &self.settings, now).await;
+            if let Err(err) = swept {
                 tracing::warn!(error = %err, "sweep failed; trying again in a minute");
             }
             if let Some(blobs) = &self.local_blobs

@@ -1,20 +1,42 @@
-//! `offpath dlq`: inspect, redrive and purge the dead-letter queue of a deployment
-//! (AWS, LocalStack, moto) through the standard AWS configuration.
+//! `offpath dlq`: inspect, redrive and purge the dead-letter queues of a deployment
+//! (AWS, LocalStack, moto) through the standard AWS configuration: the jobs queue's
+//! (`--queue jobs`, the default) and the webhooks queue's (`--queue webhooks`).
 
 use std::time::Duration;
 
-use clap::Subcommand;
-use offpath_aws::config::{DEFAULT_DLQ, DEFAULT_QUEUE};
+use clap::{Args, Subcommand, ValueEnum};
+use offpath_aws::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_WEBHOOK_DLQ, DEFAULT_WEBHOOK_QUEUE};
 use offpath_aws::dlq::{DeadLetter, DeadLetterQueue};
 use offpath_aws::{DynamoStore, Settings, load_sdk_config};
-use offpath_core::{Clock, JobStore, StoreError, SystemClock};
+use offpath_core::{Clock, JobMessage, JobStore, StoreError, SystemClock};
 
 /// Most messages one command reads.
 const MAX_MESSAGES: usize = 10_000;
 
-/// Dead-letter queue commands. Queues come from OFFPATH_QUEUE_URL and OFFPATH_DLQ_URL,
-/// else the queues named offpath-jobs and offpath-jobs-dlq at the configured endpoint;
-/// the table from OFFPATH_TABLE.
+/// Which dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeadLetters {
+    /// The jobs queue's: jobs that failed on their last receive.
+    Jobs,
+    /// The webhooks queue's: events whose receiver failed for 24 hours.
+    Webhooks,
+}
+
+/// `offpath dlq` options.
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    /// Which dead-letter queue.
+    #[arg(long, value_enum, default_value = "jobs", global = true)]
+    pub queue: DeadLetters,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// Dead-letter queue commands. Queues come from OFFPATH_QUEUE_URL and OFFPATH_DLQ_URL
+/// (OFFPATH_WEBHOOK_QUEUE_URL and OFFPATH_WEBHOOK_DLQ_URL with `--queue webhooks`),
+/// else the queues named offpath-jobs and offpath-jobs-dlq (offpath-webhooks and
+/// offpath-webhooks-dlq) at the configured endpoint; the table from OFFPATH_TABLE.
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqCommand {
     /// List dead-lettered messages: message id, receive count, age, job id and the
@@ -23,6 +45,8 @@ pub enum DlqCommand {
     /// Put dead-lettered jobs back to `queued` and move their messages to the jobs
     /// queue (StartMessageMoveTask where the endpoint supports it, else receive, send,
     /// delete: never losing a message). Name messages or jobs by id, or pass --all.
+    /// With `--queue webhooks`, move the events back to the webhooks queue (their jobs
+    /// stay as they are) for another day of delivery attempts.
     Redrive {
         /// Redrive every message.
         #[arg(long, conflicts_with = "ids")]
@@ -40,20 +64,41 @@ pub enum DlqCommand {
 }
 
 /// Runs a dead-letter queue command.
-pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
+pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let sdk = load_sdk_config().await?;
     let settings = Settings::from_env()?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dlq = DeadLetterQueue::new(
-        sqs.clone(),
-        queue_url(&sqs, settings.dlq_url.as_deref(), DEFAULT_DLQ).await?,
-        queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?,
-    );
+    let (dlq_url, queue) = match args.queue {
+        DeadLetters::Jobs => (
+            queue_url(&sqs, settings.dlq_url.as_deref(), DEFAULT_DLQ).await?,
+            queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?,
+        ),
+        DeadLetters::Webhooks => (
+            queue_url(
+                &sqs,
+                settings.webhook_dlq_url.as_deref(),
+                DEFAULT_WEBHOOK_DLQ,
+            )
+            .await?,
+            queue_url(
+                &sqs,
+                settings.webhook_queue_url.as_deref(),
+                DEFAULT_WEBHOOK_QUEUE,
+            )
+            .await?,
+        ),
+    };
+    let dlq = DeadLetterQueue::new(sqs.clone(), dlq_url, queue);
     let store = DynamoStore::from_sdk(&sdk, &settings.table);
-    match command {
-        DlqCommand::List => list(&dlq, &store).await,
-        DlqCommand::Redrive { all, ids } => redrive(&dlq, &store, all, &ids).await,
-        DlqCommand::Purge { .. } => {
+    match (args.command, args.queue) {
+        (DlqCommand::List, queue) => list(&dlq, &store, queue).await,
+        (DlqCommand::Redrive { all, ids }, DeadLetters::Jobs) => {
+            redrive(&dlq, &store, all, &ids).await
+        }
+        (DlqCommand::Redrive { all, ids }, DeadLetters::Webhooks) => {
+            redrive_events(&dlq, all, &ids).await
+        }
+        (DlqCommand::Purge { .. }, _) => {
             dlq.purge().await?;
             println!("purged the dead-letter queue");
             Ok(())
@@ -77,25 +122,44 @@ pub(crate) async fn queue_url(
         .await
         .map_err(|e| {
             anyhow::anyhow!(
-                "cannot find queue {name} ({e}); set OFFPATH_QUEUE_URL and OFFPATH_DLQ_URL"
+                "cannot find queue {name} ({e}); set its URL (OFFPATH_QUEUE_URL, OFFPATH_DLQ_URL, OFFPATH_WEBHOOK_QUEUE_URL, OFFPATH_WEBHOOK_DLQ_URL)"
             )
         })?;
     Ok(found.queue_url().unwrap_or_default().to_owned())
 }
 
-async fn list(dlq: &DeadLetterQueue, store: &DynamoStore) -> anyhow::Result<()> {
+async fn list(
+    dlq: &DeadLetterQueue,
+    store: &DynamoStore,
+    queue: DeadLetters,
+) -> anyhow::Result<()> {
     let letters = dlq.take(MAX_MESSAGES).await?;
     dlq.release(&letters).await?;
+    let last = match queue {
+        DeadLetters::Jobs => "ERROR",
+        DeadLetters::Webhooks => "EVENT  WEBHOOK",
+    };
     println!(
-        "{:<36}  {:>8}  {:>8}  {:<36}  ERROR",
+        "{:<36}  {:>8}  {:>8}  {:<36}  {last}",
         "MESSAGE ID", "RECEIVES", "AGE", "JOB ID"
     );
     for letter in &letters {
+        let event = JobMessage::from_body(&letter.body)
+            .ok()
+            .and_then(|m| m.event);
         let (job, error) = match letter.job_id {
             None => ("-".to_owned(), "not a job message".to_owned()),
-            Some(id) => match store.get(id).await? {
-                None => (id.to_string(), "no such job".to_owned()),
-                Some(job) => (
+            Some(id) => match (store.get(id).await?, queue) {
+                (None, _) => (id.to_string(), "no such job".to_owned()),
+                (Some(job), DeadLetters::Webhooks) => (
+                    id.to_string(),
+                    format!(
+                        "{}  {}",
+                        event.map_or("-", |e| e.kind.as_str()),
+                        job.webhook.map_or("-".into(), |w| w.url)
+                    ),
+                ),
+                (Some(job), DeadLetters::Jobs) => (
                     id.to_string(),
                     job.error
                         .map(|e| format!("{}: {}", e.code, e.message))
@@ -172,6 +236,29 @@ async fn redrive(
     move_each(dlq, movable).await
 }
 
+/// Moves webhook events back to the webhooks queue: every one with `all` (a message
+/// move task where the endpoint has one), else those named by message or job id.
+async fn redrive_events(dlq: &DeadLetterQueue, all: bool, ids: &[String]) -> anyhow::Result<()> {
+    if all {
+        match dlq.start_move_task().await {
+            Ok(task) => {
+                println!("started a message move task: {task}");
+                return Ok(());
+            }
+            Err(err) => {
+                println!("the endpoint has no StartMessageMoveTask ({err}); moving one by one")
+            }
+        }
+    }
+    let (selected, others): (Vec<_>, Vec<_>) =
+        dlq.take(MAX_MESSAGES).await?.into_iter().partition(|l| {
+            all || ids.contains(&l.message_id)
+                || l.job_id.is_some_and(|id| ids.contains(&id.to_string()))
+        });
+    dlq.release(&others).await?;
+    move_each(dlq, selected).await
+}
+
 async fn move_each(dlq: &DeadLetterQueue, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
     for letter in &letters {
         dlq.move_back(letter).await?;
@@ -181,7 +268,7 @@ async fn move_each(dlq: &DeadLetterQueue, letters: Vec<DeadLetter>) -> anyhow::R
             letter.job_id.map_or("-".into(), |id| id.to_string())
         );
     }
-    println!("{} message(s) moved to the jobs queue", letters.len());
+    println!("{} message(s) moved back", letters.len());
     Ok(())
 }
 

@@ -34,9 +34,9 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout_seconds: u64,
     },
-    /// Inspect, redrive and purge the dead-letter queue (SQS, via the AWS configuration).
-    #[command(subcommand)]
-    Dlq(offpath::dlq::DlqCommand),
+    /// Inspect, redrive and purge a dead-letter queue, the jobs' or (--queue webhooks)
+    /// the webhook events' (SQS, via the AWS configuration).
+    Dlq(offpath::dlq::DlqArgs),
     /// Repair stuck jobs once: fail those whose worker died on the last attempt,
     /// re-enqueue those whose message was lost (AWS configuration; `dev` sweeps itself).
     Sweep(offpath::sweep::SweepArgs),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use offpath_aws::config::DEFAULT_QUEUE;
+use offpath_aws::config::{DEFAULT_QUEUE, DEFAULT_WEBHOOK_QUEUE};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{Clock, JobQueue, SystemClock};
 use offpath_worker::sweep::{SweepSettings, sweep};
@@ -29,17 +29,25 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let url = queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?;
-    let queue = SqsQueue::connect(sqs, url).await?;
+    let webhooks_url = queue_url(
+        &sqs,
+        settings.webhook_queue_url.as_deref(),
+        DEFAULT_WEBHOOK_QUEUE,
+    )
+    .await?;
+    let queue = SqsQueue::connect(sqs.clone(), url).await?;
+    let webhooks = SqsQueue::connect(sqs, webhooks_url).await?;
     let store = DynamoStore::from_sdk(&sdk, &settings.table);
     let sweep_settings = SweepSettings {
         grace: Duration::from_secs(args.grace_seconds),
         max_receive_count: queue.max_receive_count().await?,
         limit: args.limit,
     };
-    let report = sweep(&store, &queue, &sweep_settings, SystemClock.now_epoch_ms()).await?;
+    let now = SystemClock.now_epoch_ms();
+    let report = sweep(&store, &queue, &webhooks, &sweep_settings, now).await?;
     println!(
-        "examined {} unfinished job(s): {} re-enqueued, {} dead-lettered",
-        report.examined, report.requeued, report.dead_lettered
+        "examined {} job(s): {} re-enqueued, {} dead-lettered, {} webhook event(s) sent",
+        report.examined, report.requeued, report.dead_lettered, report.events
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::job::JobId;
+use crate::webhook::Webhook;
 
 /// Longest accepted idempotency key.
 pub const MAX_KEY_LEN: usize = 255;
@@ -56,10 +57,20 @@ pub fn job_id_for_key(owner: &str, key: &str) -> JobId {
     JobId::from_digest(bytes)
 }
 
-/// The hash that identifies a request's content: task, input and ttl. JSON object keys
-/// are serialised in sorted order, so key order and whitespace do not matter.
-pub fn request_hash(task: &str, input: &Value, ttl_seconds: Option<u64>) -> String {
-    let canonical = serde_json::json!({ "task": task, "input": input, "ttl_seconds": ttl_seconds });
+/// The hash that identifies a request's content: task, input, ttl and, when there is
+/// one, the webhook and its events. JSON object keys are serialised in sorted order, so
+/// key order and whitespace do not matter.
+pub fn request_hash(
+    task: &str,
+    input: &Value,
+    ttl_seconds: Option<u64>,
+    webhook: Option<&Webhook>,
+) -> String {
+    let mut canonical =
+        serde_json::json!({ "task": task, "input": input, "ttl_seconds": ttl_seconds });
+    if let Some(webhook) = webhook {
+        canonical["webhook"] = serde_json::json!({"url": webhook.url, "events": webhook.events});
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
@@ -95,16 +106,24 @@ mod tests {
         let two: Value =
             serde_json::from_str(r#"{ "encoding_format":"float", "texts":["a"] }"#).unwrap();
         assert_eq!(
-            request_hash("embed", &one, None),
-            request_hash("embed", &two, None)
+            request_hash("embed", &one, None, None),
+            request_hash("embed", &two, None, None)
         );
         assert_ne!(
-            request_hash("embed", &one, None),
-            request_hash("embed", &json!({"texts":["b"]}), None)
+            request_hash("embed", &one, None, None),
+            request_hash("embed", &json!({"texts":["b"]}), None, None)
         );
         assert_ne!(
-            request_hash("embed", &one, None),
-            request_hash("embed", &one, Some(60))
+            request_hash("embed", &one, None, None),
+            request_hash("embed", &one, Some(60), None)
+        );
+        let webhook = Webhook::new(
+            "https://example.com/h",
+            [crate::EventKind::Completed].into(),
+        );
+        assert_ne!(
+            request_hash("embed", &one, None, None),
+            request_hash("embed", &one, None, Some(&webhook))
         );
     }
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::status::JobStatus;
 use crate::task::TaskName;
+use crate::webhook::{EventKind, Webhook};
 
 /// The error code of a job that failed on its last receive (its message went to the
 /// dead-letter queue) or whose worker died on its last attempt. Only such a job can be
@@ -177,6 +178,8 @@ pub struct NewJob {
     pub created_at_epoch_ms: u64,
     /// When the store may forget the job (TTL), in epoch seconds.
     pub expires_at_epoch_s: u64,
+    /// The job's webhook, if the client asked for one.
+    pub webhook: Option<Webhook>,
 }
 
 /// A job as stored.
@@ -218,6 +221,8 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     /// TTL: when the store may delete the job, epoch seconds.
     pub expires_at_epoch_s: u64,
+    /// The job's webhook subscription and its outbox of events.
+    pub webhook: Option<Webhook>,
     /// Incremented by every write.
     pub version: u64,
 }
@@ -244,6 +249,7 @@ impl Job {
             request_hash: new.request_hash,
             idempotency_key: new.idempotency_key,
             expires_at_epoch_s: new.expires_at_epoch_s,
+            webhook: new.webhook,
             version: 1,
         }
     }
@@ -273,6 +279,10 @@ impl Job {
             }),
             output: self.output.clone(),
             error: self.error.clone(),
+            webhook: self.webhook.as_ref().map(|webhook| WebhookView {
+                url: webhook.url.clone(),
+                events: webhook.events.iter().copied().collect(),
+            }),
         }
     }
 }
@@ -319,6 +329,19 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(nullable = false)]
     pub error: Option<ErrorInfo>,
+    /// The webhook the job's events go to, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
+    pub webhook: Option<WebhookView>,
+}
+
+/// A job's webhook as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    /// Where events are POSTed.
+    pub url: String,
+    /// The events subscribed to.
+    pub events: Vec<EventKind>,
 }
 
 /// An epoch time in milliseconds as RFC 3339 text, to the millisecond.
@@ -350,6 +373,7 @@ mod tests {
             idempotency_key: None,
             created_at_epoch_ms: 1_700_000_000_123,
             expires_at_epoch_s: 1_700_086_400,
+            webhook: None,
         });
         let view = job.view();
         assert_eq!(view.created_at, "2023-11-14T22:13:20.123Z");

@@ -13,10 +13,13 @@ pub mod queue;
 pub mod status;
 pub mod store;
 pub mod task;
+pub mod webhook;
 
 pub use blob::{BlobError, BlobStore, SignedUrl};
 pub use clock::{Clock, SystemClock};
-pub use job::{DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, Lease, NewJob, Parts, Progress};
+pub use job::{
+    DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, Lease, NewJob, Parts, Progress, WebhookView,
+};
 pub use message::JobMessage;
 pub use model::{Embedding, MODEL_NAME, Model, ModelError, Piece};
 pub use ports::Ports;
@@ -27,3 +30,4 @@ pub use task::{
     Assembled, DocumentTask, InputError, PartOutput, Prepared, Registry, Source, Split, Task,
     TaskEntry, TaskName, UnknownTask,
 };
+pub use webhook::{Event, EventKind, EventType, Webhook};

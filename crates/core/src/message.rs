@@ -4,12 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobId;
+use crate::webhook::Event;
 
 /// Current message format version.
 pub const MESSAGE_VERSION: u32 = 1;
 
 /// `{"v":1,"job_id":"…"}`, or `{"v":1,"job_id":"…","part":3}` for one part of a
-/// job that runs in parts.
+/// job that runs in parts; on the webhooks queue
+/// `{"v":1,"job_id":"…","event":{"type":"job.succeeded","at":…}}` for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobMessage {
@@ -20,6 +22,9 @@ pub struct JobMessage {
     /// The part of the job to run, for a job that runs in parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<u32>,
+    /// The event to deliver, on the webhooks queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
 }
 
 /// A message body that is not a job message.
@@ -40,6 +45,7 @@ impl JobMessage {
             v: MESSAGE_VERSION,
             job_id,
             part: None,
+            event: None,
         }
     }
 
@@ -47,6 +53,14 @@ impl JobMessage {
     pub fn part(job_id: JobId, part: u32) -> Self {
         JobMessage {
             part: Some(part),
+            ..Self::new(job_id)
+        }
+    }
+
+    /// The message that delivers `event` of a job.
+    pub fn event(job_id: JobId, event: Event) -> Self {
+        JobMessage {
+            event: Some(event),
             ..Self::new(job_id)
         }
     }
@@ -84,5 +98,18 @@ mod tests {
         assert!(part.to_body().ends_with(r#","part":3}"#));
         assert_eq!(JobMessage::from_body(&part.to_body()).unwrap(), part);
         assert!(!message.to_body().contains("part"));
+        let event = JobMessage::event(
+            JobId::random(),
+            Event {
+                kind: crate::webhook::EventType::Started,
+                at: 7,
+            },
+        );
+        assert!(
+            event
+                .to_body()
+                .ends_with(r#","event":{"type":"job.started","at":7}}"#)
+        );
+        assert_eq!(JobMessage::from_body(&event.to_body()).unwrap(), event);
     }
 }

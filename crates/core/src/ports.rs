@@ -7,8 +7,8 @@ use crate::blob::BlobStore;
 use crate::queue::JobQueue;
 use crate::store::JobStore;
 
-/// A job store, the jobs queue, blob storage and, where the caller manages it, the
-/// jobs queue's dead-letter queue.
+/// A job store, the jobs queue, the webhooks queue, blob storage and, where the caller
+/// manages them, the queues' dead-letter queues.
 #[derive(Clone)]
 pub struct Ports {
     /// Job records.
@@ -19,6 +19,10 @@ pub struct Ports {
     pub blobs: Arc<dyn BlobStore>,
     /// The jobs queue's dead-letter queue, where known.
     pub dlq: Option<Arc<dyn JobQueue>>,
+    /// The webhooks queue: one message per webhook event to deliver.
+    pub webhooks: Arc<dyn JobQueue>,
+    /// The webhooks queue's dead-letter queue, where known.
+    pub webhooks_dlq: Option<Arc<dyn JobQueue>>,
 }
 
 impl Ports {

@@ -98,6 +98,26 @@ pub struct QueueSettings {
     pub dlq_retention: Duration,
 }
 
+/// Most time one webhook delivery attempt may take.
+pub const WEBHOOK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook function's timeout (template.yaml).
+pub const WEBHOOK_FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl QueueSettings {
+    /// The webhooks queue: visibility six times the webhook function's timeout (AWS's
+    /// guidance for an event source mapping), 33 receives (the deliverer's backoff of 5
+    /// s doubling up to an hour spreads them over about 24 hours before the dead-letter
+    /// queue), kept 4 days, 14 in the dead-letter queue.
+    pub fn webhooks() -> Self {
+        QueueSettings {
+            visibility_timeout: WEBHOOK_FUNCTION_TIMEOUT * 6,
+            max_receive_count: 33,
+            ..QueueSettings::default()
+        }
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {

@@ -1,11 +1,15 @@
 //! The job store port. Every state change is one conditional write; a failed
 //! condition comes back as [`StoreError::Conflict`] carrying the current record.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::job::{ErrorInfo, Job, JobId, Lease, NewJob};
 use crate::status::JobStatus;
+use crate::webhook::EventKind;
 
 /// What can go wrong talking to a [`JobStore`].
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +138,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError>;
 
     /// Puts a dead-lettered job back for an operator's redrive (condition: failed with
-    /// code `dead_lettered`). Its attempts are kept. A job that runs in parts goes back
+    /// code `dead_lettered`). Its attempts are kept; a webhook subscribed to
+    /// `completed` gets that event back in its outbox (the job will end again). A job that runs in parts goes back
     /// to running, its dead parts unsettled again (their messages are redriven too);
     /// any other job goes back to queued.
     async fn revive(&self, id: JobId) -> Result<Job, StoreError>;
@@ -189,8 +194,50 @@ pub trait JobStore: Send + Sync + 'static {
         now_epoch_ms: u64,
     ) -> Result<Job, StoreError>;
 
-    /// Up to `limit` jobs that are not terminal (queued or running), for the sweep.
+    /// Up to `limit` jobs that are not terminal (queued or running) or whose webhook
+    /// outbox holds events, for the sweep.
     async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Takes `kinds` out of the job's webhook outbox (condition: the job's finish time
+    /// is still `finished_at`, so a revive in between keeps its new event).
+    async fn events_sent(
+        &self,
+        id: JobId,
+        kinds: &BTreeSet<EventKind>,
+        finished_at: Option<u64>,
+    ) -> Result<Job, StoreError>;
+
+    /// Records a progress event at `now` (condition: running, its webhook wants
+    /// progress, and the last progress event was at least `min_gap_ms` before `now`).
+    /// A conflict means: no event now.
+    async fn progress_event(
+        &self,
+        id: JobId,
+        now_epoch_ms: u64,
+        min_gap_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Stops the job's webhook for good: its receiver answered `410 Gone` (condition:
+    /// the job has a webhook). The outbox empties.
+    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Waits up to `wait` for the job to become terminal and returns it as it is then
+    /// (`None`: no such job). This default polls with a consistent read, every 100 ms
+    /// at first and then less often, up to once a second; a store that can be told of
+    /// changes wakes at once.
+    async fn wait_terminal(&self, id: JobId, wait: Duration) -> Result<Option<Job>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let job = self.get(id).await?;
+            let now = tokio::time::Instant::now();
+            if job.as_ref().is_none_or(|j| j.status.is_terminal()) || now >= deadline {
+                return Ok(job);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(1));
+        }
+    }
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

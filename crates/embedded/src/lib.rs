@@ -21,24 +21,46 @@ pub use store::MemoryStore;
 /// Most jobs and messages the embedded backend holds by default.
 pub const CAPACITY: usize = 100_000;
 
-/// A store, a jobs queue named `queue` and its dead-letter queue `queue`-dlq, each
-/// holding up to `capacity` jobs or messages, with the queue `settings`, and `blobs`.
-pub fn ports(queue: &str, settings: &QueueSettings, capacity: usize, blobs: LocalBlobs) -> Ports {
+/// A store, a jobs queue named `queue` with `settings` and its dead-letter queue
+/// `queue`-dlq, a webhooks queue `queue`-webhooks with `webhook_settings` and its
+/// dead-letter queue `queue`-webhooks-dlq, each holding up to `capacity` jobs or
+/// messages, and `blobs`.
+pub fn ports(
+    queue: &str,
+    settings: &QueueSettings,
+    webhook_settings: &QueueSettings,
+    capacity: usize,
+    blobs: LocalBlobs,
+) -> Ports {
+    let (jobs, dlq) = queue_pair(queue, settings, capacity);
+    let (webhooks, webhooks_dlq) =
+        queue_pair(&format!("{queue}-webhooks"), webhook_settings, capacity);
+    Ports {
+        store: Arc::new(MemoryStore::new(capacity)),
+        queue: jobs,
+        blobs: Arc::new(blobs),
+        dlq: Some(dlq),
+        webhooks,
+        webhooks_dlq: Some(webhooks_dlq),
+    }
+}
+
+/// A queue named `name` with `settings` and its dead-letter queue `name`-dlq.
+fn queue_pair(
+    name: &str,
+    settings: &QueueSettings,
+    capacity: usize,
+) -> (Arc<MemoryQueue>, Arc<MemoryQueue>) {
     let options = |name: String| QueueOptions {
         name,
         visibility_timeout: settings.visibility_timeout,
         capacity,
     };
-    let dlq = Arc::new(MemoryQueue::new(options(format!("{queue}-dlq"))));
-    let jobs = MemoryQueue::with_dead_letter_queue(
-        options(queue.to_owned()),
+    let dlq = Arc::new(MemoryQueue::new(options(format!("{name}-dlq"))));
+    let queue = MemoryQueue::with_dead_letter_queue(
+        options(name.to_owned()),
         Arc::clone(&dlq),
         settings.max_receive_count,
     );
-    Ports {
-        store: Arc::new(MemoryStore::new(capacity)),
-        queue: Arc::new(jobs),
-        blobs: Arc::new(blobs),
-        dlq: Some(dlq),
-    }
+    (Arc::new(queue), dlq)
 }

@@ -1,14 +1,16 @@
 //! `JobStore` in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use offpath_core::{
-    Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobStatus, JobStore, Lease, NewJob, Parts,
-    PartsEnd, Settle, StoreError, SystemClock,
+    Clock, DEAD_LETTERED, ErrorInfo, EventKind, Job, JobId, JobStatus, JobStore, Lease, NewJob,
+    Parts, PartsEnd, Settle, StoreError, SystemClock,
 };
 use serde_json::Value;
+use tokio::sync::Notify;
 
 /// Nobody holds the job: queued, or running under an expired lease (DynamoDB: `UNHELD`).
 fn unheld(job: &Job, now: u64) -> bool {
@@ -50,10 +52,13 @@ fn parts_of(job: &mut Job) -> &mut Parts {
 
 /// An in-memory [`JobStore`] holding at most `capacity` jobs; expired jobs (TTL) are
 /// dropped when room is needed, and a full store refuses new jobs as unavailable.
+/// Waiters for a job's end wake on the write that ends it.
 #[derive(Clone)]
 pub struct MemoryStore {
     jobs: Arc<Mutex<HashMap<JobId, Job>>>,
     capacity: usize,
+    /// Told of every write that makes a job terminal.
+    finished: Arc<Notify>,
 }
 
 impl MemoryStore {
@@ -62,6 +67,7 @@ impl MemoryStore {
         MemoryStore {
             jobs: Arc::new(Mutex::new(HashMap::new())),
             capacity,
+            finished: Arc::new(Notify::new()),
         }
     }
 
@@ -79,6 +85,9 @@ impl MemoryStore {
         }
         apply(job);
         job.version += 1;
+        if job.status.is_terminal() {
+            self.finished.notify_waiters();
+        }
         Ok(job.clone())
     }
 
@@ -220,6 +229,11 @@ impl JobStore for MemoryStore {
             |job| {
                 job.error = None;
                 job.finished_at_epoch_ms = None;
+                if let Some(webhook) = job.webhook.as_mut().filter(|w| !w.gone)
+                    && webhook.events.contains(&EventKind::Completed)
+                {
+                    webhook.unsent.insert(EventKind::Completed);
+                }
                 job.status = match &mut job.parts {
                     Some(parts) => {
                         for part in std::mem::take(&mut parts.dead).into_keys() {
@@ -369,10 +383,79 @@ impl JobStore for MemoryStore {
         let jobs = self.jobs.lock().expect("store lock");
         Ok(jobs
             .values()
-            .filter(|job| !job.status.is_terminal())
+            .filter(|job| !job.status.is_terminal() || job.has_unsent_events())
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn events_sent(
+        &self,
+        id: JobId,
+        kinds: &BTreeSet<EventKind>,
+        finished_at: Option<u64>,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| job.finished_at_epoch_ms == finished_at,
+            |job| {
+                if let Some(webhook) = &mut job.webhook {
+                    webhook.unsent.retain(|kind| !kinds.contains(kind));
+                }
+            },
+        )
+    }
+
+    async fn progress_event(
+        &self,
+        id: JobId,
+        now: u64,
+        min_gap_ms: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| {
+                job.status == JobStatus::Running
+                    && job.webhook.as_ref().is_some_and(|w| {
+                        w.wants_progress()
+                            && w.progress_at_epoch_ms
+                                .is_none_or(|at| at + min_gap_ms <= now)
+                    })
+            },
+            |job| {
+                if let Some(webhook) = &mut job.webhook {
+                    webhook.progress_at_epoch_ms = Some(now);
+                }
+            },
+        )
+    }
+
+    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| job.webhook.is_some(),
+            |job| {
+                if let Some(webhook) = &mut job.webhook {
+                    webhook.gone = true;
+                    webhook.unsent.clear();
+                }
+            },
+        )
+    }
+
+    async fn wait_terminal(&self, id: JobId, wait: Duration) -> Result<Option<Job>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read, so an end written in between still wakes us.
+            let finished = self.finished.notified();
+            let job = self.get(id).await?;
+            if job.as_ref().is_none_or(|j| j.status.is_terminal()) {
+                return Ok(job);
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+                return self.get(id).await;
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -34,6 +34,11 @@ macro_rules! conformance_suite {
             cancel_lets_unheld_parts_be_skipped,
             parts_end_the_job_only_once_all_are_settled,
             dead_parts_fail_the_job_and_revive_unsettles_them,
+            the_outbox_empties_as_events_are_sent,
+            revive_puts_the_completion_event_back,
+            progress_events_are_one_a_gap_apart,
+            a_gone_webhook_stops_for_good,
+            waiters_see_the_end_or_their_deadline,
         );
 
         #[tokio::test]
@@ -71,8 +76,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use offpath_core::{
-    BlobError, BlobStore, Clock, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore,
-    Lease, NewJob, PartsEnd, Settle, StoreError, SystemClock,
+    BlobError, BlobStore, Clock, ErrorInfo, EventKind, EventType, Job, JobId, JobMessage, JobQueue,
+    JobStatus, JobStore, Lease, NewJob, PartsEnd, Settle, StoreError, SystemClock, Webhook,
 };
 use serde_json::json;
 
@@ -680,6 +685,172 @@ pub async fn dead_parts_fail_the_job_and_revive_unsettles_them(store: Arc<dyn Jo
 }
 
 /// A key no other test uses.
+/// A job whose webhook subscribes to `events`.
+fn subscribed(events: &[EventKind]) -> NewJob {
+    NewJob {
+        webhook: Some(Webhook::new(
+            "https://hooks.example.com/offpath",
+            events.iter().copied().collect(),
+        )),
+        ..new_job()
+    }
+}
+
+fn unsent(job: &Job) -> Vec<EventKind> {
+    job.webhook
+        .as_ref()
+        .map_or_else(Vec::new, |w| w.unsent.iter().copied().collect())
+}
+
+/// Property: the outbox holds the subscribed state events until they are marked sent
+/// (conditional on the finish time as read), and the sweep's listing finds terminal
+/// jobs with events left.
+pub async fn the_outbox_empties_as_events_are_sent(store: Arc<dyn JobStore>) {
+    let all = [
+        EventKind::Started,
+        EventKind::Progress,
+        EventKind::Completed,
+    ];
+    let created = store.create(&subscribed(&all)).await.unwrap();
+    let id = created.id;
+    assert_eq!(unsent(&created), [EventKind::Started, EventKind::Completed]);
+    assert_eq!(created.webhook.as_ref().unwrap().events, all.into());
+    let claimed = store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    assert_eq!(claimed.due_events()[0].kind, EventType::Started);
+    let sent = store
+        .events_sent(id, &[EventKind::Started].into(), None)
+        .await
+        .unwrap();
+    assert_eq!(unsent(&sent), [EventKind::Completed]);
+    let done = store.complete(id, "w1", &json!([]), now()).await.unwrap();
+    assert_eq!(done.due_events()[0].kind, EventType::Succeeded);
+    let listed = |jobs: Vec<Job>| jobs.iter().any(|j| j.id == id);
+    assert!(listed(store.unfinished(1000).await.unwrap()));
+    // Marked against a finish time that is not the job's: refused.
+    conflict(
+        store
+            .events_sent(id, &[EventKind::Completed].into(), None)
+            .await,
+    );
+    let finished = done.finished_at_epoch_ms;
+    let sent = store
+        .events_sent(id, &[EventKind::Completed].into(), finished)
+        .await
+        .unwrap();
+    assert!(unsent(&sent).is_empty() && !sent.has_unsent_events());
+    assert!(
+        store
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .due_events()
+            .is_empty()
+    );
+    assert!(!listed(store.unfinished(1000).await.unwrap()));
+}
+
+/// Property: a revived job will end again, so its completion event is due again.
+pub async fn revive_puts_the_completion_event_back(store: Arc<dyn JobStore>) {
+    let id = store
+        .create(&subscribed(&[EventKind::Completed]))
+        .await
+        .unwrap()
+        .id;
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    let error = ErrorInfo::new("dead_lettered", "gave up");
+    let failed = store.fail(id, "w1", &error, now()).await.unwrap();
+    store
+        .events_sent(
+            id,
+            &[EventKind::Completed].into(),
+            failed.finished_at_epoch_ms,
+        )
+        .await
+        .unwrap();
+    let revived = store.revive(id).await.unwrap();
+    assert_eq!(unsent(&revived), [EventKind::Completed]);
+    // A marking made before the revive, arriving after it, does not erase the event.
+    conflict(
+        store
+            .events_sent(
+                id,
+                &[EventKind::Completed].into(),
+                failed.finished_at_epoch_ms,
+            )
+            .await,
+    );
+}
+
+/// Property: progress events of a running job are at least the gap apart, and only
+/// where the webhook asked for them.
+pub async fn progress_events_are_one_a_gap_apart(store: Arc<dyn JobStore>) {
+    let id = store
+        .create(&subscribed(&[EventKind::Progress]))
+        .await
+        .unwrap()
+        .id;
+    let t = now();
+    conflict(store.progress_event(id, t, 1000).await); // queued
+    store.claim(id, &lease("w1", 60_000), t).await.unwrap();
+    let first = store.progress_event(id, t, 1000).await.unwrap();
+    assert_eq!(first.webhook.unwrap().progress_at_epoch_ms, Some(t));
+    conflict(store.progress_event(id, t + 999, 1000).await);
+    store.progress_event(id, t + 1000, 1000).await.unwrap();
+    let quiet = store
+        .create(&subscribed(&[EventKind::Completed]))
+        .await
+        .unwrap()
+        .id;
+    store.claim(quiet, &lease("w1", 60_000), t).await.unwrap();
+    conflict(store.progress_event(quiet, t, 1000).await);
+}
+
+/// Property: after a `410 Gone` the webhook sends nothing more, revived or not.
+pub async fn a_gone_webhook_stops_for_good(store: Arc<dyn JobStore>) {
+    let plain = store.create(&new_job()).await.unwrap().id;
+    conflict(store.webhook_gone(plain).await);
+    let id = store
+        .create(&subscribed(&[EventKind::Started, EventKind::Completed]))
+        .await
+        .unwrap()
+        .id;
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    let gone = store.webhook_gone(id).await.unwrap();
+    assert!(gone.webhook.as_ref().unwrap().gone && unsent(&gone).is_empty());
+    assert!(gone.due_events().is_empty());
+    let error = ErrorInfo::new("dead_lettered", "gave up");
+    store.fail(id, "w1", &error, now()).await.unwrap();
+    let revived = store.revive(id).await.unwrap();
+    assert!(unsent(&revived).is_empty());
+}
+
+/// Property: a waiter gets the job once it ends, or as it is at its deadline.
+pub async fn waiters_see_the_end_or_their_deadline(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    let waited = store
+        .wait_terminal(id, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.status, JobStatus::Queued);
+    let waiter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.wait_terminal(id, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.cancel(id, now()).await.unwrap();
+    let ended = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(ended.status, JobStatus::Cancelled);
+    assert!(
+        store
+            .wait_terminal(JobId::random(), Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 fn blob_key(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4())
 }

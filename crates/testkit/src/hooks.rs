@@ -3,13 +3,14 @@
 //! (benchmarks), crash injection and counting (fault suite) and refused sends are
 //! hooks, not hand-written delegates.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{
-    ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease, NewJob, PartsEnd, QueueDepth,
-    QueueError, QueueMessage, Settle, StoreError,
+    ErrorInfo, EventKind, Job, JobId, JobMessage, JobQueue, JobStore, Lease, NewJob, PartsEnd,
+    QueueDepth, QueueError, QueueMessage, Settle, StoreError,
 };
 use serde_json::Value;
 
@@ -52,6 +53,14 @@ pub enum Call {
     FinishParts(JobId),
     /// `JobStore::unfinished`.
     Unfinished,
+    /// `JobStore::events_sent`.
+    EventsSent(JobId),
+    /// `JobStore::progress_event`.
+    ProgressEvent(JobId),
+    /// `JobStore::webhook_gone`.
+    WebhookGone(JobId),
+    /// `JobStore::wait_terminal`.
+    WaitTerminal(JobId),
     /// `JobStore::ping`.
     Ping,
     /// `JobQueue::send` of this job's message.
@@ -102,6 +111,10 @@ impl Call {
             | Call::ReleasePart(id, _)
             | Call::SettlePart(id, _)
             | Call::FinishParts(id)
+            | Call::EventsSent(id)
+            | Call::ProgressEvent(id)
+            | Call::WebhookGone(id)
+            | Call::WaitTerminal(id)
             | Call::Send(id) => Some(id),
             Call::Unfinished
             | Call::Ping
@@ -294,6 +307,27 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.around(Call::Unfinished, self.inner.unfinished(limit))
             .await
+    }
+    async fn events_sent(
+        &self,
+        id: JobId,
+        kinds: &BTreeSet<EventKind>,
+        finished_at: Option<u64>,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.events_sent(id, kinds, finished_at);
+        self.around(Call::EventsSent(id), write).await
+    }
+    async fn progress_event(&self, id: JobId, now: u64, gap: u64) -> Result<Job, StoreError> {
+        let write = self.inner.progress_event(id, now, gap);
+        self.around(Call::ProgressEvent(id), write).await
+    }
+    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError> {
+        self.around(Call::WebhookGone(id), self.inner.webhook_gone(id))
+            .await
+    }
+    async fn wait_terminal(&self, id: JobId, wait: Duration) -> Result<Option<Job>, StoreError> {
+        let read = self.inner.wait_terminal(id, wait);
+        self.around(Call::WaitTerminal(id), read).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.around(Call::Ping, self.inner.ping()).await

@@ -12,11 +12,12 @@ pub fn new_job(task: &str, input: Value) -> NewJob {
         id: JobId::random(),
         owner: "tester".into(),
         task: task.parse::<TaskName>().expect("a valid task name"),
-        request_hash: request_hash(task, &input, None),
+        request_hash: request_hash(task, &input, None, None),
         input,
         idempotency_key: None,
         created_at_epoch_ms: now,
         expires_at_epoch_s: now / 1000 + 3600,
+        webhook: None,
     }
 }
 

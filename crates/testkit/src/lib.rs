@@ -2,7 +2,7 @@
 //! moto (or LocalStack) or the embedded backend, [`new_job`], a [`Hooked`] layer
 //! that runs hooks around every port call (timing, crash and fault injection,
 //! counting), a scripted [`TestModel`] and a [`CountTask`] registered like the real
-//! tasks, the port [`conformance`] suite, the model's [`reference_embeddings`], the real binaries ([`Dev`], [`binary`],
+//! tasks, the port [`conformance`] suite, a verifying webhook [`Receiver`], the model's [`reference_embeddings`], the real binaries ([`Dev`], [`binary`],
 //! [`bootstrap`]) and a loopback Lambda Runtime API ([`Function`]).
 //!
 //! Tests talk to a real AWS-protocol server (moto started by `tests/run`, or
@@ -17,6 +17,7 @@ mod jobs;
 mod model;
 mod process;
 mod proxy;
+mod receiver;
 mod reference;
 mod runtime;
 mod stack;
@@ -28,6 +29,7 @@ pub use jobs::{create, new_job};
 pub use model::{POISON_PIECE, TestModel};
 pub use process::{Dev, binary, bootstrap};
 pub use proxy::Proxy;
+pub use receiver::{Delivery, Receiver};
 pub use reference::{reference_embedding, reference_embeddings};
 pub use runtime::{Answer, Function};
 pub use stack::{Backend, Stack, drained, fast_queue, item_count, sdk, unique};

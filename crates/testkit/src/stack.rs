@@ -61,7 +61,13 @@ pub fn fast_queue() -> QueueSettings {
     }
 }
 
-/// A store, a jobs queue and its dead-letter queue of their own.
+/// Webhooks queue settings for tests: a short visibility timeout (2 s), 3 receives.
+pub(crate) fn fast_webhooks() -> QueueSettings {
+    fast_queue()
+}
+
+/// A store, a jobs queue and its dead-letter queue, a webhooks queue and its
+/// dead-letter queue (with [`fast_webhooks`]) and a bucket of their own.
 #[derive(Clone)]
 pub struct Stack {
     /// Where they live.
@@ -85,6 +91,8 @@ impl Stack {
             table: unique("t"),
             queue: unique("q"),
             dlq: unique("dlq"),
+            webhooks: unique("wh"),
+            webhooks_dlq: unique("whdlq"),
             bucket: unique("b"),
         };
         Self::named(backend, &names, settings).await
@@ -103,7 +111,9 @@ impl Stack {
                 let sdk = offpath_aws::load_sdk_config()
                     .await
                     .expect("AWS configuration");
-                let resources = provision(&sdk, names, &settings).await.expect("provision");
+                let resources = provision(&sdk, names, &settings, &fast_webhooks())
+                    .await
+                    .expect("provision");
                 let ports = resources.ports(&sdk).await.expect("the new queues answer");
                 Stack {
                     backend,
@@ -119,7 +129,13 @@ impl Stack {
                 let blobs = LocalBlobs::new(dir).expect("a blob directory");
                 Stack {
                     backend,
-                    ports: offpath_embedded::ports(&names.queue, &settings, CAPACITY, blobs),
+                    ports: offpath_embedded::ports(
+                        &names.queue,
+                        &settings,
+                        &fast_webhooks(),
+                        CAPACITY,
+                        blobs,
+                    ),
                     settings,
                     resources: None,
                 }
@@ -133,6 +149,14 @@ impl Stack {
             .dlq
             .as_ref()
             .expect("a stack has a dead-letter queue")
+    }
+
+    /// The webhooks dead-letter queue.
+    pub fn webhooks_dlq(&self) -> &Arc<dyn JobQueue> {
+        self.ports
+            .webhooks_dlq
+            .as_ref()
+            .expect("a stack has a webhooks dead-letter queue")
     }
 
     /// The resources on the AWS endpoint.
@@ -153,8 +177,33 @@ impl Stack {
             ("OFFPATH_TABLE", resources.table.clone()),
             ("OFFPATH_QUEUE_URL", resources.queue_url.clone()),
             ("OFFPATH_DLQ_URL", resources.dlq_url.clone()),
+            ("OFFPATH_WEBHOOK_QUEUE_URL", resources.webhooks_url.clone()),
+            (
+                "OFFPATH_WEBHOOK_DLQ_URL",
+                resources.webhooks_dlq_url.clone(),
+            ),
             ("OFFPATH_BUCKET", resources.bucket.clone()),
         ]
+    }
+
+    /// Runs the `offpath` binary with `args` against this stack's resources; returns
+    /// what it printed.
+    ///
+    /// # Panics
+    /// When it fails (the panic shows its output).
+    pub fn offpath(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(crate::binary("offpath"))
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("offpath runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "offpath {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
     }
 
     /// The built-in tasks, for workers and routers of this stack.

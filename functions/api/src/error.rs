@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The body's shape is wrong (fields outside `input`).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The webhook URL is refused.
+    #[error("{0}")]
+    InvalidWebhook(String),
     /// The task is not one offpath runs.
     #[error("{0}")]
     UnknownTask(String),
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::ResultNotReady(_) => StatusCode::CONFLICT,
             ApiError::MalformedJson(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::InvalidWebhook(_)
             | ApiError::UnknownTask(_)
             | ApiError::InvalidInput(_)
             | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
@@ -127,6 +131,7 @@ impl ApiError {
             ApiError::JobTooLarge(_) => "job_too_large",
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidWebhook(_) => "invalid_webhook",
             ApiError::UnknownTask(_) => "unknown_task",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",

@@ -2,17 +2,19 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use offpath_core::idempotency::validate_key;
+use offpath_core::webhook::publish_or_log;
 use offpath_core::{Job, JobId, JobView, StoreError};
 
 use crate::auth::Principal;
 use crate::error::ErrorBody;
 use crate::submit::{SubmitRequest, Submitted, submit as submit_job};
+use crate::wait::{WaitQuery, preferred_wait};
 use crate::{ApiError, AppState};
 
 /// `POST /jobs`.
@@ -21,18 +23,22 @@ use crate::{ApiError, AppState};
     path = "/jobs",
     operation_id = "submitJob",
     summary = "Submit a job",
-    description = "Validates the job, records it queued and enqueues it; answers at once. Poll GET /jobs/{id} for the result.",
+    description = "Validates the job, records it queued and enqueues it; answers at once. Wait for the result with GET /jobs/{id}?wait=20, a webhook, or Prefer: wait=N on this request.",
     params(
+        ("Prefer" = Option<String>, Header, nullable = false,
+         description = "wait=N (RFC 7240): hold the answer up to N seconds (at most 20) for the job to end; 200 with the finished job if it does, else the usual 202. The job goes through the queue either way."),
         ("Idempotency-Key" = Option<String>, Header, nullable = false,
          description = "1-255 printable ASCII characters. Same key and body: the same job (header Idempotent-Replayed: true). Same key, other body: 422.",
          min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"),
     ),
     request_body(content = crate::openapi::SubmitRequest, content_type = "application/json"),
     responses(
+        (status = 200, description = "Prefer: wait=N and the job ended within N seconds.", body = JobView,
+         headers(("Preference-Applied" = String, description = "wait=N"))),
         (status = 202, description = "Accepted; the job is queued (or this is a replay).", body = JobView,
          headers(("Location" = String, description = "/jobs/{id}"),
                  ("Idempotent-Replayed" = String, description = "true on a replay"))),
-        (status = 400, description = "Malformed JSON, unknown task, schema violation or bad Idempotency-Key.", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, unknown task, schema violation, bad Idempotency-Key, or a webhook URL that is refused (not https, a private, loopback or link-local address).", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
         (status = 404, description = "The input names an upload the caller does not have.", body = ErrorBody),
         (status = 413, description = "Body, job or uploaded document too large.", body = ErrorBody),
@@ -62,11 +68,27 @@ pub(crate) async fn submit(
         ),
     };
     let request = SubmitRequest::parse(&body, &state.limits, &state.tasks)?;
-    let (job, replayed) = match submit_job(&state, &owner, key, request).await? {
+    let (mut job, replayed) = match submit_job(&state, &owner, key, request).await? {
         Submitted::Created(job) => (job, false),
         Submitted::Replayed(job) => (job, true),
     };
-    let mut response = (StatusCode::ACCEPTED, Json(job.view())).into_response();
+    let wait = preferred_wait(&headers);
+    if let Some(wait) = wait
+        && !job.status.is_terminal()
+        && let Some(current) = state.store.wait_terminal(job.id, wait).await?
+    {
+        job = current;
+    }
+    let status = match wait {
+        Some(_) if job.status.is_terminal() => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut response = (status, Json(job.view())).into_response();
+    if let Some(wait) = wait {
+        let applied = HeaderValue::try_from(format!("wait={}", wait.as_secs()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        response.headers_mut().insert("preference-applied", applied);
+    }
     let location = HeaderValue::try_from(format!("/jobs/{}", job.id))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     response.headers_mut().insert(header::LOCATION, location);
@@ -101,9 +123,14 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
     path = "/jobs/{id}",
     operation_id = "getJob",
     summary = "Read a job",
-    params(("id" = String, Path, description = "Job id (UUID).")),
+    params(
+        ("id" = String, Path, description = "Job id (UUID)."),
+        ("wait" = Option<u32>, Query, nullable = false, minimum = 0, maximum = 20,
+         description = "Long-poll: answer as soon as the job ends, or after this many seconds (0-20) with the job as it is then."),
+    ),
     responses(
         (status = 200, description = "The job.", body = JobView),
+        (status = 400, description = "wait is not a whole number from 0 to 20.", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
         (status = 404, description = "No such job for this caller.", body = ErrorBody),
         (status = 503, description = "Backend unavailable.", body = ErrorBody),
@@ -113,8 +140,17 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Principal(owner): Principal,
     JobIdParam(id): JobIdParam,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&state, &owner, id).await?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let wait = query.wait()?;
+    let mut job = owned_job(&state, &owner, id).await?;
+    if !wait.is_zero()
+        && !job.status.is_terminal()
+        && let Some(current) = state.store.wait_terminal(id, wait).await?
+    {
+        job = current;
+    }
     Ok(Json(job.view()).into_response())
 }
 
@@ -143,6 +179,7 @@ pub(crate) async fn cancel(
     match state.store.cancel(job.id, state.clock.now_epoch_ms()).await {
         Ok(job) => {
             tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
+            publish_or_log(state.store.as_ref(), state.webhooks.as_ref(), &job).await;
             Ok(Json(job.view()).into_response())
         }
         Err(StoreError::Conflict(current)) => Err(ApiError::AlreadyFinished(current.status)),

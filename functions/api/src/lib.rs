@@ -1,9 +1,9 @@
 //! The offpath HTTP API as an axum [`Router`]: the same router runs under
 //! `lambda_http` in AWS (see `main.rs`) and over TCP in `offpath dev`.
 //!
-//! Routes: `POST /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`,
+//! Routes: `POST /jobs`, `GET /jobs/{id}` (long-poll with `?wait=`), `DELETE /jobs/{id}`,
 //! `GET /jobs/{id}/result`, `POST /uploads`, `PUT /uploads/{id}` (local blob storage),
-//! `GET /health`, `GET /openapi.json`. Errors are `{"error":{"code","message"}}`.
+//! `GET /webhooks/secret`, `GET /health`, `GET /openapi.json`. Errors are `{"error":{"code","message"}}`.
 
 mod auth;
 mod error;
@@ -12,6 +12,8 @@ mod jobs;
 pub mod openapi;
 mod submit;
 mod uploads;
+mod wait;
+mod webhooks;
 
 pub use auth::{Auth, Principal};
 pub use error::ApiError;
@@ -25,6 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use offpath_core::blob::MAX_UPLOAD_BYTES;
 use offpath_core::{BlobStore, Clock, JobQueue, JobStore, Ports, Registry, SystemClock};
+use offpath_webhooks::{UrlPolicy, WebhookKeys};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,6 +36,12 @@ pub struct AppState {
     pub store: Arc<dyn JobStore>,
     /// The jobs queue.
     pub queue: Arc<dyn JobQueue>,
+    /// The webhooks queue (events of jobs cancelled here).
+    pub webhooks: Arc<dyn JobQueue>,
+    /// Derives each owner's webhook signing secret.
+    pub webhook_keys: Arc<WebhookKeys>,
+    /// Which webhook URLs are accepted.
+    pub webhook_policy: UrlPolicy,
     /// Uploads and results.
     pub blobs: Arc<dyn BlobStore>,
     /// Signs the upload URLs this API serves itself (local blob storage).
@@ -48,12 +57,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over the store and jobs queue of `ports`, accepting jobs of `tasks`, with
-    /// the system clock and default limits.
+    /// State over the store and queues of `ports`, accepting jobs of `tasks`, with the
+    /// system clock, default limits, a random webhook key and the strict URL policy
+    /// (see [`Self::with_webhooks`]).
     pub fn new(ports: &Ports, tasks: Arc<Registry>, auth: Auth) -> Self {
+        let key = WebhookKeys::generate();
         AppState {
             store: Arc::clone(&ports.store),
             queue: Arc::clone(&ports.queue),
+            webhooks: Arc::clone(&ports.webhooks),
+            webhook_keys: Arc::new(
+                WebhookKeys::new(&key, None).expect("a generated key is long enough"),
+            ),
+            webhook_policy: UrlPolicy::default(),
             blobs: Arc::clone(&ports.blobs),
             uploads: Arc::default(),
             tasks,
@@ -61,6 +77,14 @@ impl AppState {
             auth: Arc::new(auth),
             limits: SubmitLimits::default(),
         }
+    }
+
+    /// The same state signing webhooks with `keys` (the deliverer's) and accepting the
+    /// URLs `policy` accepts.
+    pub fn with_webhooks(mut self, keys: WebhookKeys, policy: UrlPolicy) -> Self {
+        self.webhook_keys = Arc::new(keys);
+        self.webhook_policy = policy;
+        self
     }
 }
 
@@ -73,6 +97,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/result", get(uploads::result))
         .route("/uploads", axum::routing::post(uploads::create))
+        .route("/webhooks/secret", get(webhooks::secret))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

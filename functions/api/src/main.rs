@@ -1,11 +1,12 @@
-//! The API Lambda: wires DynamoDB, SQS and the tasks to the router and serves it
-//! through `lambda_http`, with a metrics flush after every request.
+//! The API Lambda: wires DynamoDB, SQS, the webhook key and the tasks to the router and
+//! serves it through `lambda_http`, with a metrics flush after every request.
 
 use std::sync::Arc;
 
 use metrics_cloudwatch_embedded::lambda::service::run_http;
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::lambda::{metrics, ports_from_env, run_function};
+use offpath_aws::lambda::{metrics, ports_from_env, run_function, webhook_key_from_env};
+use offpath_webhooks::{UrlPolicy, WebhookKeys};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -16,6 +17,10 @@ async fn run() -> Result<(), lambda_http::Error> {
     let ports = ports_from_env().await?;
     ports.store.ping().await?;
     let tasks = Arc::new(offpath_tasks::registry());
-    let state = AppState::new(&ports, tasks, Auth::ApiGateway);
+    let key = webhook_key_from_env().await?;
+    let keys = WebhookKeys::new(&key.current, key.previous.as_deref())?;
+    // In AWS: https to public addresses only.
+    let state =
+        AppState::new(&ports, tasks, Auth::ApiGateway).with_webhooks(keys, UrlPolicy::default());
     run_http(metrics("offpath-api")?, app(state)).await
 }

@@ -38,7 +38,7 @@ impl ToSchema for SubmitRequest {}
 #[openapi(
     info(
         title = "offpath",
-        description = "Queue-backed model inference off the request path. Submit a job, get 202 and a job id at once, poll GET /jobs/{id} for the result."
+        description = "Queue-backed model inference off the request path. Submit a job, get 202 and a job id at once; learn the result by long-poll (GET /jobs/{id}?wait=20), a signed webhook, or Prefer: wait=N."
     ),
     paths(
         crate::jobs::submit,
@@ -47,6 +47,7 @@ impl ToSchema for SubmitRequest {}
         crate::uploads::result,
         crate::uploads::create,
         crate::uploads::put,
+        crate::webhooks::secret,
         crate::health::health,
         openapi_json
     )
@@ -108,7 +109,9 @@ pub fn document(tasks: &Registry, limits: &SubmitLimits) -> Document {
                         .enum_values(Some([name])),
                 )
                 .property("input", Ref::from_schema_name(input))
-                .property("ttl_seconds", Ref::from_schema_name("Ttl")),
+                .property("ttl_seconds", Ref::from_schema_name("Ttl"))
+                .property("webhook", Ref::from_schema_name("WebhookUrl"))
+                .property("webhook_events", Ref::from_schema_name("WebhookEvents")),
         );
         outputs = outputs.item(Ref::from_schema_name(output));
     }
@@ -125,6 +128,30 @@ pub fn document(tasks: &Registry, limits: &SubmitLimits) -> Document {
             .enum_values(Some(names))
             .into(),
     );
+    components.schemas.insert(
+        "WebhookUrl".into(),
+        Object::builder()
+            .schema_type(SchemaType::Type(Type::String))
+            .max_length(Some(2048))
+            .description(Some(
+                "An https URL on a public address: each event of the job is POSTed to it, signed (Standard Webhooks; see GET /webhooks/secret). Private, loopback, link-local and unique-local addresses are refused with 400, before or after DNS resolution.",
+            ))
+            .into(),
+    );
+    components.schemas.insert(
+        "WebhookEvents".into(),
+        utoipa::openapi::schema::Array::builder()
+            .items(Ref::from_schema_name("EventKind"))
+            .min_items(Some(1))
+            .unique_items(true)
+            .description(Some(
+                "Which events to send (default [\"completed\"]): started (job.started), progress (job.progress, documents, at most one a second), completed (job.succeeded, job.failed or job.cancelled).",
+            ))
+            .into(),
+    );
+    components
+        .schemas
+        .insert("EventKind".into(), offpath_core::EventKind::schema());
     components.schemas.insert(
         "Ttl".into(),
         Object::builder()

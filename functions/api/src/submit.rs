@@ -1,11 +1,13 @@
 //! Accepting a job: validation, the idempotent create, the enqueue and its repair.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use offpath_core::blob::{MAX_UPLOAD_BYTES, upload_key};
 use offpath_core::idempotency::{job_id_for_key, request_hash};
 use offpath_core::{
-    Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName, metrics,
+    EventKind, Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName,
+    Webhook, metrics,
 };
 use serde_json::Value;
 
@@ -50,9 +52,11 @@ pub(crate) struct SubmitRequest {
     upload: Option<String>,
     input: Value,
     ttl_seconds: Option<u64>,
+    /// The webhook asked for: its URL (checked against the policy at submit) and events.
+    webhook: Option<(String, BTreeSet<EventKind>)>,
 }
 
-const FIELDS: [&str; 3] = ["task", "input", "ttl_seconds"];
+const FIELDS: [&str; 5] = ["task", "input", "ttl_seconds", "webhook", "webhook_events"];
 
 impl SubmitRequest {
     /// Parses and validates a body against the registered tasks.
@@ -71,7 +75,7 @@ impl SubmitRequest {
         if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             let unknown: String = unknown.chars().take(64).collect();
             return Err(ApiError::InvalidRequest(format!(
-                "{unknown}: unknown field; expected task, input and optionally ttl_seconds"
+                "{unknown}: unknown field; expected task, input and optionally ttl_seconds, webhook and webhook_events"
             )));
         }
         let task = match fields.get("task") {
@@ -112,7 +116,54 @@ impl SubmitRequest {
             upload,
             input,
             ttl_seconds,
+            webhook: parse_webhook(&fields)?,
         })
+    }
+}
+
+/// The `webhook` and `webhook_events` fields: a URL and a non-empty subset of
+/// started, progress and completed (default completed).
+fn parse_webhook(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<(String, BTreeSet<EventKind>)>, ApiError> {
+    let url = match fields.get("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "webhook: must be a URL string".into(),
+            ));
+        }
+    };
+    let events = match fields.get("webhook_events") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(names)) if !names.is_empty() => Some(
+            names
+                .iter()
+                .map(|name| {
+                    name.as_str()
+                        .ok_or_else(|| "an event name must be a string".to_owned())
+                        .and_then(|n| n.parse::<EventKind>().map_err(|e| e.to_string()))
+                })
+                .collect::<Result<BTreeSet<_>, _>>()
+                .map_err(|e| ApiError::InvalidRequest(format!("webhook_events: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "webhook_events: must be a non-empty array of started, progress and completed"
+                    .into(),
+            ));
+        }
+    };
+    match (url, events) {
+        (None, Some(_)) => Err(ApiError::InvalidRequest(
+            "webhook_events: needs a webhook URL".into(),
+        )),
+        (None, None) => Ok(None),
+        (Some(url), events) => Ok(Some((
+            url,
+            events.unwrap_or_else(|| [EventKind::Completed].into()),
+        ))),
     }
 }
 
@@ -143,6 +194,17 @@ pub(crate) async fn submit(
             Some(_) => {}
         }
     }
+    let webhook = match request.webhook {
+        Some((url, events)) => {
+            let checked = state
+                .webhook_policy
+                .check(&url)
+                .await
+                .map_err(|refused| ApiError::InvalidWebhook(refused.to_string()))?;
+            Some(Webhook::new(checked.to_string(), events))
+        }
+        None => None,
+    };
     let now = state.clock.now_epoch_ms();
     let ttl = request
         .ttl_seconds
@@ -150,12 +212,18 @@ pub(crate) async fn submit(
     let new = NewJob {
         id: key.map_or_else(JobId::random, |key| job_id_for_key(owner, key)),
         owner: owner.to_owned(),
-        request_hash: request_hash(request.task.as_str(), &request.input, request.ttl_seconds),
+        request_hash: request_hash(
+            request.task.as_str(),
+            &request.input,
+            request.ttl_seconds,
+            webhook.as_ref(),
+        ),
         task: request.task,
         input: request.input,
         idempotency_key: key.map(str::to_owned),
         created_at_epoch_ms: now,
         expires_at_epoch_s: now / 1000 + ttl,
+        webhook,
     };
     match state.store.create(&new).await {
         Ok(job) => {
@@ -225,6 +293,22 @@ mod tests {
             ),
             (
                 r#"{"task":"embed","input":{"texts":["a"]},"ttl_seconds":-1}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"webhook":7}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"webhook_events":["completed"]}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"webhook":"https://example.com","webhook_events":[]}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"task":"embed","input":{"texts":["a"]},"webhook":"https://example.com","webhook_events":["finished"]}"#,
                 "invalid_request",
             ),
         ];

@@ -26,10 +26,21 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before the next receive of a message received `receive_count` times.
     pub fn delay(&self, receive_count: u32) -> Duration {
-        let exponent = receive_count.saturating_sub(1).min(20);
-        let full = self.base.saturating_mul(1 << exponent).min(self.max);
-        let half = full / 2;
+        let half = self.ceiling(receive_count) / 2;
         half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    /// The delay before jitter: `base * 2^(receive_count - 1)`, at most `max`.
+    pub fn ceiling(&self, receive_count: u32) -> Duration {
+        let exponent = receive_count.saturating_sub(1).min(20);
+        self.base.saturating_mul(1 << exponent).min(self.max)
+    }
+
+    /// The ceiling with ±20% jitter: retries spread out while their sum stays close to
+    /// the schedule's (the webhooks queue's 24 hours).
+    pub fn delay_near(&self, receive_count: u32) -> Duration {
+        self.ceiling(receive_count)
+            .mul_f64(0.8 + 0.4 * rand::rng().random::<f64>())
     }
 }
 
@@ -50,6 +61,8 @@ mod tests {
             assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8));
             assert!(backoff.delay(40) <= Duration::from_secs(60));
             assert!(backoff.delay(40) >= Duration::from_secs(30));
+            let near = backoff.delay_near(3);
+            assert!(near >= Duration::from_millis(6400) && near <= Duration::from_millis(9600));
         }
     }
 }

@@ -9,6 +9,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use futures::FutureExt;
 use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
+use offpath_core::webhook::publish_or_log;
 use offpath_core::{
     BlobStore, Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus,
     JobStore, Lease, Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock,
@@ -21,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::outcome::Outcome;
 use crate::panic::panic_text;
 use crate::parts::ClaimedPart;
-use crate::record::Record;
+use crate::record::{Record, records};
 
 /// Worker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,7 @@ pub(crate) enum Inference<T = Value> {
 pub struct Worker {
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) queue: Arc<dyn JobQueue>,
+    pub(crate) webhooks: Arc<dyn JobQueue>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) model: Arc<dyn Model>,
     pub(crate) tasks: Arc<Registry>,
@@ -110,6 +112,7 @@ impl Worker {
         Worker {
             store: Arc::clone(&ports.store),
             queue: Arc::clone(&ports.queue),
+            webhooks: Arc::clone(&ports.webhooks),
             blobs: Arc::clone(&ports.blobs),
             model,
             tasks,
@@ -130,13 +133,7 @@ impl Worker {
         &self,
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, WorkerError> {
-        let records = event
-            .payload
-            .records
-            .iter()
-            .map(Record::from_sqs)
-            .collect::<Option<Vec<_>>>()
-            .ok_or(WorkerError::MissingMessageId)?;
+        let records = records(&event.payload)?;
         let count = records.len();
 
         // 1. Decode and claim, each record on its own.
@@ -306,11 +303,13 @@ impl Worker {
             }
         };
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
+        self.publish(&job).await;
         if let Some(sent) = record.sent_at_epoch_ms {
             metrics::queue_wait(now.saturating_sub(sent));
         }
         if job.cancel_requested {
-            self.finish_write(id, self.store.finish_cancelled(id, &lease.token, now).await);
+            let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
+            self.finish_write(id, cancelled).await;
             return Err(Outcome::done());
         }
         let prepared = self
@@ -340,7 +339,7 @@ impl Worker {
             Err(problem) => {
                 let error = ErrorInfo::new("invalid_input", problem);
                 let written = self.store.fail(id, &lease.token, &error, now).await;
-                Err(self.finish_write(id, written))
+                Err(self.finish_write(id, written).await)
             }
         }
     }
@@ -467,7 +466,7 @@ impl Worker {
             );
             tracing::error!(job_id = %id, %cause, "last attempt failed; the message goes to the dead-letter queue");
             let written = self.store.fail(id, &lease.token, &error, now).await;
-            self.finish_write(id, written);
+            self.finish_write(id, written).await;
             return Outcome::retry_at_visibility_timeout();
         }
         tracing::warn!(job_id = %id, %cause, receive_count, "transient failure; backing off");
@@ -491,18 +490,24 @@ impl Worker {
         {
             let now = self.clock.now_epoch_ms();
             let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
-            return self.finish_write(id, cancelled);
+            return self.finish_write(id, cancelled).await;
         }
-        self.finish_write(id, written)
+        self.finish_write(id, written).await
     }
 
-    /// The outcome of a finishing write. A lost lease is acknowledged (the new owner
-    /// finishes); an unreachable store retries the message.
-    pub(crate) fn finish_write(&self, id: JobId, written: Result<Job, StoreError>) -> Outcome {
+    /// The outcome of a finishing write, whose webhook event it publishes. A lost lease
+    /// is acknowledged (the new owner finishes); an unreachable store retries the
+    /// message.
+    pub(crate) async fn finish_write(
+        &self,
+        id: JobId,
+        written: Result<Job, StoreError>,
+    ) -> Outcome {
         match written {
             Ok(job) => {
                 tracing::info!(job_id = %id, status = %job.status, attempts = job.attempts, "job finished");
                 count_finished(&job);
+                self.publish(&job).await;
                 Outcome::done()
             }
             Err(StoreError::Conflict(current)) => {
@@ -527,11 +532,18 @@ impl Worker {
             Ok(job) => {
                 tracing::error!(job_id = %id, "job dead-lettered");
                 count_finished(&job);
+                self.publish(&job).await;
             }
             Err(err) => {
                 tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; it stays queued (redrive its message from the DLQ)")
             }
         }
+    }
+
+    /// Hands the job's due webhook events to the webhooks queue; on failure they stay
+    /// in its outbox for the sweep.
+    pub(crate) async fn publish(&self, job: &Job) {
+        publish_or_log(self.store.as_ref(), self.webhooks.as_ref(), job).await;
     }
 
     pub(crate) fn is_last_receive(&self, receive_count: u32) -> bool {

@@ -11,6 +11,7 @@
 //! message to the dead-letter queue; malformed messages go to the dead-letter queue.
 
 mod backoff;
+mod deliver;
 mod handler;
 mod outcome;
 mod panic;
@@ -20,4 +21,5 @@ mod record;
 pub mod sweep;
 
 pub use backoff::Backoff;
+pub use deliver::{Deliverer, WEBHOOK_BACKOFF};
 pub use handler::{Worker, WorkerConfig, WorkerError};

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream;
 use offpath_core::blob::{PARTS, part_key, result_key, upload_key};
+use offpath_core::webhook::PROGRESS_GAP_MS;
 use offpath_core::{
-    Assembled, BlobError, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobStatus, Lease,
-    Model, PartOutput, PartsEnd, Settle, Source, StoreError, TaskEntry,
+    Assembled, BlobError, DEAD_LETTERED, ErrorInfo, Event, EventType, Job, JobId, JobMessage,
+    JobStatus, Lease, Model, PartOutput, PartsEnd, Settle, Source, StoreError, TaskEntry,
 };
 use serde_json::Value;
 use tracing::Instrument;
@@ -250,6 +251,7 @@ impl Worker {
                 if job.parts.as_ref().is_some_and(|p| p.all_settled()) {
                     self.end(job).await
                 } else {
+                    self.progress(&job, now).await;
                     Outcome::done()
                 }
             }
@@ -258,6 +260,34 @@ impl Worker {
             Err(err) => {
                 tracing::warn!(job_id = %id, part, error = %err, "could not settle the part; retrying its message");
                 Outcome::retry_at_visibility_timeout()
+            }
+        }
+    }
+
+    /// Sends a progress event when the job's webhook wants one and the last was at
+    /// least a second ago (a conditional write decides among the workers). Best
+    /// effort: progress is not repaired, the next part's settle sends a newer one.
+    async fn progress(&self, job: &Job, now: u64) {
+        if !job.webhook.as_ref().is_some_and(|w| w.wants_progress()) {
+            return;
+        }
+        match self
+            .store
+            .progress_event(job.id, now, PROGRESS_GAP_MS)
+            .await
+        {
+            Ok(_) => {
+                let event = Event {
+                    kind: EventType::Progress,
+                    at: now,
+                };
+                if let Err(err) = self.webhooks.send(&JobMessage::event(job.id, event)).await {
+                    tracing::warn!(job_id = %job.id, error = %err, "could not queue a progress event");
+                }
+            }
+            Err(StoreError::Conflict(_)) => {} // one went less than a second ago
+            Err(err) => {
+                tracing::warn!(job_id = %job.id, error = %err, "could not record a progress event")
             }
         }
     }
@@ -295,7 +325,7 @@ impl Worker {
         let failed = ended
             .as_ref()
             .is_ok_and(|job| job.status == JobStatus::Failed);
-        let outcome = self.finish_write(job.id, ended);
+        let outcome = self.finish_write(job.id, ended).await;
         // The parts did their work, unless a redrive may still need the done parts'
         // outputs; otherwise their blobs would only wait for their expiry.
         if outcome == Outcome::done() && !failed {
@@ -402,7 +432,7 @@ impl Worker {
             {
                 let now = self.clock.now_epoch_ms();
                 let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
-                self.finish_write(id, cancelled)
+                self.finish_write(id, cancelled).await
             }
             Err(StoreError::Conflict(_)) => Outcome::done(),
             Err(err) => self.retry_split(id, &lease, receive_count, &err).await,
@@ -414,7 +444,7 @@ impl Worker {
         let error = ErrorInfo::new("invalid_input", problem);
         let now = self.clock.now_epoch_ms();
         let written = self.store.fail(id, &lease.token, &error, now).await;
-        self.finish_write(id, written)
+        self.finish_write(id, written).await
     }
 
     /// The text of a document job: an upload of its owner, or inline.
@@ -465,7 +495,7 @@ impl Worker {
             );
             let now = self.clock.now_epoch_ms();
             let written = self.store.fail(id, &lease.token, &error, now).await;
-            self.finish_write(id, written);
+            self.finish_write(id, written).await;
             return Outcome::retry_at_visibility_timeout();
         }
         if let Err(err) = self.store.release(id, &lease.token).await {

@@ -1,18 +1,34 @@
-//! Drives the worker handler from a queue the way the Lambda SQS event source mapping
-//! does: receive a batch, build a real `SqsEvent`, call the handler, delete the
-//! messages it did not report as failures (all of them stay when it errors). A
-//! [`Pool`] runs several pollers, as Lambda runs several worker instances.
+//! Drives a batch handler (the worker, or the webhook deliverer) from a queue the way
+//! the Lambda SQS event source mapping does: receive a batch, build a real `SqsEvent`,
+//! call the handler, delete the messages it did not report as failures (all of them
+//! stay when it errors). A [`Pool`] runs several pollers, as Lambda runs several
+//! function instances.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use offpath_core::{JobQueue, QueueMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::Worker;
+use crate::{Worker, WorkerError};
+
+/// An SQS batch handler, as a Lambda function with an SQS event source runs one.
+#[async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Handles one batch; the messages to retry come back as item failures.
+    async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, WorkerError>;
+}
+
+#[async_trait]
+impl BatchHandler for Worker {
+    async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, WorkerError> {
+        Worker::handle(self, event).await
+    }
+}
 
 /// How a poller receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,16 +48,16 @@ impl Default for PollSettings {
     }
 }
 
-/// Pollers feeding one worker from one queue, until stopped.
+/// Pollers feeding one handler from one queue, until stopped.
 pub struct Pool {
     stop: watch::Sender<bool>,
     pollers: Vec<JoinHandle<()>>,
 }
 
 impl Pool {
-    /// Starts `count` pollers (at least one) of `worker` on `queue`.
+    /// Starts `count` pollers (at least one) of `handler` on `queue`.
     pub fn start(
-        worker: Arc<Worker>,
+        handler: Arc<dyn BatchHandler>,
         queue: Arc<dyn JobQueue>,
         settings: PollSettings,
         count: usize,
@@ -50,7 +66,7 @@ impl Pool {
         let pollers = (0..count.max(1))
             .map(|_| {
                 tokio::spawn(run(
-                    Arc::clone(&worker),
+                    Arc::clone(&handler),
                     Arc::clone(&queue),
                     settings,
                     stopped.clone(),
@@ -81,7 +97,7 @@ impl Pool {
 
 /// Polls until `shutdown` turns true; the batch in hand is finished first.
 pub async fn run(
-    worker: Arc<Worker>,
+    handler: Arc<dyn BatchHandler>,
     queue: Arc<dyn JobQueue>,
     settings: PollSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -100,16 +116,20 @@ pub async fn run(
             }
         };
         if !messages.is_empty() {
-            process_batch(&worker, queue.as_ref(), messages).await;
+            process_batch(handler.as_ref(), queue.as_ref(), messages).await;
         }
     }
 }
 
 /// Hands one received batch to the handler and deletes what it acknowledged.
-pub async fn process_batch(worker: &Worker, queue: &dyn JobQueue, messages: Vec<QueueMessage>) {
+pub async fn process_batch(
+    handler: &dyn BatchHandler,
+    queue: &dyn JobQueue,
+    messages: Vec<QueueMessage>,
+) {
     let event = sqs_event(queue.arn(), &messages);
     let payload = LambdaEvent::new(event, Context::default());
-    let failed: Vec<String> = match worker.handle(payload).await {
+    let failed: Vec<String> = match handler.handle(payload).await {
         Ok(response) => response
             .batch_item_failures
             .into_iter()

@@ -2,7 +2,9 @@
 //! source mapping and the local poller both deliver `SqsMessage`s; this is the one
 //! place that reads their attributes.
 
-use aws_lambda_events::event::sqs::SqsMessage;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+
+use crate::WorkerError;
 
 /// One record of a batch, as the handler uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +33,15 @@ impl<'a> Record<'a> {
             sent_at_epoch_ms: attribute("SentTimestamp"),
         })
     }
+}
+
+/// The records of a batch; an error when one has no message id (the batch cannot
+/// report item failures, so SQS retries all of it).
+pub(crate) fn records(event: &SqsEvent) -> Result<Vec<Record<'_>>, WorkerError> {
+    event
+        .records
+        .iter()
+        .map(Record::from_sqs)
+        .collect::<Option<Vec<_>>>()
+        .ok_or(WorkerError::MissingMessageId)
 }

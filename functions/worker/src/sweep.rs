@@ -3,10 +3,13 @@
 //! whose parts have all gone quiet (no live part lease, nothing touched for the grace)
 //! gets its unsettled parts' messages again (or, every part settled, one message that
 //! ends it); a part whose worker died on its last attempt is settled dead when that
-//! message is claimed.
+//! message is claimed. Webhook events still in a job's outbox a grace after the write
+//! that caused them (their writer died before handing them to the webhooks queue) are
+//! sent.
 
 use std::time::Duration;
 
+use offpath_core::webhook::{PublishError, publish, publish_or_log};
 use offpath_core::{
     DEAD_LETTERED, ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError,
     metrics,
@@ -35,6 +38,8 @@ pub struct SweepReport {
     pub requeued: usize,
     /// Jobs written `failed` with code `dead_lettered`.
     pub dead_lettered: usize,
+    /// Webhook events sent from outboxes.
+    pub events: usize,
 }
 
 /// The store or the queue failed; the next run continues.
@@ -46,13 +51,18 @@ pub enum SweepError {
     /// Sending a message failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// Sending webhook events failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
-/// One sweep at time `now`. Re-sending a message that still exists only makes a
-/// duplicate, which the worker acknowledges.
+/// One sweep at time `now`, sending job messages to `queue` and webhook events to
+/// `webhooks`. Re-sending a message that still exists only makes a duplicate, which
+/// the worker acknowledges; a webhook event sent twice carries the same id.
 pub async fn sweep(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
+    webhooks: &dyn JobQueue,
     settings: &SweepSettings,
     now_epoch_ms: u64,
 ) -> Result<SweepReport, SweepError> {
@@ -60,6 +70,22 @@ pub async fn sweep(
     let mut report = SweepReport::default();
     for job in store.unfinished(settings.limit).await? {
         report.examined += 1;
+        if job.has_unsent_events() {
+            let due = job.due_events();
+            // Left behind: its writer had the grace to send it. A terminal job with
+            // nothing due only clears what can no longer happen.
+            let left = due.iter().any(|event| event.at + grace < now_epoch_ms);
+            if left || (due.is_empty() && job.status.is_terminal()) {
+                let sent = publish(store, webhooks, &job).await?;
+                if sent > 0 {
+                    tracing::warn!(job_id = %job.id, sent, "sweep sent webhook events left in the outbox");
+                }
+                report.events += sent;
+            }
+        }
+        if job.status.is_terminal() {
+            continue;
+        }
         if let Some(parts) = &job.parts {
             let quiet = !parts.any_live_lease(now_epoch_ms)
                 && parts.touched_at_epoch_ms + grace < now_epoch_ms;
@@ -107,9 +133,10 @@ pub async fn sweep(
                 ),
             );
             match store.abandon(job.id, &error, now_epoch_ms).await {
-                Ok(_) => {
+                Ok(abandoned) => {
                     report.dead_lettered += 1;
                     metrics::count(metrics::JOBS_DEAD_LETTERED);
+                    publish_or_log(store, webhooks, &abandoned).await;
                 }
                 Err(StoreError::Conflict(_)) => {} // it moved on meanwhile
                 Err(err) => return Err(err.into()),

@@ -18,7 +18,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     let ports = ports_from_env().await?;
-    let (store, queue) = (ports.store.as_ref(), ports.queue.as_ref());
+    let (store, queue, webhooks) = (
+        ports.store.as_ref(),
+        ports.queue.as_ref(),
+        ports.webhooks.as_ref(),
+    );
     let sweep_settings = SweepSettings {
         // The jobs queue's visibility timeout, as template.yaml sets it.
         grace: QueueSettings::default().visibility_timeout,
@@ -28,17 +32,19 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let sweep_settings = &sweep_settings;
     let handler = service_fn(move |_: LambdaEvent<Value>| async move {
         let now = SystemClock.now_epoch_ms();
-        let report = sweep(store, queue, sweep_settings, now).await?;
+        let report = sweep(store, queue, webhooks, sweep_settings, now).await?;
         tracing::info!(
             examined = report.examined,
             requeued = report.requeued,
             dead_lettered = report.dead_lettered,
+            events = report.events,
             "sweep finished"
         );
         Ok::<_, lambda_runtime::Error>(json!({
             "examined": report.examined,
             "requeued": report.requeued,
             "dead_lettered": report.dead_lettered,
+            "events": report.events,
         }))
     });
     run_lambda(metrics("offpath-sweep")?, handler).await

@@ -36,13 +36,26 @@ pub(super) async fn measure(dir: &Path, model_dir: &Path) -> anyhow::Result<Vec<
         table: prefix.clone(),
         queue: format!("{prefix}-jobs"),
         dlq: format!("{prefix}-dlq"),
+        webhooks: format!("{prefix}-webhooks"),
+        webhooks_dlq: format!("{prefix}-webhooks-dlq"),
         bucket: prefix.clone(),
     };
-    let resources = provision(&sdk, &names, &QueueSettings::default()).await?;
+    let resources = provision(
+        &sdk,
+        &names,
+        &QueueSettings::default(),
+        &QueueSettings::webhooks(),
+    )
+    .await?;
     let model_dir = model_dir.to_string_lossy();
     let env = [
         ("OFFPATH_TABLE", resources.table.as_str()),
         ("OFFPATH_QUEUE_URL", resources.queue_url.as_str()),
+        ("OFFPATH_WEBHOOK_QUEUE_URL", resources.webhooks_url.as_str()),
+        (
+            "OFFPATH_WEBHOOK_KEY",
+            "offpath-bench-webhook-key-of-32-bytes",
+        ),
         ("OFFPATH_BUCKET", resources.bucket.as_str()),
         ("OFFPATH_MODEL_DIR", model_dir.as_ref()),
     ];

@@ -156,6 +156,8 @@ impl Bench {
             table: prefix.clone(),
             queue: format!("{prefix}-jobs"),
             dlq: format!("{prefix}-dlq"),
+            webhooks: format!("{prefix}-webhooks"),
+            webhooks_dlq: format!("{prefix}-webhooks-dlq"),
             bucket: prefix.clone(),
         };
         let backend = match self.options.backend {
