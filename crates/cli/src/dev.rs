@@ -89,7 +89,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let dir = args
                 .data_dir
                 .clone()
-                .unwrap_or_else(|| weights::cache_dir().join("data"));
+                .unwrap_or_else(|| weights::cache_root().join("data"));
             let blobs = LocalBlobs::new(&dir)
                 .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
             let capacity = offpath_embedded::CAPACITY;
@@ -162,12 +162,12 @@ fn webhook_keys() -> anyhow::Result<WebhookKeys> {
         let previous = var("OFFPATH_WEBHOOK_PREVIOUS_KEY");
         return WebhookKeys::new(&key, previous.as_deref()).context("OFFPATH_WEBHOOK_KEY");
     }
-    let path = weights::cache_dir().join("webhook.key");
+    let path = weights::cache_root().join("webhook.key");
     let key = match std::fs::read_to_string(&path) {
         Ok(key) => key.trim().to_owned(),
         Err(_) => {
             let key = WebhookKeys::generate();
-            std::fs::create_dir_all(weights::cache_dir())
+            std::fs::create_dir_all(weights::cache_root())
                 .and_then(|()| std::fs::write(&path, &key))
                 .with_context(|| format!("cannot keep the webhook key in {}", path.display()))?;
             key

@@ -84,19 +84,24 @@ pub fn resolve(progress: bool) -> Result<ModelFiles, LoadError> {
     }
 }
 
-/// The cache directory: `$OFFPATH_CACHE_DIR`, else `$XDG_CACHE_HOME/offpath`, else
-/// `~/.cache/offpath`, then `all-MiniLM-L6-v2`.
-pub fn cache_dir() -> PathBuf {
+/// offpath's cache: `$OFFPATH_CACHE_DIR`, else `$XDG_CACHE_HOME/offpath`, else
+/// `~/.cache/offpath`. The model lives in [`cache_dir`]; `offpath dev` keeps its data
+/// and webhook key beside it, never inside (the model directory may become a layer).
+pub fn cache_root() -> PathBuf {
     let env = |name| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let base = env("OFFPATH_CACHE_DIR")
+    env("OFFPATH_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("offpath")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("offpath")))
-        .unwrap_or_else(|| std::env::temp_dir().join("offpath"));
-    base.join("all-MiniLM-L6-v2")
+        .unwrap_or_else(|| std::env::temp_dir().join("offpath"))
+}
+
+/// The model's directory in the cache: [`cache_root`]`/all-MiniLM-L6-v2`.
+pub fn cache_dir() -> PathBuf {
+    cache_root().join("all-MiniLM-L6-v2")
 }
 
 fn is_complete(dir: &Path) -> bool {
