@@ -4,7 +4,6 @@
 //! (the same word-piece windows) in the same run.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -252,21 +251,13 @@ fn sentence_transformers(
     }
     let path = std::env::temp_dir().join(format!("offpath-chunks-{}.json", std::process::id()));
     std::fs::write(&path, serde_json::to_vec(&windows)?)?;
-    let output = Command::new(python)
-        .arg(ST_SCRIPT)
-        .arg(model_dir)
-        .arg(&path)
-        .stderr(std::process::Stdio::inherit())
-        .output();
-    std::fs::remove_file(&path)?;
-    let output = output.map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{} {ST_SCRIPT} failed ({}); does it have sentence-transformers and torch?",
-        python.display(),
-        output.status
+    let report = super::python_report(
+        python,
+        ST_SCRIPT,
+        &[model_dir.as_os_str(), path.as_os_str()],
     );
-    let report: Value = serde_json::from_slice(&output.stdout)?;
+    std::fs::remove_file(&path)?;
+    let report = report?;
     println!(
         "sentence-transformers, the same {} chunks at batch 32: {} chunks/s",
         windows.len(),

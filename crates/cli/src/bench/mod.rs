@@ -8,10 +8,14 @@ pub use document::DocumentBench;
 pub use model::ModelBench;
 pub use service::ServiceBench;
 
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Subcommand;
 use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 /// Benchmarks.
 #[derive(Debug, Clone, Subcommand)]
@@ -96,6 +100,24 @@ impl Percentiles {
             max: ms[ms.len() - 1],
         })
     }
+}
+
+/// Runs `script` with `args` in the Python at `python` (a sentence-transformers bench
+/// script) and returns the JSON it prints; its stderr passes through.
+fn python_report(python: &Path, script: &str, args: &[&OsStr]) -> anyhow::Result<Value> {
+    let output = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} {script} failed ({}); does it have sentence-transformers and torch?",
+        python.display(),
+        output.status
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 #[cfg(test)]

@@ -176,23 +176,14 @@ fn sentence_transformers(
 ) -> anyhow::Result<Value> {
     let sentences = std::env::temp_dir().join(format!("offpath-bench-{}.json", std::process::id()));
     std::fs::write(&sentences, serde_json::to_vec(corpus)?)?;
-    let output = Command::new(python)
-        .arg(ST_SCRIPT)
-        .arg(model_dir)
-        .arg(&sentences)
-        .arg(options.seconds.to_string())
-        .args(BATCHES.map(|b| b.to_string()))
-        .stderr(std::process::Stdio::inherit())
-        .output();
+    let numbers: Vec<String> = std::iter::once(options.seconds.to_string())
+        .chain(BATCHES.map(|b| b.to_string()))
+        .collect();
+    let mut args = vec![model_dir.as_os_str(), sentences.as_os_str()];
+    args.extend(numbers.iter().map(std::ffi::OsStr::new));
+    let report = super::python_report(python, ST_SCRIPT, &args);
     std::fs::remove_file(&sentences)?;
-    let output = output.map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{} {ST_SCRIPT} failed ({}); does it have sentence-transformers and torch?",
-        python.display(),
-        output.status
-    );
-    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let report = report?;
     for (key, precision) in [("throughput", "float32"), ("throughput_bf16", "bfloat16")] {
         for row in report[key].as_array().into_iter().flatten() {
             println!(
