@@ -32,7 +32,7 @@ use offpath_testkit::{
 };
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::Deliverer;
-use offpath_worker::sweep::{SweepSettings, sweep};
+use offpath_worker::sweep::SweepSettings;
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
@@ -289,16 +289,7 @@ async fn worker_crashes(backend: Backend) {
         if last_sweep.elapsed() >= Duration::from_secs(2)
             && faults::queue_empty(stack.ports.queue.as_ref()).await
         {
-            let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
-            let report = sweep(
-                stack.ports.store.as_ref(),
-                stack.ports.queue.as_ref(),
-                stack.ports.webhooks.as_ref(),
-                &settings,
-                now,
-            )
-            .await
-            .expect("sweep");
+            let report = stack.sweep(&settings).await;
             swept += report.requeued + report.dead_lettered;
             last_sweep = Instant::now();
             if report.examined == 0 {
@@ -459,16 +450,7 @@ async fn webhooks_under_faults(backend: Backend) {
         if last_sweep.elapsed() >= Duration::from_secs(2)
             && faults::queue_empty(stack.ports.queue.as_ref()).await
         {
-            let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
-            let report = sweep(
-                stack.ports.store.as_ref(),
-                stack.ports.queue.as_ref(),
-                stack.ports.webhooks.as_ref(),
-                &settings,
-                now,
-            )
-            .await
-            .expect("sweep");
+            let report = stack.sweep(&settings).await;
             swept += report.requeued + report.dead_lettered + report.events;
             last_sweep = Instant::now();
             if up {

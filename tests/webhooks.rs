@@ -19,7 +19,7 @@ use offpath_testkit::{
 };
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::poller::{PollSettings, Pool};
-use offpath_worker::sweep::{SweepSettings, sweep};
+use offpath_worker::sweep::SweepSettings;
 use offpath_worker::{Backoff, Deliverer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -328,17 +328,7 @@ async fn a_worker_killed_between_the_finishing_write_and_the_event_loses_nothing
             max_receive_count: Some(3),
             limit: 1000,
         };
-        let ports = &setup.stack.ports;
-        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
-        let report = sweep(
-            ports.store.as_ref(),
-            ports.queue.as_ref(),
-            ports.webhooks.as_ref(),
-            &settings,
-            now,
-        )
-        .await
-        .unwrap();
+        let report = setup.stack.sweep(&settings).await;
         assert_eq!(report.events, 1, "{}", backend.name());
         let deliveries = receiver
             .wait_for(Duration::from_secs(30), |d| !of(d, id).is_empty())
@@ -663,4 +653,48 @@ async fn a_rotated_key_in_secrets_manager_signs_with_both_until_receivers_move()
         assert!(delivery.verified, "{delivery:#?}");
         assert_eq!(delivery.signatures, 2);
     }
+}
+
+/// A store whose waits fail.
+struct WaitsFail;
+
+#[async_trait]
+impl Hooks for WaitsFail {
+    async fn before(&self, call: Call) -> Result<(), String> {
+        match call {
+            Call::WaitTerminal(_) => Err("injected outage".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_wait_still_answers_202_for_the_job_it_created() {
+    let setup = Setup::new(Backend::Embedded).await;
+    let failing = Hooked::store(setup.stack.ports.store.clone(), Arc::new(WaitsFail));
+    let state = AppState {
+        store: failing,
+        ..setup.state.clone()
+    };
+    let request = Request::post("/jobs")
+        .header("content-type", "application/json")
+        .header("prefer", "wait=5")
+        .body(Body::from(
+            json!({"task": "embed", "input": {"texts": ["x"]}}).to_string(),
+        ))
+        .unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let job: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(job["status"], "queued");
+    // A long-poll that cannot wait is a 503, as any read the store refuses.
+    let id = job["id"].as_str().unwrap();
+    let request = Request::get(format!("/jobs/{id}?wait=5"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -24,6 +24,16 @@ impl std::fmt::Debug for KeyText {
     }
 }
 
+/// The key set directly: `OFFPATH_WEBHOOK_KEY` (and `OFFPATH_WEBHOOK_PREVIOUS_KEY`), as
+/// `lookup` reads them; `None` when unset.
+pub fn key_setting(lookup: impl Fn(&str) -> Option<String>) -> Option<KeyText> {
+    let var = |name| lookup(name).filter(|v: &String| !v.is_empty());
+    Some(KeyText {
+        current: var("OFFPATH_WEBHOOK_KEY")?,
+        previous: var("OFFPATH_WEBHOOK_PREVIOUS_KEY"),
+    })
+}
+
 /// The webhook key from the settings `lookup` reads (the environment, see
 /// [`crate::lambda::webhook_key_from_env`]) or Secrets Manager; an error names the
 /// setting.
@@ -31,14 +41,10 @@ pub async fn webhook_key(
     sdk: &SdkConfig,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<KeyText, ConfigError> {
-    let var = |name| lookup(name).filter(|v: &String| !v.is_empty());
-    if let Some(current) = var("OFFPATH_WEBHOOK_KEY") {
-        return Ok(KeyText {
-            current,
-            previous: var("OFFPATH_WEBHOOK_PREVIOUS_KEY"),
-        });
+    if let Some(key) = key_setting(&lookup) {
+        return Ok(key);
     }
-    let Some(secret) = var("OFFPATH_WEBHOOK_KEY_SECRET") else {
+    let Some(secret) = lookup("OFFPATH_WEBHOOK_KEY_SECRET").filter(|v| !v.is_empty()) else {
         return Err(ConfigError::Missing {
             name: "OFFPATH_WEBHOOK_KEY_SECRET",
             hint: "set it to the ARN of the webhook key secret (the stack sets it), or set OFFPATH_WEBHOOK_KEY",

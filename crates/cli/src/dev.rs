@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use offpath_api::{AppState, Auth, app};
 use offpath_aws::config::{DEFAULT_BUCKET, DEFAULT_QUEUE};
 use offpath_aws::provision::{ResourceNames, ensure_bucket, ensure_table, provision};
+use offpath_aws::secrets::key_setting;
 use offpath_aws::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 use offpath_core::queue::WEBHOOK_ATTEMPT_TIMEOUT;
 use offpath_core::{Clock, Ports, QueueSettings, Registry, SystemClock};
@@ -157,23 +158,39 @@ struct Webhooks {
 /// rotating), else one generated on first use and kept in `webhook.key` in the cache
 /// directory, so receivers' secrets survive a restart.
 fn webhook_keys() -> anyhow::Result<WebhookKeys> {
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    if let Some(key) = var("OFFPATH_WEBHOOK_KEY") {
-        let previous = var("OFFPATH_WEBHOOK_PREVIOUS_KEY");
-        return WebhookKeys::new(&key, previous.as_deref()).context("OFFPATH_WEBHOOK_KEY");
+    if let Some(key) = key_setting(|name| std::env::var(name).ok()) {
+        return WebhookKeys::new(&key.current, key.previous.as_deref())
+            .context("OFFPATH_WEBHOOK_KEY");
     }
     let path = weights::cache_root().join("webhook.key");
     let key = match std::fs::read_to_string(&path) {
         Ok(key) => key.trim().to_owned(),
-        Err(_) => {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = WebhookKeys::generate();
-            std::fs::create_dir_all(weights::cache_root())
-                .and_then(|()| std::fs::write(&path, &key))
+            keep_secret(&path, &key)
                 .with_context(|| format!("cannot keep the webhook key in {}", path.display()))?;
             key
         }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read {}", path.display()));
+        }
     };
     WebhookKeys::new(&key, None).with_context(|| format!("the webhook key in {}", path.display()))
+}
+
+/// Writes `secret` to a new file at `path` that only its owner can read.
+fn keep_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(secret.as_bytes())
 }
 
 /// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.

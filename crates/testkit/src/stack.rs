@@ -6,6 +6,7 @@ use std::time::Duration;
 use offpath_aws::provision::{ResourceNames, Resources, provision};
 use offpath_core::{JobQueue, Model, Ports, QueueSettings, Registry};
 use offpath_embedded::{CAPACITY, LocalBlobs};
+use offpath_worker::sweep::{SweepReport, SweepSettings, sweep};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 
 /// Where the jobs live.
@@ -184,6 +185,24 @@ impl Stack {
             ),
             ("OFFPATH_BUCKET", resources.bucket.clone()),
         ]
+    }
+
+    /// One sweep of this stack now, with `settings`.
+    ///
+    /// # Panics
+    /// When the sweep fails.
+    pub async fn sweep(&self, settings: &SweepSettings) -> SweepReport {
+        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+        let ports = &self.ports;
+        sweep(
+            ports.store.as_ref(),
+            ports.queue.as_ref(),
+            ports.webhooks.as_ref(),
+            settings,
+            now,
+        )
+        .await
+        .expect("sweep")
     }
 
     /// Runs the `offpath` binary with `args` against this stack's resources; returns

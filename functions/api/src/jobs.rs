@@ -75,9 +75,16 @@ pub(crate) async fn submit(
     let wait = preferred_wait(&headers);
     if let Some(wait) = wait
         && !job.status.is_terminal()
-        && let Some(current) = state.store.wait_terminal(job.id, wait).await?
     {
-        job = current;
+        // The job exists and is queued: a failed wait still answers its 202, so a
+        // client without a key does not submit it again.
+        match state.store.wait_terminal(job.id, wait).await {
+            Ok(Some(current)) => job = current,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(job_id = %job.id, error = %err, "waiting for the job failed; answering 202")
+            }
+        }
     }
     let status = match wait {
         Some(_) if job.status.is_terminal() => StatusCode::OK,
