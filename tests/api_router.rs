@@ -11,7 +11,7 @@ use http::Response;
 use offpath_api::{AppState, Auth, SubmitLimits, app};
 use offpath_aws::{DynamoStore, SqsQueue};
 use offpath_core::{JobStatus, QueueSettings};
-use offpath_testkit::{CountTask, Proxy, Stack, drained, fast_queue, item_count};
+use offpath_testkit::{Backend, CountTask, Proxy, Stack, drained, fast_queue, item_count};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -466,5 +466,134 @@ async fn the_document_and_the_checks_follow_the_registry() {
                 "unknown task \"count\"; known tasks are classify, embed, embed_document and rank"
             )
         )
+    );
+}
+
+const RANK: &str = r#"{"task":"rank","input":{"query":"q","documents":["a","b"]}}"#;
+
+/// Every page of `path` (a listing) as `key`'s owner: the jobs' ids, per page.
+async fn pages(state: &AppState, key: &str, path: &str) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = match &cursor {
+            Some(c) => format!("{path}{separator}cursor={c}"),
+            None => path.to_owned(),
+        };
+        let request = Request::get(&url)
+            .header("x-api-key", key)
+            .body(Body::empty());
+        let (status, _, body) = call(state, request.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        let jobs = body["jobs"].as_array().unwrap();
+        pages.push(jobs.clone());
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return pages,
+        }
+    }
+}
+
+#[tokio::test]
+async fn listing_pages_through_the_callers_jobs_newest_first() {
+    for backend in Backend::ALL {
+        listing_on(backend).await;
+    }
+}
+
+async fn listing_on(backend: Backend) {
+    let stack = Stack::new(backend, fast_queue()).await;
+    let mut state = state(&stack);
+    state.auth = Arc::new(Auth::from_api_keys(Some("alice-key=alice,bob-key=bob")).unwrap());
+    let send = |key: &'static str, body: &'static str| {
+        Request::post("/jobs")
+            .header("content-type", "application/json")
+            .header("x-api-key", key)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let mut made = Vec::new();
+    for body in [EMBED, RANK, EMBED, EMBED, RANK, EMBED, EMBED] {
+        let (status, _, job) = call(&state, send("alice-key", body)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        made.push(job["id"].clone());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    call(&state, send("bob-key", EMBED)).await;
+    let newest_first: Vec<Value> = made.iter().rev().cloned().collect();
+
+    let all = pages(&state, "alice-key", "/jobs?limit=3").await;
+    assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    let ids: Vec<Value> = all.concat().iter().map(|j| j["id"].clone()).collect();
+    assert_eq!(ids, newest_first, "every job once, newest first");
+    let default = pages(&state, "alice-key", "/jobs").await;
+    assert_eq!(default.len(), 1, "20 by default");
+    let ranks = pages(&state, "alice-key", "/jobs?task=rank&limit=1")
+        .await
+        .concat();
+    assert_eq!(ranks.len(), 2);
+    assert!(ranks.iter().all(|j| j["task"] == "rank"));
+    let queued = pages(&state, "alice-key", "/jobs?status=queued")
+        .await
+        .concat();
+    assert_eq!(queued.len(), 7);
+    assert!(pages(&state, "alice-key", "/jobs?status=succeeded").await == [Vec::<Value>::new()]);
+    let bob = pages(&state, "bob-key", "/jobs").await.concat();
+    assert_eq!(bob.len(), 1, "only bob's own job");
+
+    // Alice's cursor is no good to bob, nor one edited by hand.
+    let first = Request::get("/jobs?limit=1").header("x-api-key", "alice-key");
+    let (_, _, page) = call(&state, first.body(Body::empty()).unwrap()).await;
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let stolen = Request::get(format!("/jobs?cursor={cursor}")).header("x-api-key", "bob-key");
+    let (status, _, error) = call(&state, stolen.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["code"], "invalid_cursor");
+    let edited = format!("A{}", &cursor[1..]);
+    let forged = Request::get(format!("/jobs?cursor={edited}")).header("x-api-key", "alice-key");
+    let (status, _, _) = call(&state, forged.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_owner_at_the_bound_gets_429_and_nothing_is_created() {
+    for backend in Backend::ALL {
+        admission_on(backend).await;
+    }
+}
+
+async fn admission_on(backend: Backend) {
+    let stack = Stack::new(backend, fast_queue()).await;
+    let mut state = state(&stack);
+    state.limits.max_unfinished_per_owner = Some(3);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&state, submit(EMBED, None)).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let (status, _, keyed) = call(&state, submit(EMBED, Some("kept"))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, headers, body) = call(&state, submit(EMBED, None)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_jobs");
+    assert_eq!(headers["retry-after"], "10");
+    assert!(
+        keyed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 or more")
+    );
+    let unfinished = offpath_testkit::unfinished(stack.ports.store.as_ref()).await;
+    assert_eq!(unfinished.len(), 3, "nothing created");
+    // As jobs finish, room comes back.
+    let first = pages(&state, "", "/jobs?limit=1").await[0][0]["id"].clone();
+    let path = format!("/jobs/{}", first.as_str().unwrap());
+    let cancel = Request::delete(&path).body(Body::empty()).unwrap();
+    assert_eq!(call(&state, cancel).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&state, submit(EMBED, None)).await.0,
+        StatusCode::ACCEPTED
     );
 }

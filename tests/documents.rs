@@ -16,7 +16,7 @@ use offpath_core::{
 };
 use offpath_inference::{MiniLm, weights};
 use offpath_testkit::{
-    Backend, Call, Hooked, Hooks, POISON_PIECE, Stack, TestModel, reference_embedding,
+    Backend, Call, Hooked, Hooks, OWNER, POISON_PIECE, Stack, TestModel, reference_embedding,
 };
 use offpath_worker::poller::{PollSettings, Pool, process_batch};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
@@ -321,7 +321,7 @@ async fn ten_deliveries_of_every_part_run_each_part_once() {
                 stack
                     .ports
                     .queue
-                    .send(&JobMessage::part(id, part))
+                    .send(&JobMessage::part(id, part), OWNER)
                     .await
                     .unwrap();
             }
@@ -491,7 +491,7 @@ async fn a_poisoned_part_dead_letters_the_job_and_a_redrive_reruns_only_it() {
         stack
             .ports
             .queue
-            .send(&JobMessage::from_body(&letters[0].body).unwrap())
+            .send(&JobMessage::from_body(&letters[0].body).unwrap(), OWNER)
             .await
             .unwrap();
         dlq.delete(&letters[0].receipt_handle).await.unwrap();
@@ -601,7 +601,9 @@ async fn bad_documents_get_their_4xx_or_fail_invalid_input_and_leave_nothing_une
             }
         }
         assert!(
-            stack.ports.store.unfinished(100).await.unwrap().is_empty(),
+            offpath_testkit::unfinished(stack.ports.store.as_ref())
+                .await
+                .is_empty(),
             "no job left behind"
         );
         assert!(

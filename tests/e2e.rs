@@ -233,7 +233,7 @@ async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
         stack
             .ports
             .queue
-            .send(&JobMessage::new(before.id))
+            .send(&JobMessage::new(before.id), &before.owner)
             .await
             .unwrap();
     }
@@ -421,6 +421,34 @@ async fn submit_status_and_wait_commands_drive_the_api() {
     let (ok, out, _) = offpath(&["status", id], None);
     assert!(ok);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), done);
+
+    // The listing: a table, newest first, filtered, a page at a time.
+    let (ok, out, err) = offpath(&["jobs"], None);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{out}");
+    assert_eq!(lines.len(), 3, "a header and both jobs: {out}");
+    assert!(
+        lines[1].starts_with(id) && lines[1].contains("classify  "),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("embed") && lines[2].contains("succeeded"),
+        "{out}"
+    );
+    let (ok, out, _) = offpath(&["jobs", "--task", "embed"], None);
+    assert!(ok && out.lines().count() == 2 && !out.contains(id), "{out}");
+    let (ok, out, _) = offpath(&["jobs", "--limit", "1"], None);
+    let next = out.lines().last().unwrap();
+    assert!(
+        ok && next.starts_with("next page: offpath jobs --cursor "),
+        "{out}"
+    );
+    let cursor = next.rsplit(' ').next().unwrap();
+    let (ok, out, _) = offpath(&["jobs", "--limit", "1", "--cursor", cursor], None);
+    assert!(ok && out.lines().nth(1).unwrap().contains("embed"), "{out}");
+    let (ok, _, err) = offpath(&["jobs", "--cursor", "forged.cursor"], None);
+    assert!(!ok && err.contains("invalid_cursor"), "{err}");
 
     // Errors name the problem and exit non-zero.
     let (ok, _, err) = offpath(&["submit", "embed", "--input", r#"{"texts":[]}"#], None);

@@ -28,11 +28,12 @@ use offpath_core::{
     QueueDepth, QueueMessage, QueueSettings, Webhook,
 };
 use offpath_testkit::{
-    Backend, Call, Delivery, Dev, Hooked, Hooks, Proxy, Receiver, Stack, TestModel, item_count,
+    Backend, Call, Delivery, Dev, Hooked, Hooks, OWNER, Proxy, Receiver, Stack, TestModel,
+    item_count, unfinished,
 };
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::Deliverer;
-use offpath_worker::sweep::SweepSettings;
+use offpath_worker::sweep::{SWEEP_BUDGET, SweepSettings};
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
@@ -57,7 +58,10 @@ fn client() -> reqwest::Client {
 async fn enqueue(queue: &dyn JobQueue, ids: &[JobId]) {
     stream::iter(ids)
         .for_each_concurrent(16, |id| async move {
-            queue.send(&JobMessage::new(*id)).await.expect("send");
+            queue
+                .send(&JobMessage::new(*id), OWNER)
+                .await
+                .expect("send");
         })
         .await;
 }
@@ -151,7 +155,7 @@ async fn racing_duplicates(backend: Backend) {
     let elapsed = started.elapsed();
     let server_errors = answers.iter().filter(|(s, _)| *s >= 500).count();
     let ids: HashSet<&Option<String>> = answers.iter().map(|(_, id)| id).collect();
-    let jobs = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    let jobs = unfinished(stack.ports.store.as_ref()).await.len();
     report(Row {
         scenario: "1 racing duplicates",
         backend,
@@ -277,22 +281,21 @@ async fn worker_crashes(backend: Backend) {
     let settings = SweepSettings {
         grace: stack.settings.visibility_timeout,
         max_receive_count: Some(stack.settings.max_receive_count),
-        limit: 10_000,
+        budget: SWEEP_BUDGET,
     };
     let mut last_sweep = Instant::now();
     let mut swept = 0;
     let limit = scale.patience;
     let all_terminal = loop {
         processes.replace_dead(&stack, &model, &finishes);
-        // The scheduled sweep, run when the workers are idle: a scan of a large table
-        // on every pass would starve them on moto.
+        // The scheduled sweep, run when the workers are idle, every 2 s at most.
         if last_sweep.elapsed() >= Duration::from_secs(2)
             && faults::queue_empty(stack.ports.queue.as_ref()).await
         {
             let report = stack.sweep(&settings).await;
             swept += report.requeued + report.dead_lettered;
             last_sweep = Instant::now();
-            if report.examined == 0 {
+            if unfinished(stack.ports.store.as_ref()).await.is_empty() {
                 break true;
             }
         }
@@ -352,7 +355,13 @@ async fn redrive_webhooks(stack: &Stack) -> usize {
     let messages = take_all(stack.webhooks_dlq().as_ref()).await;
     for message in &messages {
         let event = JobMessage::from_body(&message.body).expect("an event message");
-        stack.ports.webhooks.send(&event).await.expect("send");
+        let group = message.group.as_deref().unwrap_or(OWNER);
+        stack
+            .ports
+            .webhooks
+            .send(&event, group)
+            .await
+            .expect("send");
         stack
             .webhooks_dlq()
             .delete(&message.receipt_handle)
@@ -423,7 +432,7 @@ async fn webhooks_under_faults(backend: Backend) {
     let settings = SweepSettings {
         grace: stack.settings.visibility_timeout,
         max_receive_count: Some(stack.settings.max_receive_count),
-        limit: 10_000,
+        budget: SWEEP_BUDGET,
     };
     let (mut swept, mut redriven) = (0, 0);
     let mut last_sweep = Instant::now();
@@ -578,7 +587,7 @@ async fn enqueue_failure(backend: Backend) {
             );
         }
     }
-    let half_created = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    let half_created = unfinished(stack.ports.store.as_ref()).await.len();
     refuse.failing.store(false, Ordering::SeqCst);
     // The client honours Retry-After and retries with its key.
     let wait: u64 = retry_after.iter().next().unwrap().parse().unwrap();
@@ -610,7 +619,7 @@ async fn enqueue_failure(backend: Backend) {
     let elapsed = started.elapsed();
     pool.stop().await;
     let succeeded = succeeded(&done);
-    let residue = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    let residue = unfinished(stack.ports.store.as_ref()).await.len();
     report(Row {
         scenario: "5 SQS send fails after the write",
         backend,
@@ -722,7 +731,12 @@ async fn poison(backend: Backend) {
     for letter in &letters {
         let id = JobMessage::from_body(&letter.body).unwrap().job_id;
         stack.ports.store.revive(id).await.expect("revive");
-        stack.ports.queue.send(&JobMessage::new(id)).await.unwrap();
+        stack
+            .ports
+            .queue
+            .send(&JobMessage::new(id), OWNER)
+            .await
+            .unwrap();
         stack.dlq().delete(&letter.receipt_handle).await.unwrap();
     }
     let (after, _) = wait_terminal(&stack, &ids, scale.patience).await;
@@ -1083,7 +1097,7 @@ async fn bad_input(backend: Backend) {
             wrong.push(format!("{}: {status} {body}", case["name"]));
         }
     }
-    let residue = stack.ports.store.unfinished(10_000).await.unwrap().len();
+    let residue = unfinished(stack.ports.store.as_ref()).await.len();
     let depth = stack.ports.queue.depth().await.unwrap();
     report(Row {
         scenario: "8 bad input corpus",

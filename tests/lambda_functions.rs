@@ -7,7 +7,7 @@
 //! each invocation ends with CloudWatch Embedded Metric Format lines.
 
 use offpath_core::{JobId, JobStatus, metrics};
-use offpath_testkit::{Function, Stack, bootstrap, fast_queue};
+use offpath_testkit::{Function, OWNER, Stack, bootstrap, fast_queue};
 use serde_json::{Value, json};
 
 async fn stack() -> Stack {
@@ -240,7 +240,7 @@ async fn the_sweep_function_answers_its_scheduled_event() {
         .expect("answered");
     assert_eq!(
         answer,
-        json!({"examined": 0, "requeued": 0, "dead_lettered": 0, "events": 0})
+        json!({"examined": 0, "requeued": 0, "dead_lettered": 0, "events": 0, "read": 0, "complete": true})
     );
     let (lines, finished) = logged(&sweep, "sweep finished").await;
     assert_eq!(ids(&lines[finished]).0, Some("sweep-request-1"));
@@ -277,7 +277,7 @@ async fn the_webhook_function_reads_its_key_from_secrets_manager_and_refuses_pri
     stack
         .ports
         .webhooks
-        .send(&JobMessage::event(id, event))
+        .send(&JobMessage::event(id, event), OWNER)
         .await
         .unwrap();
     let messages = stack

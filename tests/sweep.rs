@@ -1,6 +1,8 @@
 //! The sweep repairs jobs that would otherwise stay non-terminal forever, and leaves
 //! healthy ones alone. Run on the embedded adapters (the same port semantics as AWS,
-//! per the conformance suite), with time moved forward explicitly.
+//! per the conformance suite), with time moved forward explicitly; the history tests
+//! also on DynamoDB (moto): with 100,000 finished jobs the sweep reads only the few
+//! that are due (`OFFPATH_SWEEP_HISTORY` sets how many to seed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use offpath_core::{Clock, JobId, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock};
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
 use offpath_testkit::new_job;
-use offpath_worker::sweep::{SweepReport, SweepSettings, sweep};
+use offpath_worker::sweep::{SWEEP_BUDGET, SweepReport, SweepSettings, sweep};
 use serde_json::json;
 
 const MINUTE: u64 = 60_000;
@@ -20,6 +22,7 @@ fn ports() -> (Arc<MemoryStore>, Arc<MemoryQueue>, Arc<MemoryQueue>) {
             name: name.into(),
             visibility_timeout: Duration::from_secs(360),
             capacity: 100,
+            fair: true,
         }))
     };
     (
@@ -33,7 +36,7 @@ fn settings() -> SweepSettings {
     SweepSettings {
         grace: Duration::from_secs(360),
         max_receive_count: Some(3),
-        limit: 1000,
+        budget: SWEEP_BUDGET,
     }
 }
 
@@ -84,6 +87,8 @@ async fn a_worker_that_died_on_the_last_attempt_is_dead_lettered() {
             requeued: 0,
             dead_lettered: 1,
             events: 0,
+            read: 1,
+            complete: true,
         }
     );
     let job = store.get(id).await.unwrap().unwrap();
@@ -116,6 +121,8 @@ async fn lost_messages_are_sent_again() {
             requeued: 2,
             dead_lettered: 0,
             events: 0,
+            read: 2,
+            complete: true,
         }
     );
     let mut sent: Vec<String> = queue
@@ -156,13 +163,16 @@ async fn healthy_and_finished_jobs_are_left_alone() {
     .await
     .unwrap();
 
+    // None of them is due: the sweep does not even read them.
     assert_eq!(
         report,
         SweepReport {
-            examined: 3,
+            examined: 0,
             requeued: 0,
             dead_lettered: 0,
             events: 0,
+            read: 0,
+            complete: true,
         }
     );
     assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
@@ -225,8 +235,9 @@ async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
 
     // The old job's two events go out; the fresh one's writer may still send its own;
     // a job cancelled before it started can never start, so its outbox just empties.
+    // The fresh job's outbox is not due yet: it is not read.
     assert_eq!(report.events, 2);
-    assert_eq!(report.examined, 3);
+    assert_eq!(report.examined, 2);
     let sent: Vec<JobMessage> = webhooks
         .receive(10, Duration::ZERO)
         .await
@@ -259,4 +270,170 @@ async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
     .await
     .unwrap();
     assert_eq!((report.examined, report.events), (1, 2));
+}
+
+/// Finished jobs the history tests seed: `OFFPATH_SWEEP_HISTORY`, by default the
+/// issue's 100,000.
+fn history() -> usize {
+    std::env::var("OFFPATH_SWEEP_HISTORY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Five stuck jobs at `now`: three never claimed whose message was lost, two whose
+/// worker died (leases ended long ago). The sweep must repair each.
+async fn stuck(store: &dyn JobStore, now: u64) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created = now - 30 * MINUTE;
+        let new = NewJob {
+            id: JobId::random(),
+            created_at_epoch_ms: created,
+            expires_at_epoch_s: now / 1000 + 3600,
+            ..new_job("embed", json!({"texts": [format!("stuck {i}")]}))
+        };
+        let id = store.create(&new).await.unwrap().id;
+        if i >= 3 {
+            let lease = Lease {
+                token: format!("dead-{i}"),
+                until_epoch_ms: now - 20 * MINUTE,
+            };
+            store.claim(id, &lease, created).await.unwrap();
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// Sweeps `store` with `history()` finished jobs and five stuck ones: the five are
+/// repaired and the sweep reads a few items, not the history.
+async fn sweep_reads_the_work_not_the_history(store: Arc<dyn JobStore>, label: &str) {
+    let (_, queue, webhooks) = ports();
+    let now = SystemClock.now_epoch_ms();
+    let stuck = stuck(store.as_ref(), now).await;
+    let started = std::time::Instant::now();
+    let report = sweep(
+        store.as_ref(),
+        queue.as_ref(),
+        webhooks.as_ref(),
+        &settings(),
+        now,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "{label}: {} finished jobs + 5 stuck: swept in {:?}: {report:?}",
+        history(),
+        started.elapsed()
+    );
+    assert_eq!((report.examined, report.requeued), (5, 5), "{report:?}");
+    assert!(report.complete);
+    assert!(
+        report.read <= 30,
+        "read {} items for 5 due jobs",
+        report.read
+    );
+    let sent: Vec<JobId> = queue
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| offpath_core::JobMessage::from_body(&m.body).unwrap().job_id)
+        .collect();
+    let (mut sent, mut want) = (sent, stuck);
+    sent.sort();
+    want.sort();
+    assert_eq!(sent, want, "every stuck job's message sent again");
+}
+
+#[tokio::test]
+async fn the_sweep_reads_the_work_not_the_history_embedded() {
+    let store = Arc::new(MemoryStore::new(history() + 100));
+    let now = SystemClock.now_epoch_ms();
+    for i in 0..history() {
+        let new = NewJob {
+            id: JobId::random(),
+            created_at_epoch_ms: now - 60 * MINUTE,
+            ..new_job("embed", json!({"texts": [format!("done {i}")]}))
+        };
+        let id = store.create(&new).await.unwrap().id;
+        let lease = Lease {
+            token: "w".into(),
+            until_epoch_ms: now - 50 * MINUTE,
+        };
+        store.claim(id, &lease, now - 59 * MINUTE).await.unwrap();
+        store
+            .complete(id, "w", &json!([]), now - 58 * MINUTE)
+            .await
+            .unwrap();
+    }
+    sweep_reads_the_work_not_the_history(store, "embedded").await;
+}
+
+#[tokio::test]
+async fn the_sweep_reads_the_work_not_the_history_on_dynamodb() {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    use futures::StreamExt;
+    let stack = offpath_testkit::Stack::moto(offpath_testkit::fast_queue()).await;
+    let client = aws_sdk_dynamodb::Client::new(&offpath_testkit::sdk().await);
+    let table = stack.resources().table.clone();
+    let now = SystemClock.now_epoch_ms();
+    // Finished jobs as the store writes them (no index keys), 25 per batch write.
+    let item = |i: usize| {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let n = |v: u64| AttributeValue::N(v.to_string());
+        let item = [
+            ("pk", s(&JobId::random().to_string())),
+            ("owner", s(offpath_testkit::OWNER)),
+            ("task", s("embed")),
+            ("input", s(&format!(r#"{{"texts":["done {i}"]}}"#))),
+            ("status", s("succeeded")),
+            ("output", s("[]")),
+            ("attempts", n(1)),
+            ("created_at_epoch_ms", n(now - 60 * MINUTE)),
+            ("started_at_epoch_ms", n(now - 59 * MINUTE)),
+            ("finished_at_epoch_ms", n(now - 58 * MINUTE)),
+            ("cancel_requested", AttributeValue::Bool(false)),
+            ("request_hash", s("h")),
+            ("expires_at_epoch_s", n(now / 1000 + 3600)),
+            ("version", n(3)),
+        ];
+        let put = PutRequest::builder()
+            .set_item(Some(
+                item.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            ))
+            .build()
+            .unwrap();
+        WriteRequest::builder().put_request(put).build()
+    };
+    let seeding = std::time::Instant::now();
+    let batches: Vec<Vec<WriteRequest>> = (0..history())
+        .collect::<Vec<_>>()
+        .chunks(25)
+        .map(|chunk| chunk.iter().map(|&i| item(i)).collect())
+        .collect();
+    futures::stream::iter(batches)
+        .for_each_concurrent(8, |batch| {
+            let (client, table) = (client.clone(), table.clone());
+            async move {
+                let mut pending = Some(batch);
+                while let Some(batch) = pending.take() {
+                    let output = client
+                        .batch_write_item()
+                        .request_items(&table, batch)
+                        .send()
+                        .await
+                        .expect("batch write");
+                    pending = output
+                        .unprocessed_items()
+                        .and_then(|u| u.get(&table))
+                        .filter(|b| !b.is_empty())
+                        .cloned();
+                }
+            }
+        })
+        .await;
+    eprintln!("seeded {} jobs in {:?}", history(), seeding.elapsed());
+    sweep_reads_the_work_not_the_history(stack.ports.store.clone(), "moto").await;
 }

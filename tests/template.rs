@@ -45,6 +45,15 @@ struct Settings {
     encryption: String,
     /// All four public access blocks on.
     public_blocked: bool,
+    /// The table's global secondary indexes, each as
+    /// `name hash:type [range:type] projection`, sorted.
+    indexes: Vec<String>,
+}
+
+/// One index as [`Settings::indexes`] writes it.
+fn index_line(name: &str, keys: &[(&str, &str)], projection: &str) -> String {
+    let keys: Vec<String> = keys.iter().map(|(a, t)| format!("{a}:{t}")).collect();
+    format!("{name} {} {projection}", keys.join(" "))
 }
 
 fn template() -> Value {
@@ -76,7 +85,42 @@ fn declared() -> Settings {
         }
     };
     let table = &resources["JobsTable"]["Properties"];
+    let attribute_type = |name: &str| {
+        table["AttributeDefinitions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|d| d["AttributeName"].as_str() == Some(name))
+            .and_then(|d| d["AttributeType"].as_str())
+            .unwrap_or_else(|| panic!("{name} has no attribute definition"))
+            .to_owned()
+    };
+    let mut indexes: Vec<String> = table["GlobalSecondaryIndexes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|index| {
+            let keys: Vec<(String, String)> = index["KeySchema"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    let name = k["AttributeName"].as_str().unwrap();
+                    (name.to_owned(), attribute_type(name))
+                })
+                .collect();
+            let keys: Vec<(&str, &str)> =
+                keys.iter().map(|(a, t)| (a.as_str(), t.as_str())).collect();
+            index_line(
+                index["IndexName"].as_str().unwrap(),
+                &keys,
+                index["Projection"]["ProjectionType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    indexes.sort();
     Settings {
+        indexes,
         jobs: queues("JobsQueue", "DeadLetterQueue"),
         webhooks: queues("WebhooksQueue", "WebhooksDeadLetterQueue"),
         key: format!(
@@ -185,7 +229,41 @@ async fn observed(table: &str, urls: QueueUrls<'_>, bucket: &str) -> Settings {
         .send()
         .await
         .unwrap();
+    let attribute_type = |name: &str| {
+        described
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == name)
+            .map(|d| d.attribute_type().as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let mut indexes: Vec<String> = described
+        .global_secondary_indexes()
+        .iter()
+        .map(|index| {
+            let keys: Vec<(String, String)> = index
+                .key_schema()
+                .iter()
+                .map(|k| {
+                    (
+                        k.attribute_name().to_owned(),
+                        attribute_type(k.attribute_name()),
+                    )
+                })
+                .collect();
+            let keys: Vec<(&str, &str)> =
+                keys.iter().map(|(a, t)| (a.as_str(), t.as_str())).collect();
+            let projection = index
+                .projection()
+                .and_then(|p| p.projection_type())
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            index_line(index.index_name().unwrap_or_default(), &keys, &projection)
+        })
+        .collect();
+    indexes.sort();
     Settings {
+        indexes,
         jobs: observed_queues(urls.queue, urls.dlq).await,
         webhooks: observed_queues(urls.webhooks, urls.webhooks_dlq).await,
         key: format!(

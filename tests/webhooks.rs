@@ -19,7 +19,7 @@ use offpath_testkit::{
 };
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::poller::{PollSettings, Pool};
-use offpath_worker::sweep::SweepSettings;
+use offpath_worker::sweep::{SWEEP_BUDGET, SweepSettings};
 use offpath_worker::{Backoff, Deliverer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -326,7 +326,7 @@ async fn a_worker_killed_between_the_finishing_write_and_the_event_loses_nothing
         let settings = SweepSettings {
             grace,
             max_receive_count: Some(3),
-            limit: 1000,
+            budget: SWEEP_BUDGET,
         };
         let report = setup.stack.sweep(&settings).await;
         assert_eq!(report.events, 1, "{}", backend.name());
@@ -453,13 +453,8 @@ async fn refused_urls_are_a_400_naming_the_reason_and_create_nothing() {
         assert!(message.contains(reason), "{url}: {message}");
     }
     assert!(
-        setup
-            .stack
-            .ports
-            .store
-            .unfinished(10)
+        offpath_testkit::unfinished(setup.stack.ports.store.as_ref())
             .await
-            .unwrap()
             .is_empty()
     );
 }

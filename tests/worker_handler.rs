@@ -11,7 +11,7 @@ use offpath_api::{AppState, Auth, app};
 use offpath_core::{
     Clock, JobId, JobMessage, JobStatus, Lease, MODEL_NAME, QueueMessage, SystemClock,
 };
-use offpath_testkit::{CountTask, Stack, TestModel, fast_queue, sqs_event as fixture_event};
+use offpath_testkit::{CountTask, OWNER, Stack, TestModel, fast_queue, sqs_event as fixture_event};
 use offpath_worker::poller::sqs_event;
 use offpath_worker::{Worker, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
@@ -221,7 +221,12 @@ async fn throttling_releases_the_job_and_backs_the_message_off() {
     let model = Arc::new(TestModel::default());
     model.throttled.store(1, Ordering::SeqCst);
     let id = create(&stack, "embed", embed_input("slow down")).await;
-    stack.ports.queue.send(&JobMessage::new(id)).await.unwrap();
+    stack
+        .ports
+        .queue
+        .send(&JobMessage::new(id), OWNER)
+        .await
+        .unwrap();
     let (messages, event) = received(&stack, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
 

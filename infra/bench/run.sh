@@ -41,6 +41,8 @@ echo "==> bench model, float32 products" >&2
 echo "==> bench document" >&2
 "$offpath" bench document --mib 1 --pollers 1,2 --json docs/bench/document.json \
   --python "$python"
+echo "==> bench fairness" >&2
+"$offpath" bench fairness --json docs/bench/fairness.json
 echo "==> bench service, embedded" >&2
 "$offpath" bench service --backend embedded --out docs/bench
 

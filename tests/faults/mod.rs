@@ -291,7 +291,7 @@ pub async fn wait_terminal(
         let due = last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
         if due || queue_empty(queue).await {
             last_scan = Some(Instant::now());
-            let unfinished = store.unfinished(100_000).await.expect("unfinished");
+            let unfinished = offpath_testkit::unfinished(store).await;
             if !unfinished.iter().any(|j| wanted.contains(&j.id)) {
                 break;
             }

@@ -26,6 +26,8 @@ pub struct DeadLetter {
     pub body: String,
     /// The job it names, if the body is a job message.
     pub job_id: Option<JobId>,
+    /// Its message group (the job's owner), kept when it moves back.
+    pub group: Option<String>,
 }
 
 /// A dead-letter queue and the jobs queue its messages go back to.
@@ -75,6 +77,10 @@ impl DeadLetterQueue {
                         as u32,
                     sent_at_epoch_ms: attribute(MessageSystemAttributeName::SentTimestamp),
                     job_id: JobMessage::from_body(&body).ok().map(|m| m.job_id),
+                    group: m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                        .cloned(),
                     body,
                 });
             }
@@ -104,6 +110,7 @@ impl DeadLetterQueue {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(&letter.body)
+            .set_message_group_id(letter.group.clone())
             .send()
             .await
             .map_err(sqs_error)?;

@@ -2,6 +2,7 @@
 //! conditional write whose condition is a named constant below.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -10,14 +11,20 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, Select,
+};
+use offpath_core::index::{DUE_SHARDS, OWNER_SLICES};
 use offpath_core::{
-    DEAD_LETTERED, ErrorInfo, EventKind, Job, JobId, JobStatus, JobStore, Lease, NewJob, PartsEnd,
-    Settle, StoreError,
+    DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus, JobStore,
+    LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, NewJob, PartsEnd, Settle, StoreError,
 };
 use serde_json::Value;
 
-use crate::item::{Item, attr, error_value, from_item, kinds, n, part_lease, s, to_item};
+use crate::item::{
+    DUE_INDEX, Index, Item, OUTBOX_INDEX, OWNER_INDEX, OWNER_UNFINISHED_INDEX, attr, error_value,
+    from_item, kinds, n, owner_slice, part_lease, s, to_item,
+};
 
 /// No job with this id exists.
 const ABSENT: &str = "attribute_not_exists(#pk)";
@@ -30,8 +37,6 @@ const HELD_NOT_CANCELLED: &str =
     "#status = :running AND #lease_owner = :token AND #cancel_requested = :false";
 /// The job failed on its last receive and its message went to the dead-letter queue.
 const REVIVABLE: &str = "#status = :failed AND #error.#code = :dead_lettered";
-/// The job is not terminal, or its webhook outbox holds events (a scan filter).
-const UNFINISHED: &str = "#status IN (:queued, :running) OR attribute_exists(#webhook_unsent)";
 /// The job's finish time is as the caller read it (absent: not finished).
 const FINISHED_AT: &str = "#finished_at_epoch_ms = :finished";
 const NOT_FINISHED: &str = "attribute_not_exists(#finished_at_epoch_ms)";
@@ -48,26 +53,43 @@ const RUNNING: &str = "#status = :running";
 /// The job waits in the queue and was never claimed.
 const UNSTARTED: &str = "#status = :queued AND #attempts = :zero";
 
+// Index keys (see `item::attr`): a claim moves the job's `due` entry to its lease's
+// end and makes its `started` event due; a finish removes its `due` and
+// `owner_unfinished` entries and makes its completion event due; the outbox entry goes
+// when the outbox is sent.
 const CLAIM: &str = "SET #status = :running, #lease_owner = :token, #lease_until_epoch_ms = :until, \
      #attempts = #attempts + :one, #started_at_epoch_ms = if_not_exists(#started_at_epoch_ms, :now), \
-     #version = #version + :one";
+     #due_at_epoch_ms = :until, #outbox_at_epoch_ms = :now, #version = #version + :one";
 const COMPLETE: &str = "SET #status = :succeeded, #output = :output, #finished_at_epoch_ms = :now, \
-     #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
+     #outbox_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
 const FAIL: &str = "SET #status = :failed, #error = :error, #finished_at_epoch_ms = :now, \
-     #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
-const RELEASE: &str =
-    "SET #status = :queued, #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
+     #outbox_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
+/// Due, as [`Job::unfinished_due_at`] says of a queued job that ran before: from its
+/// first start.
+const DUE_FROM_START: &str =
+    "#due_at_epoch_ms = if_not_exists(#started_at_epoch_ms, #created_at_epoch_ms)";
+const RELEASE: &str = "SET #status = :queued, #version = #version + :one, \
+     #due_at_epoch_ms = if_not_exists(#started_at_epoch_ms, #created_at_epoch_ms) \
+     REMOVE #lease_owner, #lease_until_epoch_ms";
 const CANCELLED: &str = "SET #status = :cancelled, #finished_at_epoch_ms = :now, \
-     #version = #version + :one REMOVE #lease_owner, #lease_until_epoch_ms";
-const REVIVE: &str =
-    "SET #status = :queued, #version = #version + :one REMOVE #error, #finished_at_epoch_ms";
+     #outbox_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
+/// A revived job is unfinished again: back in `due` and `owner_unfinished`.
+const REVIVE_SET: &str =
+    "#version = #version + :one, #due_shard = :due_shard, #owner_slice = :owner_slice";
 const REQUEST_CANCEL: &str = "SET #cancel_requested = :true, #version = #version + :one";
-const EVENTS_SENT: &str = "DELETE #webhook_unsent :kinds SET #version = #version + :one";
+/// Events sent of a job not finished: nothing is due until it finishes.
+const EVENTS_SENT: &str = "DELETE #webhook_unsent :kinds SET #version = #version + :one \
+     REMOVE #outbox_at_epoch_ms";
+/// Events sent of a finished job: its outbox is empty (what is left can no longer
+/// happen), so it leaves the outbox index.
+const LAST_EVENTS_SENT: &str = "DELETE #webhook_unsent :kinds SET #version = #version + :one \
+     REMOVE #outbox_shard, #outbox_at_epoch_ms";
 const PROGRESS_SENT: &str = "SET #webhook_progress_at_epoch_ms = :now, #version = #version + :one";
-const WEBHOOK_GONE: &str =
-    "SET #webhook_gone = :true, #version = #version + :one REMOVE #webhook_unsent";
-/// Appended to a revive: the job will end again, so its completion event is due again.
-const COMPLETION_UNSENT: &str = " ADD #webhook_unsent :completed";
+const WEBHOOK_GONE: &str = "SET #webhook_gone = :true, #version = #version + :one \
+     REMOVE #webhook_unsent, #outbox_shard, #outbox_at_epoch_ms";
 
 // Jobs that run in parts. `#part` names the part's key in the part maps, `:part` is its
 // number.
@@ -93,20 +115,24 @@ const PARTS_SETTLED_NOT_CANCELLED: &str = "#status = :running AND attribute_exis
 /// The record is as it was read.
 const UNCHANGED: &str = "#version = :version";
 
+// A job in parts is due for the sweep from its parts' last activity.
 const FAN_OUT: &str = "SET #parts_total = :parts, #chunks_total = :chunks, #chunks_done = :zero, \
      #parts_dead = :empty, #part_leases = :empty, #part_attempts = :empty, \
-     #parts_touched_at_epoch_ms = :now, #version = #version + :one \
+     #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one \
      REMOVE #lease_owner, #lease_until_epoch_ms";
 const CLAIM_PART: &str = "SET #part_leases.#part = :lease, \
      #part_attempts.#part = if_not_exists(#part_attempts.#part, :zero) + :one, \
-     #parts_touched_at_epoch_ms = :now, #version = #version + :one";
+     #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one";
 const RELEASE_PART: &str = "SET #version = #version + :one REMOVE #part_leases.#part";
 const PART_DONE: &str = "ADD #parts_settled :parts_set, #chunks_done :chunks \
-     SET #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+     SET #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #part_leases.#part";
 const PART_DEAD: &str = "ADD #parts_settled :parts_set SET #parts_dead.#part = :error_text, \
-     #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+     #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #part_leases.#part";
 const PART_SKIPPED: &str = "ADD #parts_settled :parts_set \
-     SET #parts_touched_at_epoch_ms = :now, #version = #version + :one REMOVE #part_leases.#part";
+     SET #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one \
+     REMOVE #part_leases.#part";
 
 /// DynamoDB-backed [`JobStore`].
 #[derive(Debug, Clone)]
@@ -183,6 +209,135 @@ impl DynamoStore {
                 self.conflict(id, item).await
             }
             Err(err) => Err(sdk_error(err)),
+        }
+    }
+
+    /// Reads the records of `ids` (100 per request, retrying what DynamoDB leaves
+    /// unprocessed); returns them and how many items came back.
+    async fn batch_get(
+        &self,
+        ids: &[JobId],
+        consistent: bool,
+    ) -> Result<(HashMap<JobId, Job>, usize), StoreError> {
+        let mut jobs = HashMap::new();
+        let mut read = 0;
+        for chunk in ids.chunks(100) {
+            let keys = chunk.iter().map(|id| Self::key(*id)).collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(consistent)
+                    .build()
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            );
+            let mut pause = Duration::from_millis(20);
+            while let Some(keys) = request.take() {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                for item in output
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    read += 1;
+                    let job = decode(item.clone())?;
+                    jobs.insert(job.id, job);
+                }
+                request = output
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+                if request.is_some() {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        Ok((jobs, read))
+    }
+
+    /// Up to `limit` entries of `owner`'s listing index, newest first, after `start`:
+    /// (id, creation time) each, and where the query stopped if it did.
+    async fn owner_page(
+        &self,
+        owner: &str,
+        start: Option<Item>,
+        limit: usize,
+    ) -> Result<(Vec<(JobId, u64)>, Option<Item>), StoreError> {
+        let condition = format!("#{} = :owner", attr::OWNER);
+        let (names, values) = placeholders(&[&condition], &[], vec![(":owner", s(owner))]);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OWNER_INDEX.name)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .scan_index_forward(false)
+            .limit(limit.max(1) as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let entries = output
+            .items()
+            .iter()
+            .map(|item| {
+                let created = match item.get(attr::CREATED_AT) {
+                    Some(AttributeValue::N(v)) => v.parse().ok(),
+                    _ => None,
+                };
+                let created = created.ok_or_else(|| {
+                    StoreError::Other("listing entry without a creation time".into())
+                })?;
+                Ok((item_id(item)?, created))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let last = output
+            .last_evaluated_key()
+            .filter(|k| !k.is_empty())
+            .cloned();
+        Ok((entries, last))
+    }
+
+    /// Counts the entries of one slice of `owner`'s unfinished jobs, stopping at `cap`.
+    async fn count_slice(&self, owner: &str, slice: u32, cap: u64) -> Result<u64, StoreError> {
+        let condition = format!("#{} = :slice", attr::OWNER_SLICE);
+        let (names, values) = placeholders(
+            &[&condition],
+            &[],
+            vec![(":slice", s(owner_slice(owner, slice)))],
+        );
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OWNER_UNFINISHED_INDEX.name)
+                .key_condition_expression(&condition)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .select(Select::Count)
+                .limit((cap - count).min(i32::MAX as u64) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            count += output.count() as u64;
+            match output.last_evaluated_key().filter(|k| !k.is_empty()) {
+                Some(key) if count < cap => start = Some(key.clone()),
+                _ => return Ok(count),
+            }
         }
     }
 
@@ -317,52 +472,62 @@ impl JobStore for DynamoStore {
     }
 
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
-        let mut values = vec![(":dead_lettered", s(DEAD_LETTERED))];
         let job = self.get(id).await?.ok_or(StoreError::NotFound)?;
+        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+        let mut values = vec![
+            (":dead_lettered", s(DEAD_LETTERED)),
+            (":now", n(now)),
+            (":due_shard", n(id.shard(DUE_SHARDS).into())),
+            (
+                ":owner_slice",
+                s(owner_slice(&job.owner, id.shard(OWNER_SLICES))),
+            ),
+        ];
+        let mut set = vec![REVIVE_SET.to_owned()];
+        let mut remove = vec!["#error".to_owned(), "#finished_at_epoch_ms".to_owned()];
+        let mut tail = String::new();
+        // The job will end again: its completion event is due again (and its outbox
+        // back in the index).
         let completion = job
             .webhook
             .as_ref()
             .is_some_and(|w| !w.gone && w.events.contains(&EventKind::Completed));
-        let completion_unsent = if completion {
+        if completion {
             values.push((":completed", kinds(&[EventKind::Completed].into())));
-            COMPLETION_UNSENT
-        } else {
-            ""
-        };
+            set.push("#outbox_shard = :due_shard".to_owned());
+            tail.push_str(" ADD #webhook_unsent :completed");
+        }
         let Some(parts) = job.parts.filter(|_| job.status == JobStatus::Failed) else {
-            let update = format!("{REVIVE}{completion_unsent}");
+            set.extend(["#status = :queued".to_owned(), DUE_FROM_START.to_owned()]);
+            let update = format!("SET {} REMOVE {}{tail}", set.join(", "), remove.join(", "));
             return self.update(id, REVIVABLE, &update, values).await;
         };
         // Back to running, its dead parts unsettled again with fresh attempts; the read
         // above must still hold.
+        set.extend([
+            "#status = :running".to_owned(),
+            "#parts_dead = :empty".to_owned(),
+            "#parts_touched_at_epoch_ms = :now".to_owned(),
+            "#due_at_epoch_ms = :now".to_owned(),
+        ]);
         let dead: Vec<u32> = parts.dead.keys().copied().collect();
         let names: Vec<(String, String)> = dead
             .iter()
             .enumerate()
             .map(|(i, part)| (format!("#dead{i}"), part.to_string()))
             .collect();
-        let mut update = "SET #status = :running, #parts_dead = :empty, \
-            #parts_touched_at_epoch_ms = :now, #version = #version + :one \
-            REMOVE #error, #finished_at_epoch_ms"
-            .to_owned();
-        for (placeholder, _) in &names {
-            update.push_str(&format!(", #part_attempts.{placeholder}"));
-        }
-        update.push_str(completion_unsent);
-        values.extend([
-            (":version", n(job.version)),
-            (
-                ":now",
-                n(offpath_core::Clock::now_epoch_ms(
-                    &offpath_core::SystemClock,
-                )),
-            ),
-        ]);
+        remove.extend(
+            names
+                .iter()
+                .map(|(placeholder, _)| format!("#part_attempts.{placeholder}")),
+        );
+        values.push((":version", n(job.version)));
         if !dead.is_empty() {
-            update.push_str(" DELETE #parts_settled :dead_set");
+            tail.push_str(" DELETE #parts_settled :dead_set");
             let set = dead.iter().map(u32::to_string).collect();
             values.push((":dead_set", AttributeValue::Ns(set)));
         }
+        let update = format!("SET {} REMOVE {}{tail}", set.join(", "), remove.join(", "));
         let condition = format!("{REVIVABLE} AND {UNCHANGED}");
         let names: Vec<(&str, String)> =
             names.iter().map(|(p, n)| (p.as_str(), n.clone())).collect();
@@ -503,36 +668,129 @@ impl JobStore for DynamoStore {
         }
     }
 
-    /// A filtered, strongly consistent Scan: it reads the whole table, so run the
-    /// sweep every few minutes, not per request.
-    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let (names, values) = placeholders(&[UNFINISHED], &[], vec![]);
-        let mut jobs = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
+    /// Queries the `due` and then the `outbox` index, shard by shard, for entries
+    /// before `before`, and reads their records (strongly consistent). The cursor
+    /// names the index, the shard and where in it the last query stopped.
+    async fn due(&self, before: u64, cursor: Option<&str>) -> Result<DuePage, StoreError> {
+        let mut at = match cursor {
+            Some(cursor) => DueCursor::decode(cursor)?,
+            None => DueCursor::default(),
+        };
+        let mut page = DuePage::default();
+        while let Some(index) = SWEEP_INDEXES.get(at.index) {
+            let (shard_attr, _) = index.hash;
+            let (at_attr, _) = index.range.expect("the sweep's indexes have a sort key");
+            let condition = format!("#{shard_attr} = :shard AND #{at_attr} < :before");
+            let (names, values) = placeholders(
+                &[&condition],
+                &[],
+                vec![(":shard", n(at.shard.into())), (":before", n(before))],
+            );
+            let output = self
                 .client
-                .scan()
+                .query()
                 .table_name(&self.table)
-                .filter_expression(UNFINISHED)
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
+                .index_name(index.name)
+                .key_condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .limit(DUE_PAGE)
+                .set_exclusive_start_key(at.start.take())
                 .send()
                 .await
                 .map_err(sdk_error)?;
-            for item in page.items() {
-                if jobs.len() == limit {
-                    return Ok(jobs);
-                }
-                jobs.push(decode(item.clone())?);
+            page.read += output.items().len();
+            let ids = output
+                .items()
+                .iter()
+                .map(item_id)
+                .collect::<Result<Vec<_>, _>>()?;
+            let (jobs, read) = self.batch_get(&ids, true).await?;
+            page.read += read;
+            // In index order; a record deleted since is skipped.
+            page.jobs
+                .extend(ids.iter().filter_map(|id| jobs.get(id).cloned()));
+            match output.last_evaluated_key().filter(|key| !key.is_empty()) {
+                Some(key) => at.start = Some(key.clone()),
+                None => at.next_shard(),
             }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(jobs),
+            if !page.jobs.is_empty() {
+                break;
             }
         }
+        page.next = (at.index < SWEEP_INDEXES.len()).then(|| at.encode());
+        Ok(page)
+    }
+
+    /// Queries the `owner_created` index newest first and reads the records
+    /// (eventually consistent, as the index is).
+    async fn list(&self, query: &ListQuery<'_>) -> Result<JobPage, StoreError> {
+        let mut page = JobPage::default();
+        let mut start = query.after.map(|after| owner_key(query.owner, after));
+        let mut examined = 0;
+        loop {
+            let want = (LIST_EXAMINE_LIMIT - examined).min(DUE_PAGE as usize);
+            let (ids, last) = self.owner_page(query.owner, start.take(), want).await?;
+            let (jobs, _) = self
+                .batch_get(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>(), false)
+                .await?;
+            let mut rest = ids.iter().peekable();
+            while let Some((id, created)) = rest.next() {
+                examined += 1;
+                if let Some(job) = jobs.get(id).filter(|job| query.matches(job)) {
+                    page.jobs.push(job.clone());
+                }
+                let position = ListPosition {
+                    created_at_epoch_ms: *created,
+                    id: *id,
+                };
+                if page.jobs.len() >= query.limit || examined >= LIST_EXAMINE_LIMIT {
+                    // More after this one? In this page, or (the page ended here) in
+                    // the index.
+                    let more = rest.peek().is_some()
+                        || (last.is_some()
+                            && !self
+                                .owner_page(query.owner, Some(owner_key(query.owner, position)), 1)
+                                .await?
+                                .0
+                                .is_empty());
+                    page.next = more.then_some(position);
+                    return Ok(page);
+                }
+            }
+            match last {
+                Some(key) => start = Some(key),
+                None => return Ok(page),
+            }
+        }
+    }
+
+    /// Counts the owner's entries in the `owner_unfinished` index: every slice for a
+    /// small bound, else only `sample`'s slice (scaled up), so a count reads at most
+    /// about `at_most / 16` keys.
+    async fn unfinished_estimate(
+        &self,
+        owner: &str,
+        sample: JobId,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let (slices, cap) = if at_most < EXACT_COUNT_BELOW {
+            ((0..OWNER_SLICES).collect::<Vec<_>>(), at_most + 1)
+        } else {
+            (
+                vec![sample.shard(OWNER_SLICES)],
+                at_most / u64::from(OWNER_SLICES) + 1,
+            )
+        };
+        let counts = slices
+            .iter()
+            .map(|&slice| self.count_slice(owner, slice, cap));
+        let counted: u64 = futures::future::try_join_all(counts)
+            .await?
+            .into_iter()
+            .sum();
+        let scale = u64::from(OWNER_SLICES) / slices.len() as u64;
+        Ok(counted * scale)
     }
 
     async fn events_sent(
@@ -542,14 +800,14 @@ impl JobStore for DynamoStore {
         finished_at: Option<u64>,
     ) -> Result<Job, StoreError> {
         let mut values = vec![(":kinds", kinds(sent))];
-        let condition = match finished_at {
+        let (condition, update) = match finished_at {
             Some(at) => {
                 values.push((":finished", n(at)));
-                FINISHED_AT
+                (FINISHED_AT, LAST_EVENTS_SENT)
             }
-            None => NOT_FINISHED,
+            None => (NOT_FINISHED, EVENTS_SENT),
         };
-        self.update(id, condition, EVENTS_SENT, values).await
+        self.update(id, condition, update, values).await
     }
 
     async fn progress_event(
@@ -579,6 +837,103 @@ impl JobStore for DynamoStore {
             .map(|_| ())
             .map_err(sdk_error)
     }
+}
+
+/// Most index entries one query of the sweep or the listing reads.
+const DUE_PAGE: i32 = 100;
+
+/// Below this bound admission counts every slice of an owner's unfinished jobs.
+const EXACT_COUNT_BELOW: u64 = 1_024;
+
+/// The indexes the sweep reads, in order.
+const SWEEP_INDEXES: [Index; 2] = [DUE_INDEX, OUTBOX_INDEX];
+
+/// Where [`JobStore::due`] goes on: an index, a shard, and where in it.
+#[derive(Debug, Default)]
+struct DueCursor {
+    index: usize,
+    shard: u32,
+    start: Option<Item>,
+}
+
+impl DueCursor {
+    fn next_shard(&mut self) {
+        self.start = None;
+        self.shard += 1;
+        if self.shard == DUE_SHARDS {
+            self.shard = 0;
+            self.index += 1;
+        }
+    }
+
+    /// `index/shard` and, mid-shard, `/` and the start key as JSON of strings (the
+    /// sweep's keys are the id, a string, and numbers).
+    fn encode(&self) -> String {
+        let mut cursor = format!("{}/{}", self.index, self.shard);
+        if let Some(start) = &self.start {
+            let key: serde_json::Map<String, Value> = start
+                .iter()
+                .filter_map(|(name, value)| match value {
+                    AttributeValue::S(v) | AttributeValue::N(v) => {
+                        Some((name.clone(), Value::String(v.clone())))
+                    }
+                    _ => None,
+                })
+                .collect();
+            cursor.push('/');
+            cursor.push_str(&Value::Object(key).to_string());
+        }
+        cursor
+    }
+
+    fn decode(cursor: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::Other(format!("bad sweep cursor {cursor:?}"));
+        let mut fields = cursor.splitn(3, '/');
+        let index = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let shard = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let start = match fields.next() {
+            None => None,
+            Some(json) => {
+                let key: HashMap<String, String> = serde_json::from_str(json).map_err(|_| bad())?;
+                Some(
+                    key.into_iter()
+                        .map(|(name, v)| {
+                            let value = if name == attr::PK {
+                                s(v)
+                            } else {
+                                AttributeValue::N(v)
+                            };
+                            (name, value)
+                        })
+                        .collect(),
+                )
+            }
+        };
+        Ok(DueCursor {
+            index,
+            shard,
+            start,
+        })
+    }
+}
+
+/// The job id of an index entry.
+fn item_id(item: &Item) -> Result<JobId, StoreError> {
+    match item.get(attr::PK) {
+        Some(AttributeValue::S(id)) => id
+            .parse()
+            .map_err(|_| StoreError::Other(format!("index entry with a bad id {id:?}"))),
+        _ => Err(StoreError::Other("index entry without an id".into())),
+    }
+}
+
+/// The listing index key of the job at `position` (a query's start key).
+fn owner_key(owner: &str, position: ListPosition) -> Item {
+    Item::from([
+        (attr::PK.to_owned(), s(position.id.to_string())),
+        (attr::OWNER.to_owned(), s(owner)),
+        (attr::CREATED_AT.to_owned(), n(position.created_at_epoch_ms)),
+    ])
 }
 
 fn decode(item: Item) -> Result<Job, StoreError> {
@@ -680,8 +1035,11 @@ mod tests {
         assert_eq!(
             names,
             [
+                "#created_at_epoch_ms",
+                "#due_at_epoch_ms",
                 "#lease_owner",
                 "#lease_until_epoch_ms",
+                "#started_at_epoch_ms",
                 "#status",
                 "#version"
             ]

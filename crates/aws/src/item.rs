@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use offpath_core::index::{DUE_SHARDS, OWNER_SLICES};
 use offpath_core::{ErrorInfo, EventKind, Job, JobStatus, Lease, Parts, Webhook};
 
 /// Attribute names.
@@ -50,6 +51,64 @@ pub(crate) mod attr {
     /// A part lease's fields.
     pub(crate) const TOKEN: &str = "token";
     pub(crate) const UNTIL: &str = "until";
+    /// The sweep's index of unfinished jobs (`due`): the job id's shard among
+    /// [`DUE_SHARDS`](offpath_core::index::DUE_SHARDS) and
+    /// [`Job::unfinished_due_at`]; both removed by the write that finishes the job.
+    pub(crate) const DUE_SHARD: &str = "due_shard";
+    pub(crate) const DUE_AT: &str = "due_at_epoch_ms";
+    /// The sweep's index of webhook outboxes (`outbox`): the shard, on jobs whose
+    /// outbox holds events, and when an event became due (set by every claim and finish;
+    /// only jobs with the shard are in the index).
+    pub(crate) const OUTBOX_SHARD: &str = "outbox_shard";
+    pub(crate) const OUTBOX_AT: &str = "outbox_at_epoch_ms";
+    /// The admission index (`owner_unfinished`): `owner#slice` while the job is
+    /// unfinished.
+    pub(crate) const OWNER_SLICE: &str = "owner_slice";
+}
+
+/// A global secondary index of the jobs table (all project keys only: an entry changes
+/// only when its keys do, and readers fetch the records they need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Index {
+    /// The index name.
+    pub name: &'static str,
+    /// Partition key attribute and its type (`S` or `N`).
+    pub hash: (&'static str, &'static str),
+    /// Sort key attribute and its type, if any.
+    pub range: Option<(&'static str, &'static str)>,
+}
+
+/// The sweep's index of unfinished jobs.
+pub(crate) const DUE_INDEX: Index = Index {
+    name: "due",
+    hash: (attr::DUE_SHARD, "N"),
+    range: Some((attr::DUE_AT, "N")),
+};
+/// The sweep's index of webhook outboxes with due events.
+pub(crate) const OUTBOX_INDEX: Index = Index {
+    name: "outbox",
+    hash: (attr::OUTBOX_SHARD, "N"),
+    range: Some((attr::OUTBOX_AT, "N")),
+};
+/// Listing: every job by owner and creation time.
+pub(crate) const OWNER_INDEX: Index = Index {
+    name: "owner_created",
+    hash: (attr::OWNER, "S"),
+    range: Some((attr::CREATED_AT, "N")),
+};
+/// Admission: an owner's unfinished jobs, in slices.
+pub(crate) const OWNER_UNFINISHED_INDEX: Index = Index {
+    name: "owner_unfinished",
+    hash: (attr::OWNER_SLICE, "S"),
+    range: None,
+};
+/// Every index of the jobs table: `template.yaml` and the LocalStack init script
+/// declare the same (tests/template.rs compares them).
+pub const INDEXES: [Index; 4] = [DUE_INDEX, OUTBOX_INDEX, OWNER_INDEX, OWNER_UNFINISHED_INDEX];
+
+/// The `owner_unfinished` key of `owner`'s jobs in `slice`.
+pub(crate) fn owner_slice(owner: &str, slice: u32) -> String {
+    format!("{owner}#{slice}")
 }
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -107,7 +166,31 @@ pub(crate) fn to_item(job: &Job) -> Item {
     if let Some(webhook) = &job.webhook {
         item.extend(webhook_attributes(webhook));
     }
+    item.extend(index_attributes(job));
     item
+}
+
+/// The job's index keys, as its state implies ([`offpath_core::index`]).
+fn index_attributes(job: &Job) -> Vec<(String, AttributeValue)> {
+    let shard = n(job.id.shard(DUE_SHARDS).into());
+    let mut attributes = Vec::new();
+    if let Some(at) = job.unfinished_due_at() {
+        attributes.extend([
+            (attr::DUE_SHARD.to_owned(), shard.clone()),
+            (attr::DUE_AT.to_owned(), n(at)),
+            (
+                attr::OWNER_SLICE.to_owned(),
+                s(owner_slice(&job.owner, job.id.shard(OWNER_SLICES))),
+            ),
+        ]);
+    }
+    if job.has_unsent_events() {
+        attributes.push((attr::OUTBOX_SHARD.to_owned(), shard));
+    }
+    if let Some(at) = job.outbox_due_at() {
+        attributes.push((attr::OUTBOX_AT.to_owned(), n(at)));
+    }
+    attributes
 }
 
 /// A set of event kinds as a string set.

@@ -21,6 +21,7 @@ pub mod secrets;
 
 pub use config::{ConfigError, Settings, load_sdk_config};
 pub use dynamo::DynamoStore;
+pub use item::{INDEXES, Index};
 pub use s3::S3Blobs;
 pub use sqs::SqsQueue;
 

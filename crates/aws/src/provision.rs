@@ -8,8 +8,9 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use offpath_core::blob::LIFETIMES;
@@ -19,7 +20,7 @@ use crate::config::{
     DEFAULT_BUCKET, DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_TABLE, DEFAULT_WEBHOOK_DLQ,
     DEFAULT_WEBHOOK_QUEUE,
 };
-use crate::item::attr;
+use crate::item::{INDEXES, Index, attr};
 use crate::sqs::queue_arn;
 use crate::{DynamoStore, S3Blobs, SqsQueue};
 
@@ -258,29 +259,77 @@ pub fn lifetime_days(lifetime: Duration) -> i32 {
     (lifetime.as_secs().div_ceil(86_400) as i32).max(1)
 }
 
-/// Creates the jobs table with TTL enabled unless it exists, and waits until it is active.
+/// The definition of a key attribute of type `S` or `N`.
+fn definition(name: &str, kind: &str) -> AttributeDefinition {
+    let kind = if kind == "N" {
+        ScalarAttributeType::N
+    } else {
+        ScalarAttributeType::S
+    };
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .expect("complete attribute definition")
+}
+
+fn key(name: &str, key_type: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .expect("complete key schema")
+}
+
+/// The global secondary index `index`, projecting keys only.
+fn global_index(index: &Index) -> GlobalSecondaryIndex {
+    let mut schema = vec![key(index.hash.0, KeyType::Hash)];
+    schema.extend(index.range.map(|(name, _)| key(name, KeyType::Range)));
+    GlobalSecondaryIndex::builder()
+        .index_name(index.name)
+        .set_key_schema(Some(schema))
+        .projection(keys_only())
+        .build()
+        .expect("complete index")
+}
+
+/// An index projection of the keys only.
+fn keys_only() -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::KeysOnly)
+        .build()
+}
+
+/// The key attributes of `indexes`, each once.
+fn definitions<'a>(indexes: impl IntoIterator<Item = &'a Index>) -> Vec<AttributeDefinition> {
+    let mut seen = Vec::new();
+    for index in indexes {
+        for (name, kind) in std::iter::once(index.hash).chain(index.range) {
+            if !seen.iter().any(|(n, _)| *n == name) {
+                seen.push((name, kind));
+            }
+        }
+    }
+    seen.into_iter()
+        .map(|(name, kind)| definition(name, kind))
+        .collect()
+}
+
+/// Creates the jobs table with its indexes and TTL unless it exists (adding any index
+/// an older table lacks), and waits until it is active.
 pub async fn ensure_table(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Result<(), ProvisionError> {
+    let mut attributes = vec![definition(attr::PK, "S")];
+    attributes.extend(definitions(&INDEXES));
     let created = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(attr::PK)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("complete attribute definition"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(attr::PK)
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("complete key schema"),
-        )
+        .set_attribute_definitions(Some(attributes))
+        .key_schema(key(attr::PK, KeyType::Hash))
+        .set_global_secondary_indexes(Some(INDEXES.iter().map(global_index).collect()))
         .send()
         .await;
     if let Err(err) = created
@@ -289,6 +338,7 @@ pub async fn ensure_table(
         return Err(failed(format!("create table {table}"), err));
     }
     wait_until_active(client, table).await?;
+    add_missing_indexes(client, table).await?;
 
     let ttl = client
         .describe_time_to_live()
@@ -325,18 +375,74 @@ pub async fn ensure_table(
     Ok(())
 }
 
+/// Adds the indexes a table made by an older offpath lacks, one at a time (DynamoDB
+/// builds one index per update).
+async fn add_missing_indexes(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), ProvisionError> {
+    let described = describe(client, table).await?;
+    let existing: Vec<String> = described
+        .as_ref()
+        .map(|t| t.global_secondary_indexes())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.index_name().map(str::to_owned))
+        .collect();
+    for index in INDEXES
+        .iter()
+        .filter(|i| !existing.iter().any(|e| e == i.name))
+    {
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(index.name)
+            .set_key_schema(Some(global_index(index).key_schema))
+            .projection(keys_only())
+            .build()
+            .expect("complete index action");
+        client
+            .update_table()
+            .table_name(table)
+            .set_attribute_definitions(Some(definitions([index])))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await
+            .map_err(|e| failed(format!("add index {} to table {table}", index.name), e))?;
+        wait_until_active(client, table).await?;
+    }
+    Ok(())
+}
+
+/// The table's description.
+async fn describe(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Option<TableDescription>, ProvisionError> {
+    let output = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| failed(format!("describe table {table}"), e))?;
+    Ok(output.table)
+}
+
 async fn wait_until_active(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Result<(), ProvisionError> {
     for _ in 0..120 {
-        let described = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| failed(format!("describe table {table}"), e))?;
-        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+        let described = describe(client, table).await?;
+        let table_active =
+            described.as_ref().and_then(|t| t.table_status()) == Some(&TableStatus::Active);
+        let indexes_active = described
+            .as_ref()
+            .map(|t| t.global_secondary_indexes())
+            .unwrap_or_default()
+            .iter()
+            .all(|i| i.index_status().is_none_or(|s| *s == IndexStatus::Active));
+        if table_active && indexes_active {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

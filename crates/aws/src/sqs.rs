@@ -51,11 +51,14 @@ impl SqsQueue {
 
 #[async_trait]
 impl JobQueue for SqsQueue {
-    async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
+    /// `group` becomes the message's `MessageGroupId`: on a standard queue, SQS fair
+    /// queues use it to keep one group's backlog from delaying the others.
+    async fn send(&self, message: &JobMessage, group: &str) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.url)
             .message_body(message.to_body())
+            .message_group_id(group)
             .send()
             .await
             .map(|_| ())
@@ -85,6 +88,10 @@ impl JobQueue for SqsQueue {
                     MessageSystemAttributeName::ApproximateReceiveCount,
                 ) as u32,
                 sent_at_epoch_ms: system_attribute(m, MessageSystemAttributeName::SentTimestamp),
+                group: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .cloned(),
             })
             .collect())
     }

@@ -1,5 +1,5 @@
 //! `offpath submit`, `status` and `wait`: the HTTP API from the command line, against
-//! the local stack or a deployment.
+//! the local stack or a deployment (`offpath jobs` lists, in `jobs.rs`).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -76,13 +76,13 @@ fn task_names() -> PossibleValuesParser {
     )
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?)
 }
 
-fn authorize(api: &Api, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+pub(crate) fn authorize(api: &Api, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     let request = match &api.api_key {
         Some(key) => request.header("x-api-key", key),
         None => request,
@@ -94,7 +94,7 @@ fn authorize(api: &Api, request: reqwest::RequestBuilder) -> reqwest::RequestBui
 }
 
 /// Sends a request; an error answer becomes an error naming its code and message.
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let response = request.send().await?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use offpath_api::{AppState, Auth, app};
+use offpath_api::{AppState, Auth, SubmitLimits, app};
 use offpath_aws::config::{DEFAULT_BUCKET, DEFAULT_QUEUE};
 use offpath_aws::provision::{ResourceNames, ensure_bucket, ensure_table, provision};
 use offpath_aws::secrets::key_setting;
@@ -77,6 +77,10 @@ pub struct DevArgs {
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let access = Access {
+        auth: Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?,
+        limits: SubmitLimits::from_env()?,
+    };
     let queue_settings = QueueSettings {
         visibility_timeout: Duration::from_secs(
             args.visibility_timeout_seconds
@@ -93,13 +97,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| weights::cache_root().join("data"));
             let blobs = LocalBlobs::new(&dir)
                 .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
-            let capacity = offpath_embedded::CAPACITY;
             let webhooks = QueueSettings::webhooks();
             let ports = offpath_embedded::ports(
                 DEFAULT_QUEUE,
                 &queue_settings,
                 &webhooks,
-                capacity,
+                offpath_embedded::Options::default(),
                 blobs.clone(),
             );
             (ports, Some(blobs))
@@ -122,7 +125,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let tasks = Arc::new(offpath_tasks::registry());
     let worker = Worker::new(&ports, Arc::new(model), Arc::clone(&tasks), config);
-    let auth = Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?;
     let keys = webhook_keys()?;
     let policy = UrlPolicy {
         allow_loopback: args.allow_loopback_webhooks,
@@ -137,14 +139,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let sweep = SweepSettings {
         grace: queue_settings.visibility_timeout,
         max_receive_count: config.max_receive_count,
-        limit: 10_000,
+        // Sweeps run every minute here: half of that each at most.
+        budget: Duration::from_secs(30),
     };
     let sweeper = Sweeper {
         ports: ports.clone(),
         settings: sweep,
         local_blobs,
     };
-    serve(args, ports, tasks, worker, webhooks, auth, sweeper).await
+    serve(args, ports, tasks, worker, webhooks, access, sweeper).await
+}
+
+/// Who may call the API, and how much each caller may queue.
+struct Access {
+    auth: Auth,
+    limits: SubmitLimits,
 }
 
 /// The webhook side of the local stack.
@@ -240,7 +249,7 @@ async fn serve(
     tasks: Arc<Registry>,
     worker: Worker,
     webhooks: Webhooks,
-    auth: Auth,
+    access: Access,
     sweeper: Sweeper,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -268,7 +277,9 @@ async fn serve(
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
-    let state = AppState::new(&ports, tasks, auth).with_webhooks(webhooks.keys, webhooks.policy);
+    let mut state =
+        AppState::new(&ports, tasks, access.auth).with_webhooks(webhooks.keys, webhooks.policy);
+    state.limits = access.limits;
     let router = app(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(async {

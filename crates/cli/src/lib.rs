@@ -4,5 +4,6 @@ pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod dlq;
+pub mod jobs;
 pub mod model;
 pub mod sweep;

@@ -21,6 +21,8 @@ enum Command {
     Dev(offpath::dev::DevArgs),
     /// Submit a job, e.g. `offpath submit embed --text "hello" --wait`.
     Submit(offpath::client::Submit),
+    /// List your jobs, newest first, e.g. `offpath jobs --status failed`.
+    Jobs(offpath::jobs::JobsArgs),
     /// Print a job.
     Status {
         /// The job id.
@@ -66,6 +68,7 @@ async fn main() -> std::process::ExitCode {
     let api = cli.api;
     let result = match cli.command {
         Some(Command::Submit(options)) => offpath::client::submit(&api, options).await,
+        Some(Command::Jobs(args)) => offpath::jobs::run(&api, args).await,
         Some(Command::Status { id }) => offpath::client::status(&api, &id).await,
         Some(Command::Wait {
             id,

@@ -7,7 +7,7 @@ use clap::Args;
 use offpath_aws::config::{DEFAULT_QUEUE, DEFAULT_WEBHOOK_QUEUE};
 use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
 use offpath_core::{Clock, JobQueue, SystemClock};
-use offpath_worker::sweep::{SweepSettings, sweep};
+use offpath_worker::sweep::{SWEEP_BUDGET, SweepSettings, sweep};
 
 use crate::dlq::queue_url;
 
@@ -18,9 +18,9 @@ pub struct SweepArgs {
     /// than this have lost their message.
     #[arg(long, default_value_t = 360)]
     pub grace_seconds: u64,
-    /// Most jobs to examine.
-    #[arg(long, default_value_t = 10_000)]
-    pub limit: usize,
+    /// Most seconds to spend; due jobs left over wait for the next sweep.
+    #[arg(long, default_value_t = SWEEP_BUDGET.as_secs())]
+    pub budget_seconds: u64,
 }
 
 /// Runs one sweep and prints what it did.
@@ -41,13 +41,22 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let sweep_settings = SweepSettings {
         grace: Duration::from_secs(args.grace_seconds),
         max_receive_count: queue.max_receive_count().await?,
-        limit: args.limit,
+        budget: Duration::from_secs(args.budget_seconds),
     };
     let now = SystemClock.now_epoch_ms();
     let report = sweep(&store, &queue, &webhooks, &sweep_settings, now).await?;
     println!(
-        "examined {} job(s): {} re-enqueued, {} dead-lettered, {} webhook event(s) sent",
-        report.examined, report.requeued, report.dead_lettered, report.events
+        "examined {} due job(s), {} item(s) read: {} re-enqueued, {} dead-lettered, {} webhook event(s) sent{}",
+        report.examined,
+        report.read,
+        report.requeued,
+        report.dead_lettered,
+        report.events,
+        if report.complete {
+            ""
+        } else {
+            "; budget spent, more due jobs wait for the next sweep"
+        }
     );
     Ok(())
 }

@@ -106,6 +106,11 @@ impl ErrorInfo {
 pub struct JobId(Uuid);
 
 impl JobId {
+    /// The smallest id (all zeros), a bound for ranges.
+    pub const MIN: JobId = JobId(Uuid::nil());
+    /// The largest id (all ones), a bound for ranges.
+    pub const MAX: JobId = JobId(Uuid::max());
+
     /// A fresh time-ordered id (UUIDv7) whose other 74 bits are all random, so it
     /// cannot be guessed from an id made just before it.
     pub fn random() -> Self {
@@ -119,6 +124,12 @@ impl JobId {
     /// The id derived from a 16-byte digest (see [`crate::idempotency::job_id_for_key`]).
     pub fn from_digest(bytes: [u8; 16]) -> Self {
         JobId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
+    /// Which of `shards` index partitions the job's entries go to: its id's low bits,
+    /// which are random (v7) or a digest (v8), so jobs spread evenly.
+    pub fn shard(&self, shards: u32) -> u32 {
+        (self.0.as_u128() % u128::from(shards.max(1))) as u32
     }
 }
 

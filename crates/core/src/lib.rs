@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod clock;
 pub mod idempotency;
+pub mod index;
 pub mod job;
 pub mod message;
 pub mod metrics;
@@ -25,7 +26,10 @@ pub use model::{Embedding, MODEL_NAME, Model, ModelError, Piece};
 pub use ports::Ports;
 pub use queue::{JobQueue, QueueDepth, QueueError, QueueMessage, QueueSettings};
 pub use status::JobStatus;
-pub use store::{JobStore, PartsEnd, Settle, StoreError};
+pub use store::{
+    DuePage, JobPage, JobStore, LIST_EXAMINE_LIMIT, ListPosition, ListQuery, PartsEnd, Settle,
+    StoreError,
+};
 pub use task::{
     Assembled, DocumentTask, InputError, PartOutput, Prepared, Registry, Source, Split, Task,
     TaskEntry, TaskName, UnknownTask,

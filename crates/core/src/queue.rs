@@ -19,6 +19,23 @@ pub struct QueueMessage {
     pub receive_count: u32,
     /// When the message was sent.
     pub sent_at_epoch_ms: u64,
+    /// The message group it was sent with (see [`message_group`]), if any.
+    pub group: Option<String>,
+}
+
+/// The message group of an owner's messages: the owner itself when it is a valid SQS
+/// `MessageGroupId` (at most 128 printable ASCII characters), else a digest of it. SQS
+/// fair queues (and the embedded queue) deliver across groups so that one owner's
+/// backlog does not hold back another owner's jobs.
+pub fn message_group(owner: &str) -> String {
+    let valid =
+        !owner.is_empty() && owner.len() <= 128 && owner.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        owner.to_owned()
+    } else {
+        use sha2::{Digest, Sha256};
+        format!("sha256-{}", hex::encode(Sha256::digest(owner.as_bytes())))
+    }
 }
 
 /// Messages waiting and in flight.
@@ -54,8 +71,8 @@ impl QueueError {
 /// The queue that carries job ids from the API to the workers.
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Enqueues a job message.
-    async fn send(&self, message: &JobMessage) -> Result<(), QueueError>;
+    /// Enqueues a job message in `group` (its job's owner's [`message_group`]).
+    async fn send(&self, message: &JobMessage, group: &str) -> Result<(), QueueError>;
 
     /// Receives up to `max` messages, waiting up to `wait` for the first (long polling).
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError>;

@@ -9,7 +9,64 @@ use serde_json::Value;
 
 use crate::job::{ErrorInfo, Job, JobId, Lease, NewJob};
 use crate::status::JobStatus;
+use crate::task::TaskName;
 use crate::webhook::EventKind;
+
+/// Most index entries one listing page examines: a page whose filters match few jobs
+/// comes back short (but with a cursor) rather than reading an owner's whole history.
+pub const LIST_EXAMINE_LIMIT: usize = 1_000;
+
+/// One page of the jobs the sweep must look at ([`JobStore::due`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DuePage {
+    /// The jobs, as read now (strongly consistent).
+    pub jobs: Vec<Job>,
+    /// Where the next page starts (opaque to callers); `None` after the last page.
+    pub next: Option<String>,
+    /// Items the store returned for this page: index entries and job records.
+    pub read: usize,
+}
+
+/// Where a listing page ends: the last job it examined. The next page starts after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListPosition {
+    /// The job's creation time.
+    pub created_at_epoch_ms: u64,
+    /// The job's id (orders jobs created in the same millisecond).
+    pub id: JobId,
+}
+
+/// What to list ([`JobStore::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery<'a> {
+    /// Whose jobs.
+    pub owner: &'a str,
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this task.
+    pub task: Option<&'a TaskName>,
+    /// Most jobs on the page.
+    pub limit: usize,
+    /// Start after this position (the previous page's `next`).
+    pub after: Option<ListPosition>,
+}
+
+impl ListQuery<'_> {
+    /// True when `job` passes the filters.
+    pub fn matches(&self, job: &Job) -> bool {
+        self.status.is_none_or(|status| job.status == status)
+            && self.task.is_none_or(|task| job.task == *task)
+    }
+}
+
+/// One page of an owner's jobs, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    /// At most the query's `limit` jobs.
+    pub jobs: Vec<Job>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<ListPosition>,
+}
 
 /// What can go wrong talking to a [`JobStore`].
 #[derive(Debug, thiserror::Error)]
@@ -194,9 +251,31 @@ pub trait JobStore: Send + Sync + 'static {
         now_epoch_ms: u64,
     ) -> Result<Job, StoreError>;
 
-    /// Up to `limit` jobs that are not terminal (queued or running) or whose webhook
-    /// outbox holds events, for the sweep.
-    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// The jobs the sweep must look at once `before` is a grace before now, a page at
+    /// a time (`cursor`: the previous page's `next`). Read from sparse indexes that
+    /// hold only unfinished jobs and jobs with events in their webhook outbox, ordered
+    /// by when each may need repair: a queued job by its creation, a running one by its
+    /// lease's end (a job in parts by its parts' last activity), an outbox by the write
+    /// that made an event due. A job whose time is before `before` is on a page; a
+    /// finished job without events is on none, so the cost follows the work in flight,
+    /// not the table's history.
+    async fn due(&self, before_epoch_ms: u64, cursor: Option<&str>) -> Result<DuePage, StoreError>;
+
+    /// One page of `query.owner`'s jobs, newest first, from an index by owner and
+    /// creation time. A page examines at most [`LIST_EXAMINE_LIMIT`] jobs, so with
+    /// filters it may hold fewer than `limit` jobs and still have a `next`.
+    async fn list(&self, query: &ListQuery<'_>) -> Result<JobPage, StoreError>;
+
+    /// About how many unfinished (queued or running) jobs `owner` has, for admission:
+    /// counting stops a little past `at_most`, so the cost is bounded. `sample` is the
+    /// job about to be created: a store that counts one slice of the owner's jobs (to
+    /// keep any index key cool) counts the slice `sample` would join and scales up.
+    async fn unfinished_estimate(
+        &self,
+        owner: &str,
+        sample: JobId,
+        at_most: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Takes `kinds` out of the job's webhook outbox (condition: the job's finish time
     /// is still `finished_at`, so a revive in between keeps its new event).

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::job::{Job, JobId};
 use crate::message::JobMessage;
-use crate::queue::{JobQueue, QueueError};
+use crate::queue::{JobQueue, QueueError, message_group};
 use crate::status::JobStatus;
 use crate::store::{JobStore, StoreError};
 
@@ -255,7 +255,12 @@ pub async fn publish(
     }
     let due = job.due_events();
     for event in &due {
-        webhooks.send(&JobMessage::event(job.id, *event)).await?;
+        webhooks
+            .send(
+                &JobMessage::event(job.id, *event),
+                &message_group(&job.owner),
+            )
+            .await?;
     }
     let done = job.sendable_done(&due);
     if !done.is_empty() {

@@ -21,20 +21,39 @@ pub use store::MemoryStore;
 /// Most jobs and messages the embedded backend holds by default.
 pub const CAPACITY: usize = 100_000;
 
+/// How the embedded backend is sized and behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Most jobs, and most messages in each queue.
+    pub capacity: usize,
+    /// Queues deliver fairly across owners (see [`QueueOptions::fair`]).
+    pub fair: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacity: CAPACITY,
+            fair: true,
+        }
+    }
+}
+
 /// A store, a jobs queue named `queue` with `settings` and its dead-letter queue
 /// `queue`-dlq, a webhooks queue `queue`-webhooks with `webhook_settings` and its
-/// dead-letter queue `queue`-webhooks-dlq, each holding up to `capacity` jobs or
-/// messages, and `blobs`.
+/// dead-letter queue `queue`-webhooks-dlq, sized and behaving as `options` says, and
+/// `blobs`.
 pub fn ports(
     queue: &str,
     settings: &QueueSettings,
     webhook_settings: &QueueSettings,
-    capacity: usize,
+    options: Options,
     blobs: LocalBlobs,
 ) -> Ports {
-    let (jobs, dlq) = queue_pair(queue, settings, capacity);
+    let capacity = options.capacity;
+    let (jobs, dlq) = queue_pair(queue, settings, options);
     let (webhooks, webhooks_dlq) =
-        queue_pair(&format!("{queue}-webhooks"), webhook_settings, capacity);
+        queue_pair(&format!("{queue}-webhooks"), webhook_settings, options);
     Ports {
         store: Arc::new(MemoryStore::new(capacity)),
         queue: jobs,
@@ -49,12 +68,13 @@ pub fn ports(
 fn queue_pair(
     name: &str,
     settings: &QueueSettings,
-    capacity: usize,
+    backend: Options,
 ) -> (Arc<MemoryQueue>, Arc<MemoryQueue>) {
     let options = |name: String| QueueOptions {
         name,
         visibility_timeout: settings.visibility_timeout,
-        capacity,
+        capacity: backend.capacity,
+        fair: backend.fair,
     };
     let dlq = Arc::new(MemoryQueue::new(options(format!("{name}-dlq"))));
     let queue = MemoryQueue::with_dead_letter_queue(

@@ -1,6 +1,7 @@
-//! `JobQueue` in memory, with SQS's delivery semantics.
+//! `JobQueue` in memory, with SQS's delivery semantics, fair across message groups as
+//! SQS fair queues are.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,10 +20,15 @@ pub struct QueueOptions {
     pub visibility_timeout: Duration,
     /// Most messages held; a full queue refuses sends as unavailable.
     pub capacity: usize,
+    /// Deliver fairly across message groups (as an SQS fair queue): a due message of
+    /// the group with the fewest messages in flight goes first, ties to the group
+    /// served least recently, then oldest first. Off: oldest first, whatever the group.
+    pub fair: bool,
 }
 
 struct Stored {
     message_id: String,
+    group: Option<String>,
     body: String,
     sent_at_epoch_ms: u64,
     receive_count: u32,
@@ -41,6 +47,8 @@ pub struct MemoryQueue {
     options: QueueOptions,
     arn: String,
     messages: Mutex<VecDeque<Stored>>,
+    /// When each group last had a message delivered (a counter, not a clock).
+    served: Mutex<HashMap<String, u64>>,
     arrived: Notify,
     redrive: Option<Redrive>,
 }
@@ -52,6 +60,7 @@ impl MemoryQueue {
             arn: format!("arn:aws:sqs:local:000000000000:{}", options.name),
             options,
             messages: Mutex::new(VecDeque::new()),
+            served: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
             redrive: None,
         }
@@ -72,7 +81,12 @@ impl MemoryQueue {
         }
     }
 
-    fn push(&self, body: String, sent_at_epoch_ms: u64) -> Result<(), QueueError> {
+    fn push(
+        &self,
+        body: String,
+        group: Option<String>,
+        sent_at_epoch_ms: u64,
+    ) -> Result<(), QueueError> {
         let mut messages = self.messages.lock().expect("queue lock");
         if messages.len() >= self.options.capacity {
             return Err(QueueError::Unavailable(format!(
@@ -82,6 +96,7 @@ impl MemoryQueue {
         }
         messages.push_back(Stored {
             message_id: uuid::Uuid::new_v4().to_string(),
+            group,
             body,
             sent_at_epoch_ms,
             receive_count: 0,
@@ -96,42 +111,103 @@ impl MemoryQueue {
     /// Takes up to `max` due messages; `Err(wake_at)` when none is due yet.
     fn take(&self, max: usize, now: u64) -> Result<Vec<QueueMessage>, Option<u64>> {
         let mut messages = self.messages.lock().expect("queue lock");
-        let mut taken = Vec::new();
-        let mut index = 0;
-        while index < messages.len() && taken.len() < max {
-            let due = messages[index].visible_at_epoch_ms <= now;
-            let exhausted = self
-                .redrive
-                .as_ref()
-                .is_some_and(|r| messages[index].receive_count >= r.max_receive_count);
-            if due && exhausted {
-                let dead = messages.remove(index).expect("index in range");
-                if let Some(redrive) = &self.redrive {
-                    let _ = redrive.dlq.push(dead.body, dead.sent_at_epoch_ms);
-                }
-                continue;
-            }
-            if due {
+        self.dead_letter_exhausted(&mut messages, now);
+        let chosen = if self.options.fair {
+            self.fair_order(&messages, max, now)
+        } else {
+            (0..messages.len())
+                .filter(|&i| messages[i].visible_at_epoch_ms <= now)
+                .take(max)
+                .collect()
+        };
+        if chosen.is_empty() {
+            return Err(messages.iter().map(|m| m.visible_at_epoch_ms).min());
+        }
+        let mut served = self.served.lock().expect("queue lock");
+        let mut tick = served.values().copied().max().unwrap_or(0);
+        let taken = chosen
+            .into_iter()
+            .map(|index| {
                 let m = &mut messages[index];
                 m.receive_count += 1;
                 m.visible_at_epoch_ms = now + self.options.visibility_timeout.as_millis() as u64;
                 let receipt = uuid::Uuid::new_v4().to_string();
                 m.receipt_handle = Some(receipt.clone());
-                taken.push(QueueMessage {
+                if let Some(group) = &m.group {
+                    tick += 1;
+                    served.insert(group.clone(), tick);
+                }
+                QueueMessage {
                     message_id: m.message_id.clone(),
                     receipt_handle: receipt,
                     body: m.body.clone(),
                     receive_count: m.receive_count,
                     sent_at_epoch_ms: m.sent_at_epoch_ms,
-                });
+                    group: m.group.clone(),
+                }
+            })
+            .collect();
+        Ok(taken)
+    }
+
+    /// Moves due messages that used their last receive to the dead-letter queue, as
+    /// SQS does when they would next be delivered.
+    fn dead_letter_exhausted(&self, messages: &mut VecDeque<Stored>, now: u64) {
+        let Some(redrive) = &self.redrive else {
+            return;
+        };
+        let mut index = 0;
+        while index < messages.len() {
+            let m = &messages[index];
+            if m.visible_at_epoch_ms <= now && m.receive_count >= redrive.max_receive_count {
+                let dead = messages.remove(index).expect("index in range");
+                if let Err(err) = redrive
+                    .dlq
+                    .push(dead.body, dead.group, dead.sent_at_epoch_ms)
+                {
+                    tracing::error!(error = %err, message_id = %dead.message_id, "dead-letter queue full: message dropped");
+                }
+            } else {
+                index += 1;
             }
-            index += 1;
         }
-        if taken.is_empty() {
-            Err(messages.iter().map(|m| m.visible_at_epoch_ms).min())
-        } else {
-            Ok(taken)
+    }
+
+    /// The indexes of up to `max` due messages in fair order: one at a time from the
+    /// group with the fewest messages in flight (ties: served least recently), each
+    /// group's messages oldest first. Messages without a group form one group.
+    fn fair_order(&self, messages: &VecDeque<Stored>, max: usize, now: u64) -> Vec<usize> {
+        let served = self.served.lock().expect("queue lock");
+        // Per group: messages in flight, when last served, due messages oldest first.
+        let mut groups: HashMap<Option<&str>, (usize, u64, VecDeque<usize>)> = HashMap::new();
+        for (index, m) in messages.iter().enumerate() {
+            let group = m.group.as_deref();
+            let entry = groups.entry(group).or_insert_with(|| {
+                let last = group.and_then(|g| served.get(g)).copied().unwrap_or(0);
+                (0, last, VecDeque::new())
+            });
+            if m.visible_at_epoch_ms <= now {
+                entry.2.push_back(index);
+            } else if m.receipt_handle.is_some() {
+                entry.0 += 1;
+            }
         }
+        let mut chosen = Vec::new();
+        let mut tick = served.values().copied().max().unwrap_or(0);
+        while chosen.len() < max {
+            let next = groups
+                .iter_mut()
+                .filter(|(_, (_, _, due))| !due.is_empty())
+                .min_by_key(|(_, (in_flight, last, due))| (*in_flight, *last, due[0]));
+            let Some((_, (in_flight, last, due))) = next else {
+                break;
+            };
+            chosen.push(due.pop_front().expect("a group with due messages"));
+            *in_flight += 1;
+            tick += 1;
+            *last = tick;
+        }
+        chosen
     }
 
     fn with_receipt<T>(
@@ -149,8 +225,12 @@ impl MemoryQueue {
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
-    async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
-        self.push(message.to_body(), SystemClock.now_epoch_ms())
+    async fn send(&self, message: &JobMessage, group: &str) -> Result<(), QueueError> {
+        self.push(
+            message.to_body(),
+            Some(group.to_owned()),
+            SystemClock.now_epoch_ms(),
+        )
     }
 
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {

@@ -1,13 +1,15 @@
 //! `JobStore` in memory.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use offpath_core::{
-    Clock, DEAD_LETTERED, ErrorInfo, EventKind, Job, JobId, JobStatus, JobStore, Lease, NewJob,
-    Parts, PartsEnd, Settle, StoreError, SystemClock,
+    Clock, DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus, JobStore,
+    LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, NewJob, Parts, PartsEnd, Settle,
+    StoreError, SystemClock,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -50,12 +52,69 @@ fn parts_of(job: &mut Job) -> &mut Parts {
     job.parts.get_or_insert_with(Parts::default)
 }
 
+/// Most jobs on one page of [`JobStore::due`].
+const DUE_PAGE: usize = 100;
+
+/// The jobs and the indexes the DynamoDB store keeps as global secondary indexes.
+#[derive(Default)]
+struct Tables {
+    jobs: HashMap<JobId, Job>,
+    /// (due time, id) of jobs the sweep may need to look at ([`Job::due_at`]).
+    due: BTreeSet<(u64, JobId)>,
+    /// (owner, creation time, id) of every job, for listing.
+    by_owner: BTreeSet<(String, u64, JobId)>,
+    /// Each owner's queued and running jobs.
+    unfinished: HashMap<String, u64>,
+}
+
+impl Tables {
+    fn insert(&mut self, job: Job) {
+        self.by_owner
+            .insert((job.owner.clone(), job.created_at_epoch_ms, job.id));
+        self.index(&job);
+        self.jobs.insert(job.id, job);
+    }
+
+    fn remove(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.remove(&id) {
+            self.by_owner
+                .remove(&(job.owner.clone(), job.created_at_epoch_ms, job.id));
+            self.unindex(&job);
+        }
+    }
+
+    /// Adds the entries of the state-dependent indexes for `job`.
+    fn index(&mut self, job: &Job) {
+        if let Some(at) = job.due_at() {
+            self.due.insert((at, job.id));
+        }
+        if !job.status.is_terminal() {
+            *self.unfinished.entry(job.owner.clone()).or_default() += 1;
+        }
+    }
+
+    /// Removes the entries of the state-dependent indexes for `job`.
+    fn unindex(&mut self, job: &Job) {
+        if let Some(at) = job.due_at() {
+            self.due.remove(&(at, job.id));
+        }
+        if !job.status.is_terminal()
+            && let Some(count) = self.unfinished.get_mut(&job.owner)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.unfinished.remove(&job.owner);
+            }
+        }
+    }
+}
+
 /// An in-memory [`JobStore`] holding at most `capacity` jobs; expired jobs (TTL) are
 /// dropped when room is needed, and a full store refuses new jobs as unavailable.
 /// Waiters for a job's end wake on the write that ends it.
 #[derive(Clone)]
 pub struct MemoryStore {
-    jobs: Arc<Mutex<HashMap<JobId, Job>>>,
+    tables: Arc<Mutex<Tables>>,
     capacity: usize,
     /// Told of every write that makes a job terminal.
     finished: Arc<Notify>,
@@ -65,7 +124,7 @@ impl MemoryStore {
     /// A store for up to `capacity` jobs.
     pub fn new(capacity: usize) -> Self {
         MemoryStore {
-            jobs: Arc::new(Mutex::new(HashMap::new())),
+            tables: Arc::new(Mutex::new(Tables::default())),
             capacity,
             finished: Arc::new(Notify::new()),
         }
@@ -78,17 +137,20 @@ impl MemoryStore {
         condition: impl FnOnce(&Job) -> bool,
         apply: impl FnOnce(&mut Job),
     ) -> Result<Job, StoreError> {
-        let mut jobs = self.jobs.lock().expect("store lock");
-        let job = jobs.get_mut(&id).ok_or(StoreError::NotFound)?;
-        if !condition(job) {
-            return Err(StoreError::Conflict(Box::new(job.clone())));
+        let mut tables = self.tables.lock().expect("store lock");
+        let mut job = tables.jobs.get(&id).ok_or(StoreError::NotFound)?.clone();
+        if !condition(&job) {
+            return Err(StoreError::Conflict(Box::new(job)));
         }
-        apply(job);
+        tables.unindex(&job);
+        apply(&mut job);
         job.version += 1;
+        tables.index(&job);
+        tables.jobs.insert(id, job.clone());
         if job.status.is_terminal() {
             self.finished.notify_waiters();
         }
-        Ok(job.clone())
+        Ok(job)
     }
 
     fn failed(job: &mut Job, error: &ErrorInfo, now: u64) {
@@ -107,14 +169,22 @@ impl MemoryStore {
 #[async_trait]
 impl JobStore for MemoryStore {
     async fn create(&self, new: &NewJob) -> Result<Job, StoreError> {
-        let mut jobs = self.jobs.lock().expect("store lock");
-        if let Some(existing) = jobs.get(&new.id) {
+        let mut tables = self.tables.lock().expect("store lock");
+        if let Some(existing) = tables.jobs.get(&new.id) {
             return Err(StoreError::Conflict(Box::new(existing.clone())));
         }
-        if jobs.len() >= self.capacity {
+        if tables.jobs.len() >= self.capacity {
             let now_s = SystemClock.now_epoch_ms() / 1000;
-            jobs.retain(|_, job| job.expires_at_epoch_s > now_s);
-            if jobs.len() >= self.capacity {
+            let expired: Vec<JobId> = tables
+                .jobs
+                .values()
+                .filter(|job| job.expires_at_epoch_s <= now_s)
+                .map(|job| job.id)
+                .collect();
+            for id in expired {
+                tables.remove(id);
+            }
+            if tables.jobs.len() >= self.capacity {
                 return Err(StoreError::Unavailable(format!(
                     "the embedded store holds its limit of {} jobs",
                     self.capacity
@@ -122,12 +192,18 @@ impl JobStore for MemoryStore {
             }
         }
         let job = Job::from_new(new.clone());
-        jobs.insert(job.id, job.clone());
+        tables.insert(job.clone());
         Ok(job)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        Ok(self.jobs.lock().expect("store lock").get(&id).cloned())
+        Ok(self
+            .tables
+            .lock()
+            .expect("store lock")
+            .jobs
+            .get(&id)
+            .cloned())
     }
 
     async fn claim(&self, id: JobId, lease: &Lease, now: u64) -> Result<Job, StoreError> {
@@ -370,23 +446,90 @@ impl JobStore for MemoryStore {
     }
 
     async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {
-        let mut jobs = self.jobs.lock().expect("store lock");
-        let job = jobs.get(&id).ok_or(StoreError::NotFound)?;
+        let mut tables = self.tables.lock().expect("store lock");
+        let job = tables.jobs.get(&id).ok_or(StoreError::NotFound)?;
         if job.status != JobStatus::Queued || job.attempts != 0 {
             return Err(StoreError::Conflict(Box::new(job.clone())));
         }
-        jobs.remove(&id);
+        tables.remove(id);
         Ok(())
     }
 
-    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let jobs = self.jobs.lock().expect("store lock");
-        Ok(jobs
-            .values()
-            .filter(|job| !job.status.is_terminal() || job.has_unsent_events())
-            .take(limit)
-            .cloned()
-            .collect())
+    /// The cursor is the last entry's `at:id`.
+    async fn due(&self, before: u64, cursor: Option<&str>) -> Result<DuePage, StoreError> {
+        let start = match cursor {
+            None => Bound::Unbounded,
+            Some(cursor) => {
+                let parsed = cursor
+                    .split_once(':')
+                    .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)));
+                let entry = parsed
+                    .ok_or_else(|| StoreError::Other(format!("bad due cursor {cursor:?}")))?;
+                Bound::Excluded(entry)
+            }
+        };
+        let tables = self.tables.lock().expect("store lock");
+        let entries: Vec<(u64, JobId)> = tables
+            .due
+            .range((start, Bound::Unbounded))
+            .take_while(|(at, _)| *at < before)
+            .take(DUE_PAGE + 1)
+            .copied()
+            .collect();
+        let more = entries.len() > DUE_PAGE;
+        let page = &entries[..entries.len().min(DUE_PAGE)];
+        let jobs: Vec<Job> = page.iter().map(|(_, id)| tables.jobs[id].clone()).collect();
+        Ok(DuePage {
+            read: jobs.len(),
+            next: more
+                .then(|| page.last().map(|(at, id)| format!("{at}:{id}")))
+                .flatten(),
+            jobs,
+        })
+    }
+
+    async fn list(&self, query: &ListQuery<'_>) -> Result<JobPage, StoreError> {
+        let owner = query.owner.to_owned();
+        let end = match query.after {
+            Some(after) => Bound::Excluded((owner.clone(), after.created_at_epoch_ms, after.id)),
+            None => Bound::Included((owner.clone(), u64::MAX, JobId::MAX)),
+        };
+        let tables = self.tables.lock().expect("store lock");
+        let mut entries = tables
+            .by_owner
+            .range((Bound::Included((owner, 0, JobId::MIN)), end))
+            .rev();
+        let mut page = JobPage::default();
+        let mut examined = 0;
+        for (_, created, id) in entries.by_ref() {
+            examined += 1;
+            let job = &tables.jobs[id];
+            if query.matches(job) {
+                page.jobs.push(job.clone());
+            }
+            if page.jobs.len() >= query.limit || examined >= LIST_EXAMINE_LIMIT {
+                page.next = Some(ListPosition {
+                    created_at_epoch_ms: *created,
+                    id: *id,
+                });
+                break;
+            }
+        }
+        if entries.next().is_none() {
+            page.next = None;
+        }
+        Ok(page)
+    }
+
+    async fn unfinished_estimate(
+        &self,
+        owner: &str,
+        _sample: JobId,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let tables = self.tables.lock().expect("store lock");
+        let count = tables.unfinished.get(owner).copied().unwrap_or(0);
+        Ok(count.min(at_most.saturating_add(1)))
     }
 
     async fn events_sent(

@@ -27,7 +27,9 @@ macro_rules! conformance_suite {
             abandon_fails_only_unheld_jobs,
             delete_unstarted_removes_only_never_claimed_jobs,
             revive_requeues_only_dead_lettered_jobs,
-            unfinished_lists_queued_and_running_jobs_only,
+            due_holds_unfinished_jobs_by_when_they_may_need_repair,
+            listing_pages_newest_first_with_filters,
+            unfinished_estimate_counts_an_owners_unfinished_jobs,
             fan_out_needs_the_lease_and_ends_it,
             a_part_is_claimed_by_one_and_settled_once,
             racing_part_claims_have_one_winner,
@@ -76,8 +78,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use offpath_core::{
-    BlobError, BlobStore, Clock, ErrorInfo, EventKind, EventType, Job, JobId, JobMessage, JobQueue,
-    JobStatus, JobStore, Lease, NewJob, PartsEnd, Settle, StoreError, SystemClock, Webhook,
+    BlobError, BlobStore, Clock, ErrorInfo, EventKind, EventType, Job, JobId, JobMessage, JobPage,
+    JobQueue, JobStatus, JobStore, Lease, ListQuery, NewJob, PartsEnd, Settle, StoreError,
+    SystemClock, TaskName, Webhook,
 };
 use serde_json::json;
 
@@ -301,8 +304,24 @@ pub async fn revive_requeues_only_dead_lettered_jobs(store: Arc<dyn JobStore>) {
     assert_eq!(again.attempts, 2);
 }
 
-/// Property: unfinished lists queued and running jobs only.
-pub async fn unfinished_lists_queued_and_running_jobs_only(store: Arc<dyn JobStore>) {
+/// Every job [`JobStore::due`] holds as due before `before`, page by page.
+pub async fn due_ids(store: &dyn JobStore, before: u64) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.due(before, cursor.as_deref()).await.unwrap();
+        ids.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// Property: the sweep's index holds unfinished jobs by when they may need repair (a
+/// queued job from its creation, a running one from its lease's end) and no finished
+/// job.
+pub async fn due_holds_unfinished_jobs_by_when_they_may_need_repair(store: Arc<dyn JobStore>) {
     let queued = store.create(&new_job()).await.unwrap().id;
     let running = store.create(&new_job()).await.unwrap().id;
     store
@@ -311,18 +330,147 @@ pub async fn unfinished_lists_queued_and_running_jobs_only(store: Arc<dyn JobSto
         .unwrap();
     let done = store.create(&new_job()).await.unwrap().id;
     store.cancel(done, now()).await.unwrap();
-    let mut ids: Vec<JobId> = store
-        .unfinished(100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|j| j.id)
-        .collect();
-    ids.sort();
+    let soon = due_ids(store.as_ref(), now() + 1_000).await;
+    assert_eq!(soon, [queued], "the running job's lease has a minute left");
+    let mut later = due_ids(store.as_ref(), now() + 120_000).await;
+    later.sort();
     let mut want = vec![queued, running];
     want.sort();
-    assert_eq!(ids, want);
-    assert_eq!(store.unfinished(1).await.unwrap().len(), 1);
+    assert_eq!(later, want);
+    assert!(
+        due_ids(store.as_ref(), 1).await.is_empty(),
+        "nothing due before 1970"
+    );
+    // A finished job leaves the index; a revived one comes back.
+    store
+        .complete(running, "w1", &json!([]), now())
+        .await
+        .unwrap();
+    assert_eq!(due_ids(store.as_ref(), now() + 120_000).await, [queued]);
+    // A released job waits out a backoff: due from its first start, not its lease.
+    let started = now();
+    store
+        .claim(queued, &lease("w2", 60_000), started)
+        .await
+        .unwrap();
+    store.release(queued, "w2").await.unwrap();
+    assert_eq!(due_ids(store.as_ref(), started + 1).await, [queued]);
+    assert!(due_ids(store.as_ref(), started).await.is_empty());
+}
+
+/// Property: an owner's jobs list newest first, page by page, each once; filters by
+/// status and task work; another owner's jobs never appear.
+pub async fn listing_pages_newest_first_with_filters(store: Arc<dyn JobStore>) {
+    let base = now();
+    let mut made = Vec::new();
+    for i in 0..7u64 {
+        let job = NewJob {
+            id: JobId::random(),
+            owner: "lister".into(),
+            task: if i % 3 == 0 { "rank" } else { "embed" }.parse().unwrap(),
+            created_at_epoch_ms: base + i,
+            ..new_job()
+        };
+        made.push(store.create(&job).await.unwrap().id);
+    }
+    let other = NewJob {
+        id: JobId::random(),
+        owner: "someone-else".into(),
+        created_at_epoch_ms: base + 3,
+        ..new_job()
+    };
+    store.create(&other).await.unwrap();
+    store
+        .claim(made[1], &lease("w1", 60_000), now())
+        .await
+        .unwrap();
+    store
+        .claim(made[4], &lease("w1", 60_000), now())
+        .await
+        .unwrap();
+
+    let list = |status, task: Option<TaskName>, limit| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut pages = Vec::new();
+            let mut after = None;
+            loop {
+                let query = ListQuery {
+                    owner: "lister",
+                    status,
+                    task: task.as_ref(),
+                    limit,
+                    after,
+                };
+                let page = store.list(&query).await.unwrap();
+                assert!(page.jobs.len() <= limit);
+                pages.push(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>());
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return pages,
+                }
+            }
+        }
+    };
+    let newest_first: Vec<JobId> = made.iter().rev().copied().collect();
+    let pages = list(None, None, 3).await;
+    assert_eq!(
+        pages.len(),
+        3,
+        "3 + 3 + 1, and no empty page after: {pages:?}"
+    );
+    assert_eq!(pages.concat(), newest_first);
+    assert_eq!(
+        list(None, None, 7).await,
+        std::slice::from_ref(&newest_first)
+    );
+    let running = list(Some(JobStatus::Running), None, 100).await.concat();
+    assert_eq!(running, [made[4], made[1]]);
+    let ranks = list(None, Some("rank".parse().unwrap()), 2).await.concat();
+    assert_eq!(ranks, [made[6], made[3], made[0]]);
+    let none = ListQuery {
+        owner: "nobody",
+        status: None,
+        task: None,
+        limit: 10,
+        after: None,
+    };
+    assert_eq!(store.list(&none).await.unwrap(), JobPage::default());
+}
+
+/// Property: admission counts an owner's unfinished jobs, and only theirs.
+pub async fn unfinished_estimate_counts_an_owners_unfinished_jobs(store: Arc<dyn JobStore>) {
+    let owned = || NewJob {
+        id: JobId::random(),
+        owner: "counted".into(),
+        ..new_job()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(store.create(&owned()).await.unwrap().id);
+    }
+    store.cancel(ids[0], now()).await.unwrap();
+    store
+        .claim(ids[1], &lease("w1", 60_000), now())
+        .await
+        .unwrap();
+    store
+        .fail(ids[1], "w1", &ErrorInfo::new("x", "y"), now())
+        .await
+        .unwrap();
+    let sample = JobId::random();
+    let estimate = |owner: &'static str, at_most| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .unfinished_estimate(owner, sample, at_most)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(estimate("counted", 100).await, 3);
+    assert!(estimate("counted", 2).await > 2, "past a bound of 2");
+    assert_eq!(estimate("nobody", 100).await, 0);
 }
 
 /// Property: delete unstarted removes only never claimed jobs.
@@ -349,10 +497,11 @@ pub async fn delete_unstarted_removes_only_never_claimed_jobs(store: Arc<dyn Job
 /// what is in flight, and deletes.
 pub async fn queue_delivers_hides_and_deletes(queue: Arc<dyn JobQueue>) {
     let message = JobMessage::new(JobId::random());
-    queue.send(&message).await.unwrap();
+    queue.send(&message, "owner-1").await.unwrap();
     let received = queue.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(received.len(), 1);
     let m = &received[0];
+    assert_eq!(m.group.as_deref(), Some("owner-1"), "its message group");
     assert_eq!(JobMessage::from_body(&m.body).unwrap(), message);
     assert_eq!(m.receive_count, 1);
     assert!(m.sent_at_epoch_ms > 0);
@@ -370,9 +519,45 @@ pub async fn queue_delivers_hides_and_deletes(queue: Arc<dyn JobQueue>) {
     assert_eq!(queue.max_receive_count().await.unwrap(), Some(3));
 }
 
+/// Property (SQS fair queues, which moto does not model): a quiet group's messages
+/// are delivered ahead of a noisy group's backlog. `fair` says whether the queue
+/// should: without fairness the backlog goes first.
+pub async fn a_quiet_group_overtakes_a_noisy_backlog(queue: Arc<dyn JobQueue>, fair: bool) {
+    for _ in 0..30 {
+        let message = JobMessage::new(JobId::random());
+        queue.send(&message, "noisy").await.unwrap();
+    }
+    for _ in 0..3 {
+        let message = JobMessage::new(JobId::random());
+        queue.send(&message, "quiet").await.unwrap();
+    }
+    let first = queue.receive(10, Duration::from_secs(2)).await.unwrap();
+    let quiet = first
+        .iter()
+        .filter(|m| m.group.as_deref() == Some("quiet"))
+        .count();
+    if fair {
+        assert_eq!(
+            quiet, 3,
+            "all of the quiet group's messages in the first batch"
+        );
+        assert_eq!(
+            first[0].group.as_deref(),
+            Some("noisy"),
+            "oldest first among equals"
+        );
+        assert_eq!(first[1].group.as_deref(), Some("quiet"));
+    } else {
+        assert_eq!(quiet, 0, "oldest first: the backlog's");
+    }
+}
+
 /// Property: visibility can be changed.
 pub async fn visibility_can_be_changed(queue: Arc<dyn JobQueue>) {
-    queue.send(&JobMessage::new(JobId::random())).await.unwrap();
+    queue
+        .send(&JobMessage::new(JobId::random()), "owner-1")
+        .await
+        .unwrap();
     let first = queue.receive(1, Duration::from_secs(2)).await.unwrap();
     queue
         .change_visibility(&first[0].receipt_handle, Duration::ZERO)
@@ -398,7 +583,7 @@ pub async fn messages_move_to_the_dead_letter_queue_after_max_receives(
     dlq: Arc<dyn JobQueue>,
 ) {
     let message = JobMessage::new(JobId::random());
-    queue.send(&message).await.unwrap();
+    queue.send(&message, "owner-1").await.unwrap();
     for receive in 1..=3 {
         let got = queue.receive(1, Duration::from_secs(2)).await.unwrap();
         assert_eq!(got.len(), 1, "receive {receive}");
@@ -417,6 +602,7 @@ pub async fn messages_move_to_the_dead_letter_queue_after_max_receives(
     );
     let dead = dlq.receive(1, Duration::from_secs(2)).await.unwrap();
     assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].group.as_deref(), Some("owner-1"), "kept in the DLQ");
     assert_eq!(JobMessage::from_body(&dead[0].body).unwrap(), message);
 }
 
@@ -724,8 +910,7 @@ pub async fn the_outbox_empties_as_events_are_sent(store: Arc<dyn JobStore>) {
     assert_eq!(unsent(&sent), [EventKind::Completed]);
     let done = store.complete(id, "w1", &json!([]), now()).await.unwrap();
     assert_eq!(done.due_events()[0].kind, EventType::Succeeded);
-    let listed = |jobs: Vec<Job>| jobs.iter().any(|j| j.id == id);
-    assert!(listed(store.unfinished(1000).await.unwrap()));
+    assert!(due_ids(store.as_ref(), now() + 1).await.contains(&id));
     // Marked against a finish time that is not the job's: refused.
     conflict(
         store
@@ -747,7 +932,7 @@ pub async fn the_outbox_empties_as_events_are_sent(store: Arc<dyn JobStore>) {
             .due_events()
             .is_empty()
     );
-    assert!(!listed(store.unfinished(1000).await.unwrap()));
+    assert!(!due_ids(store.as_ref(), now() + 1).await.contains(&id));
 }
 
 /// Property: a revived job will end again, so its completion event is due again.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{
-    ErrorInfo, EventKind, Job, JobId, JobMessage, JobQueue, JobStore, Lease, NewJob, PartsEnd,
-    QueueDepth, QueueError, QueueMessage, Settle, StoreError,
+    DuePage, ErrorInfo, EventKind, Job, JobId, JobMessage, JobPage, JobQueue, JobStore, Lease,
+    ListQuery, NewJob, PartsEnd, QueueDepth, QueueError, QueueMessage, Settle, StoreError,
 };
 use serde_json::Value;
 
@@ -51,8 +51,12 @@ pub enum Call {
     SettlePart(JobId, u32),
     /// `JobStore::finish_parts`.
     FinishParts(JobId),
-    /// `JobStore::unfinished`.
-    Unfinished,
+    /// `JobStore::due`.
+    Due,
+    /// `JobStore::list`.
+    List,
+    /// `JobStore::unfinished_estimate`.
+    UnfinishedEstimate,
     /// `JobStore::events_sent`.
     EventsSent(JobId),
     /// `JobStore::progress_event`.
@@ -116,7 +120,9 @@ impl Call {
             | Call::WebhookGone(id)
             | Call::WaitTerminal(id)
             | Call::Send(id) => Some(id),
-            Call::Unfinished
+            Call::Due
+            | Call::List
+            | Call::UnfinishedEstimate
             | Call::Ping
             | Call::Receive
             | Call::Delete
@@ -304,9 +310,20 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
         let write = self.inner.finish_parts(id, end, now);
         self.around(Call::FinishParts(id), write).await
     }
-    async fn unfinished(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.around(Call::Unfinished, self.inner.unfinished(limit))
-            .await
+    async fn due(&self, before: u64, cursor: Option<&str>) -> Result<DuePage, StoreError> {
+        self.around(Call::Due, self.inner.due(before, cursor)).await
+    }
+    async fn list(&self, query: &ListQuery<'_>) -> Result<JobPage, StoreError> {
+        self.around(Call::List, self.inner.list(query)).await
+    }
+    async fn unfinished_estimate(
+        &self,
+        owner: &str,
+        sample: JobId,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let count = self.inner.unfinished_estimate(owner, sample, at_most);
+        self.around(Call::UnfinishedEstimate, count).await
     }
     async fn events_sent(
         &self,
@@ -336,8 +353,8 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
 
 #[async_trait]
 impl<H: Hooks> JobQueue for Hooked<dyn JobQueue, H> {
-    async fn send(&self, message: &JobMessage) -> Result<(), QueueError> {
-        self.around(Call::Send(message.job_id), self.inner.send(message))
+    async fn send(&self, message: &JobMessage, group: &str) -> Result<(), QueueError> {
+        self.around(Call::Send(message.job_id), self.inner.send(message, group))
             .await
     }
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {

@@ -25,7 +25,7 @@ mod stack;
 pub use count::{CountInput, CountOutput, CountTask};
 pub use events::sqs_event;
 pub use hooks::{Call, Hooked, Hooks};
-pub use jobs::{create, new_job};
+pub use jobs::{OWNER, create, new_job, unfinished};
 pub use model::{POISON_PIECE, TestModel};
 pub use process::{Dev, binary, bootstrap};
 pub use proxy::Proxy;

@@ -134,7 +134,10 @@ impl Stack {
                         &names.queue,
                         &settings,
                         &fast_webhooks(),
-                        CAPACITY,
+                        offpath_embedded::Options {
+                            capacity: CAPACITY,
+                            fair: true,
+                        },
                         blobs,
                     ),
                     settings,

@@ -75,6 +75,38 @@ impl WebhookKeys {
             .join(" ")
     }
 
+    /// A tag over `data` for `owner` and `purpose` under the current key (the listing
+    /// signs its cursors with it): HMAC-SHA256 of `offpath <purpose> v1`, the owner and
+    /// the data, its first 16 bytes.
+    pub fn tag(&self, purpose: &str, owner: &str, data: &[u8]) -> Vec<u8> {
+        Self::tag_mac(&self.current, purpose, owner, data)
+            .finalize()
+            .into_bytes()[..16]
+            .to_vec()
+    }
+
+    /// True when `tag` is [`Self::tag`] of the same input under the current or (while
+    /// rotating) the previous key; compared in constant time.
+    pub fn verify_tag(&self, purpose: &str, owner: &str, data: &[u8], tag: &[u8]) -> bool {
+        tag.len() == 16
+            && std::iter::once(&self.current)
+                .chain(self.previous.as_ref())
+                .any(|key| {
+                    Self::tag_mac(key, purpose, owner, data)
+                        .verify_truncated_left(tag)
+                        .is_ok()
+                })
+    }
+
+    fn tag_mac(key: &[u8], purpose: &str, owner: &str, data: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(format!("offpath {purpose} v1\n").as_bytes());
+        mac.update(owner.as_bytes());
+        mac.update(b"\n");
+        mac.update(data);
+        mac
+    }
+
     fn derive(key: &[u8], owner: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(b"offpath webhook secret v1\n");

@@ -12,6 +12,10 @@ use utoipa::ToSchema;
 /// Seconds a client should wait before retrying after a 503.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// The `Retry-After` of a `429 too_many_jobs`: time for some of the caller's jobs to
+/// finish.
+pub(crate) const ADMISSION_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// The body of every error answer: `{"error": {"code", "message"}}`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Error)]
@@ -81,6 +85,15 @@ pub enum ApiError {
     /// The job already finished.
     #[error("the job is already {0} and can no longer be cancelled")]
     AlreadyFinished(offpath_core::JobStatus),
+    /// A listing cursor this API did not give the caller.
+    #[error("{0}")]
+    InvalidCursor(String),
+    /// The owner has as many unfinished jobs as a caller may.
+    #[error(
+        "you have {0} or more unfinished jobs, the most one caller may have; retry after {after} seconds, as jobs finish",
+        after = ADMISSION_RETRY_AFTER.as_secs()
+    )]
+    TooManyJobs(u64),
     /// No such route.
     #[error("no such route; see /openapi.json")]
     RouteNotFound,
@@ -112,7 +125,9 @@ impl ApiError {
             | ApiError::InvalidWebhook(_)
             | ApiError::UnknownTask(_)
             | ApiError::InvalidInput(_)
-            | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidIdempotencyKey(_)
+            | ApiError::InvalidCursor(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::AlreadyFinished(_) => StatusCode::CONFLICT,
@@ -143,6 +158,8 @@ impl ApiError {
             ApiError::NoResult => "no_result",
             ApiError::ResultNotReady(_) => "result_not_ready",
             ApiError::AlreadyFinished(_) => "job_finished",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
+            ApiError::TooManyJobs(_) => "too_many_jobs",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -163,11 +180,15 @@ impl IntoResponse for ApiError {
             error: ErrorInfo::new(self.code(), self.to_string()),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
+        let retry_after = match status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER),
+            StatusCode::TOO_MANY_REQUESTS => Some(ADMISSION_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }
         response
     }

@@ -44,6 +44,8 @@ use crate::{ApiError, AppState};
         (status = 413, description = "Body, job or uploaded document too large.", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body.", body = ErrorBody),
+        (status = 429, description = "The caller has as many unfinished jobs as one caller may (OFFPATH_MAX_UNFINISHED_PER_OWNER); nothing was created. Retry after the Retry-After header.", body = ErrorBody,
+         headers(("Retry-After" = String, description = "seconds"))),
         (status = 503, description = "Backend unavailable; retry after the Retry-After header.", body = ErrorBody),
     )
 )]

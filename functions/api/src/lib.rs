@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod health;
 mod jobs;
+mod listing;
 pub mod openapi;
 mod submit;
 mod uploads;
@@ -17,7 +18,8 @@ mod webhooks;
 
 pub use auth::{Auth, Principal};
 pub use error::ApiError;
-pub use submit::SubmitLimits;
+pub use listing::JobList;
+pub use submit::{DEFAULT_MAX_UNFINISHED_PER_OWNER, LimitError, SubmitLimits};
 pub use uploads::UploadSigner;
 
 use std::sync::Arc;
@@ -93,7 +95,10 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let document = openapi::Served::new(&openapi::document(&state.tasks, &state.limits));
     let jobs = Router::new()
-        .route("/jobs", axum::routing::post(jobs::submit))
+        .route(
+            "/jobs",
+            axum::routing::post(jobs::submit).get(listing::list),
+        )
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/result", get(uploads::result))
         .route("/uploads", axum::routing::post(uploads::create))

@@ -42,6 +42,7 @@ impl ToSchema for SubmitRequest {}
     ),
     paths(
         crate::jobs::submit,
+        crate::listing::list,
         crate::jobs::get,
         crate::jobs::cancel,
         crate::uploads::result,

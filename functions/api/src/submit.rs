@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use offpath_core::blob::{MAX_UPLOAD_BYTES, upload_key};
 use offpath_core::idempotency::{job_id_for_key, request_hash};
+use offpath_core::queue::message_group;
 use offpath_core::{
     EventKind, Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName,
     Webhook, metrics,
@@ -30,6 +31,50 @@ pub struct SubmitLimits {
     /// duplicates do not flood the queue. It equals the `Retry-After` of a 503, so a
     /// client that waits as told before its retry always repairs its job.
     pub requeue_after: Duration,
+    /// Most unfinished (queued or running) jobs one owner may have; above it a submit
+    /// answers `429 too_many_jobs` and creates nothing. `None`: no bound.
+    pub max_unfinished_per_owner: Option<u64>,
+}
+
+/// The default bound on one owner's unfinished jobs: generous for a team, a brake on a
+/// runaway client.
+pub const DEFAULT_MAX_UNFINISHED_PER_OWNER: u64 = 10_000;
+
+/// A limit setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct LimitError {
+    name: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl SubmitLimits {
+    /// The default limits with `OFFPATH_MAX_UNFINISHED_PER_OWNER` from the environment
+    /// (a whole number of jobs, or `none` for no bound).
+    pub fn from_env() -> Result<Self, LimitError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::from_env`] through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LimitError> {
+        const NAME: &str = "OFFPATH_MAX_UNFINISHED_PER_OWNER";
+        let bound = match lookup(NAME) {
+            None => Some(DEFAULT_MAX_UNFINISHED_PER_OWNER),
+            Some(value) if value.trim() == "none" => None,
+            Some(value) => Some(value.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                LimitError {
+                    name: NAME,
+                    value,
+                    reason: "expected a whole number of jobs above 0, or none",
+                },
+            )?),
+        };
+        Ok(SubmitLimits {
+            max_unfinished_per_owner: bound,
+            ..SubmitLimits::default()
+        })
+    }
 }
 
 impl Default for SubmitLimits {
@@ -40,6 +85,7 @@ impl Default for SubmitLimits {
             min_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             requeue_after: RETRY_AFTER,
+            max_unfinished_per_owner: Some(DEFAULT_MAX_UNFINISHED_PER_OWNER),
         }
     }
 }
@@ -225,9 +271,31 @@ pub(crate) async fn submit(
         expires_at_epoch_s: now / 1000 + ttl,
         webhook,
     };
+    if let Some(bound) = state.limits.max_unfinished_per_owner {
+        let unfinished = state
+            .store
+            .unfinished_estimate(owner, new.id, bound)
+            .await?;
+        if unfinished >= bound {
+            // A replay of a job that exists is still answered; nothing new is made.
+            if key.is_some()
+                && let Some(existing) = state.store.get(new.id).await?
+            {
+                return replay(state, &new, existing, now).await;
+            }
+            tracing::info!(
+                owner,
+                unfinished,
+                bound,
+                "submit refused: too many unfinished jobs"
+            );
+            return Err(ApiError::TooManyJobs(bound));
+        }
+    }
     match state.store.create(&new).await {
         Ok(job) => {
-            if let Err(err) = state.queue.send(&JobMessage::new(job.id)).await {
+            let group = message_group(&job.owner);
+            if let Err(err) = state.queue.send(&JobMessage::new(job.id), &group).await {
                 if key.is_none()
                     && let Err(cleanup) = state.store.delete_unstarted(job.id).await
                 {
@@ -240,21 +308,34 @@ pub(crate) async fn submit(
             metrics::count(metrics::JOBS_SUBMITTED);
             Ok(Submitted::Created(job))
         }
-        Err(StoreError::Conflict(existing)) => {
-            if existing.owner != new.owner || existing.request_hash != new.request_hash {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            let age_ms = now.saturating_sub(existing.created_at_epoch_ms);
-            if existing.status == JobStatus::Queued
-                && age_ms >= state.limits.requeue_after.as_millis() as u64
-            {
-                state.queue.send(&JobMessage::new(existing.id)).await?;
-                tracing::info!(job_id = %existing.id, "replay re-enqueued a queued job");
-            }
-            Ok(Submitted::Replayed(*existing))
-        }
+        Err(StoreError::Conflict(existing)) => replay(state, &new, *existing, now).await,
         Err(err) => Err(err.into()),
     }
+}
+
+/// Answers a request whose idempotency key names `existing`: the same job if the body
+/// is the same (re-sending its message if it has waited queued a while), else `422`.
+async fn replay(
+    state: &AppState,
+    new: &NewJob,
+    existing: Job,
+    now: u64,
+) -> Result<Submitted, ApiError> {
+    if existing.owner != new.owner || existing.request_hash != new.request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let age_ms = now.saturating_sub(existing.created_at_epoch_ms);
+    if existing.status == JobStatus::Queued
+        && age_ms >= state.limits.requeue_after.as_millis() as u64
+    {
+        let group = message_group(&existing.owner);
+        state
+            .queue
+            .send(&JobMessage::new(existing.id), &group)
+            .await?;
+        tracing::info!(job_id = %existing.id, "replay re-enqueued a queued job");
+    }
+    Ok(Submitted::Replayed(existing))
 }
 
 #[cfg(test)]
@@ -267,6 +348,27 @@ mod tests {
             &SubmitLimits::default(),
             &offpath_tasks::registry(),
         )
+    }
+
+    #[test]
+    fn the_admission_bound_is_read_from_its_setting() {
+        let limits = |value: Option<&str>| {
+            SubmitLimits::from_lookup(|_| value.map(str::to_owned))
+                .map(|l| l.max_unfinished_per_owner)
+        };
+        assert_eq!(
+            limits(None).unwrap(),
+            Some(DEFAULT_MAX_UNFINISHED_PER_OWNER)
+        );
+        assert_eq!(limits(Some("25")).unwrap(), Some(25));
+        assert_eq!(limits(Some("none")).unwrap(), None);
+        for bad in ["0", "-1", "lots", ""] {
+            let err = limits(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("OFFPATH_MAX_UNFINISHED_PER_OWNER="),
+                "{err}"
+            );
+        }
     }
 
     #[test]

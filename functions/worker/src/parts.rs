@@ -19,6 +19,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream;
 use offpath_core::blob::{PARTS, part_key, result_key, upload_key};
+use offpath_core::queue::message_group;
 use offpath_core::webhook::PROGRESS_GAP_MS;
 use offpath_core::{
     Assembled, BlobError, DEAD_LETTERED, ErrorInfo, Event, EventType, Job, JobId, JobMessage,
@@ -281,7 +282,9 @@ impl Worker {
                     kind: EventType::Progress,
                     at: now,
                 };
-                if let Err(err) = self.webhooks.send(&JobMessage::event(job.id, event)).await {
+                let message = JobMessage::event(job.id, event);
+                let group = message_group(&job.owner);
+                if let Err(err) = self.webhooks.send(&message, &group).await {
                     tracing::warn!(job_id = %job.id, error = %err, "could not queue a progress event");
                 }
             }
@@ -523,7 +526,10 @@ impl Worker {
             .filter(|n| parts.leases.get(n).is_none_or(|l| !l.is_live(now)))
             .collect();
         let sent = stream::iter(pending)
-            .map(|n| async move { self.queue.send(&JobMessage::part(job.id, n)).await })
+            .map(|n| async move {
+                let group = message_group(&job.owner);
+                self.queue.send(&JobMessage::part(job.id, n), &group).await
+            })
             .buffer_unordered(BLOB_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;

@@ -164,6 +164,7 @@ pub fn sqs_event(queue_arn: &str, messages: &[QueueMessage]) -> SqsEvent {
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
+            .chain(m.group.clone().map(|g| ("MessageGroupId".to_owned(), g)))
             .collect();
             record.event_source = Some("aws:sqs".into());
             record.event_source_arn = Some(queue_arn.to_owned());
@@ -193,6 +194,7 @@ mod tests {
             body: lambda.body.clone().unwrap(),
             receive_count: attribute("ApproximateReceiveCount") as u32,
             sent_at_epoch_ms: attribute("SentTimestamp"),
+            group: None,
         };
         let arn = lambda.event_source_arn.as_deref().unwrap();
         let event = sqs_event(arn, &[polled]);

@@ -9,10 +9,11 @@
 
 use std::time::Duration;
 
+use offpath_core::queue::message_group;
 use offpath_core::webhook::{PublishError, publish, publish_or_log};
 use offpath_core::{
-    DEAD_LETTERED, ErrorInfo, JobMessage, JobQueue, JobStatus, JobStore, QueueError, StoreError,
-    metrics,
+    DEAD_LETTERED, ErrorInfo, Job, JobMessage, JobQueue, JobStatus, JobStore, QueueError,
+    StoreError, metrics,
 };
 
 /// How the sweep judges jobs.
@@ -25,9 +26,14 @@ pub struct SweepSettings {
     /// The queue's maxReceiveCount: a running job with this many attempts whose worker
     /// died has no receive left, so it is written `failed`/`dead_lettered`.
     pub max_receive_count: Option<u32>,
-    /// Most jobs one run examines.
-    pub limit: usize,
+    /// Most time one run spends; the due jobs it did not reach wait for the next run
+    /// (the report says so).
+    pub budget: Duration,
 }
+
+/// Most time a scheduled sweep spends: the sweep function's timeout in
+/// `template.yaml` (300 s) less a margin for the run's last page and its report.
+pub const SWEEP_BUDGET: Duration = Duration::from_secs(240);
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +46,10 @@ pub struct SweepReport {
     pub dead_lettered: usize,
     /// Webhook events sent from outboxes.
     pub events: usize,
+    /// Items the store returned: index entries and job records.
+    pub read: usize,
+    /// True when every due job was examined within the budget.
+    pub complete: bool,
 }
 
 /// The store or the queue failed; the next run continues.
@@ -57,8 +67,10 @@ pub enum SweepError {
 }
 
 /// One sweep at time `now`, sending job messages to `queue` and webhook events to
-/// `webhooks`. Re-sending a message that still exists only makes a duplicate, which
-/// the worker acknowledges; a webhook event sent twice carries the same id.
+/// `webhooks`: pages through the jobs the store's sparse indexes hold as due a grace
+/// ago (never the whole table) until none is left or the budget is spent. Re-sending a
+/// message that still exists only makes a duplicate, which the worker acknowledges; a
+/// webhook event sent twice carries the same id.
 pub async fn sweep(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
@@ -66,86 +78,127 @@ pub async fn sweep(
     settings: &SweepSettings,
     now_epoch_ms: u64,
 ) -> Result<SweepReport, SweepError> {
-    let grace = settings.grace.as_millis() as u64;
+    let started = std::time::Instant::now();
+    let before = now_epoch_ms.saturating_sub(settings.grace.as_millis() as u64);
     let mut report = SweepReport::default();
-    for job in store.unfinished(settings.limit).await? {
-        report.examined += 1;
-        if job.has_unsent_events() {
-            let due = job.due_events();
-            // Left behind: its writer had the grace to send it. A terminal job with
-            // nothing due only clears what can no longer happen.
-            let left = due.iter().any(|event| event.at + grace < now_epoch_ms);
-            if left || (due.is_empty() && job.status.is_terminal()) {
-                let sent = publish(store, webhooks, &job).await?;
-                if sent > 0 {
-                    tracing::warn!(job_id = %job.id, sent, "sweep sent webhook events left in the outbox");
-                }
-                report.events += sent;
+    let mut cursor = None;
+    loop {
+        let page = store.due(before, cursor.as_deref()).await?;
+        report.read += page.read;
+        for job in page.jobs {
+            report.examined += 1;
+            repair(
+                store,
+                queue,
+                webhooks,
+                settings,
+                &job,
+                now_epoch_ms,
+                &mut report,
+            )
+            .await?;
+        }
+        match page.next {
+            None => {
+                report.complete = true;
+                break;
+            }
+            Some(next) if started.elapsed() < settings.budget => cursor = Some(next),
+            Some(_) => {
+                tracing::warn!(examined = report.examined, budget = ?settings.budget,
+                    "sweep budget spent with due jobs left; the next run goes on");
+                break;
             }
         }
-        if job.status.is_terminal() {
-            continue;
-        }
-        if let Some(parts) = &job.parts {
-            let quiet = !parts.any_live_lease(now_epoch_ms)
-                && parts.touched_at_epoch_ms + grace < now_epoch_ms;
-            if job.status == JobStatus::Running && quiet {
-                let unsettled: Vec<u32> = (0..parts.total)
-                    .filter(|n| !parts.settled.contains(n))
-                    .collect();
-                // Every part settled but the job not ended: any part's message ends it.
-                let parts_to_send = if unsettled.is_empty() {
-                    vec![0]
-                } else {
-                    unsettled
-                };
-                for part in parts_to_send {
-                    queue.send(&JobMessage::part(job.id, part)).await?;
-                }
-                report.requeued += 1;
-                tracing::warn!(job_id = %job.id, "sweep sent the quiet parts of a job again");
-            }
-            continue;
-        }
-        let lost = match job.status {
-            JobStatus::Running => job
-                .lease_until_epoch_ms
-                .is_none_or(|until| until + grace < now_epoch_ms),
-            // Released jobs (attempts > 0) wait out a backoff that can exceed the
-            // grace; only a job never claimed is judged by its age.
-            JobStatus::Queued => {
-                job.attempts == 0 && job.created_at_epoch_ms + grace < now_epoch_ms
-            }
-            _ => false,
-        };
-        if !lost {
-            continue;
-        }
-        let exhausted = settings
-            .max_receive_count
-            .is_some_and(|max| job.attempts >= max);
-        if job.status == JobStatus::Running && exhausted {
-            let error = ErrorInfo::new(
-                DEAD_LETTERED,
-                format!(
-                    "the worker stopped during attempt {}, the last one",
-                    job.attempts
-                ),
-            );
-            match store.abandon(job.id, &error, now_epoch_ms).await {
-                Ok(abandoned) => {
-                    report.dead_lettered += 1;
-                    metrics::count(metrics::JOBS_DEAD_LETTERED);
-                    publish_or_log(store, webhooks, &abandoned).await;
-                }
-                Err(StoreError::Conflict(_)) => {} // it moved on meanwhile
-                Err(err) => return Err(err.into()),
-            }
-        } else {
-            queue.send(&JobMessage::new(job.id)).await?;
-            report.requeued += 1;
-        }
-        tracing::warn!(job_id = %job.id, status = %job.status, attempts = job.attempts, "sweep repaired a stuck job");
     }
     Ok(report)
+}
+
+/// Repairs one due job if it needs it.
+async fn repair(
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
+    webhooks: &dyn JobQueue,
+    settings: &SweepSettings,
+    job: &Job,
+    now_epoch_ms: u64,
+    report: &mut SweepReport,
+) -> Result<(), SweepError> {
+    let grace = settings.grace.as_millis() as u64;
+    let group = message_group(&job.owner);
+    if job.has_unsent_events() {
+        let due = job.due_events();
+        // Left behind: its writer had the grace to send it. A terminal job with
+        // nothing due only clears what can no longer happen.
+        let left = due.iter().any(|event| event.at + grace < now_epoch_ms);
+        if left || (due.is_empty() && job.status.is_terminal()) {
+            let sent = publish(store, webhooks, job).await?;
+            if sent > 0 {
+                tracing::warn!(job_id = %job.id, sent, "sweep sent webhook events left in the outbox");
+            }
+            report.events += sent;
+        }
+    }
+    if job.status.is_terminal() {
+        return Ok(());
+    }
+    if let Some(parts) = &job.parts {
+        let quiet =
+            !parts.any_live_lease(now_epoch_ms) && parts.touched_at_epoch_ms + grace < now_epoch_ms;
+        if job.status == JobStatus::Running && quiet {
+            let unsettled: Vec<u32> = (0..parts.total)
+                .filter(|n| !parts.settled.contains(n))
+                .collect();
+            // Every part settled but the job not ended: any part's message ends it.
+            let parts_to_send = if unsettled.is_empty() {
+                vec![0]
+            } else {
+                unsettled
+            };
+            for part in parts_to_send {
+                queue.send(&JobMessage::part(job.id, part), &group).await?;
+            }
+            report.requeued += 1;
+            tracing::warn!(job_id = %job.id, "sweep sent the quiet parts of a job again");
+        }
+        return Ok(());
+    }
+    let lost = match job.status {
+        JobStatus::Running => job
+            .lease_until_epoch_ms
+            .is_none_or(|until| until + grace < now_epoch_ms),
+        // Released jobs (attempts > 0) wait out a backoff that can exceed the
+        // grace; only a job never claimed is judged by its age.
+        JobStatus::Queued => job.attempts == 0 && job.created_at_epoch_ms + grace < now_epoch_ms,
+        _ => false,
+    };
+    if !lost {
+        return Ok(());
+    }
+    let exhausted = settings
+        .max_receive_count
+        .is_some_and(|max| job.attempts >= max);
+    if job.status == JobStatus::Running && exhausted {
+        let error = ErrorInfo::new(
+            DEAD_LETTERED,
+            format!(
+                "the worker stopped during attempt {}, the last one",
+                job.attempts
+            ),
+        );
+        match store.abandon(job.id, &error, now_epoch_ms).await {
+            Ok(abandoned) => {
+                report.dead_lettered += 1;
+                metrics::count(metrics::JOBS_DEAD_LETTERED);
+                publish_or_log(store, webhooks, &abandoned).await;
+            }
+            Err(StoreError::Conflict(_)) => {} // it moved on meanwhile
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        queue.send(&JobMessage::new(job.id), &group).await?;
+        report.requeued += 1;
+    }
+    tracing::warn!(job_id = %job.id, status = %job.status, attempts = job.attempts, "sweep repaired a stuck job");
+    Ok(())
 }

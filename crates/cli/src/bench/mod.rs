@@ -1,10 +1,12 @@
 //! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
 
 mod document;
+mod fairness;
 mod model;
 mod service;
 
 pub use document::DocumentBench;
+pub use fairness::FairnessBench;
 pub use model::ModelBench;
 pub use service::ServiceBench;
 
@@ -30,6 +32,9 @@ pub enum BenchCommand {
     /// A document end to end on the embedded backend (upload, parts on 1 and 2
     /// pollers, result): chunks/s and time to result, beside sentence-transformers.
     Document(DocumentBench),
+    /// Tenant fairness on the embedded backend: one owner's backlog, then another's
+    /// few jobs; the second owner's queue wait with fair delivery and oldest first.
+    Fairness(FairnessBench),
 }
 
 /// Runs a benchmark.
@@ -40,6 +45,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Service(options) => service::run(options).await,
         BenchCommand::Document(options) => document::run(options).await,
+        BenchCommand::Fairness(options) => fairness::run(options).await,
     }
 }
 

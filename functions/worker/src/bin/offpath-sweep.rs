@@ -5,11 +5,8 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
 use offpath_aws::lambda::{metrics, ports_from_env, run_function};
 use offpath_core::{Clock, QueueSettings, SystemClock};
-use offpath_worker::sweep::{SweepSettings, sweep};
+use offpath_worker::sweep::{SWEEP_BUDGET, SweepSettings, sweep};
 use serde_json::{Value, json};
-
-/// Most jobs one scheduled run examines.
-const LIMIT: usize = 10_000;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -27,7 +24,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         // The jobs queue's visibility timeout, as template.yaml sets it.
         grace: QueueSettings::default().visibility_timeout,
         max_receive_count: queue.max_receive_count().await?,
-        limit: LIMIT,
+        budget: SWEEP_BUDGET,
     };
     let sweep_settings = &sweep_settings;
     let handler = service_fn(move |_: LambdaEvent<Value>| async move {
@@ -38,6 +35,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
             requeued = report.requeued,
             dead_lettered = report.dead_lettered,
             events = report.events,
+            read = report.read,
+            complete = report.complete,
             "sweep finished"
         );
         Ok::<_, lambda_runtime::Error>(json!({
@@ -45,6 +44,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
             "requeued": report.requeued,
             "dead_lettered": report.dead_lettered,
             "events": report.events,
+            "read": report.read,
+            "complete": report.complete,
         }))
     });
     run_lambda(metrics("offpath-sweep")?, handler).await

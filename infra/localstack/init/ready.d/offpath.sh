@@ -14,9 +14,20 @@ bucket="${OFFPATH_BUCKET:-offpath-blobs}"
 region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
 aws() { command "${AWS_CLI:-aws}" --region "$region" --endpoint-url "${AWS_ENDPOINT_URL:-http://localhost:4566}" --output text "$@"; }
 
+# index NAME HASH [RANGE]: a keys-only global secondary index (as template.yaml).
+index() {
+  local keys="{\"AttributeName\":\"$2\",\"KeyType\":\"HASH\"}"
+  [[ -n "${3:-}" ]] && keys="$keys,{\"AttributeName\":\"$3\",\"KeyType\":\"RANGE\"}"
+  echo "{\"IndexName\":\"$1\",\"KeySchema\":[$keys],\"Projection\":{\"ProjectionType\":\"KEYS_ONLY\"}}"
+}
 aws dynamodb create-table --table-name "$table" \
   --attribute-definitions AttributeName=pk,AttributeType=S \
+    AttributeName=due_shard,AttributeType=N AttributeName=due_at_epoch_ms,AttributeType=N \
+    AttributeName=outbox_shard,AttributeType=N AttributeName=outbox_at_epoch_ms,AttributeType=N \
+    AttributeName=owner,AttributeType=S AttributeName=created_at_epoch_ms,AttributeType=N \
+    AttributeName=owner_slice,AttributeType=S \
   --key-schema AttributeName=pk,KeyType=HASH \
+  --global-secondary-indexes "[$(index due due_shard due_at_epoch_ms),$(index outbox outbox_shard outbox_at_epoch_ms),$(index owner_created owner created_at_epoch_ms),$(index owner_unfinished owner_slice)]" \
   --billing-mode PAY_PER_REQUEST >/dev/null 2>&1 || true
 aws dynamodb wait table-exists --table-name "$table"
 aws dynamodb update-time-to-live --table-name "$table" \

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use axum::Router;
 use clap::Args;
 use offpath_aws::provision::ResourceNames;
+use offpath_core::queue::message_group;
 use offpath_core::{
     Embedding, JobId, JobMessage, JobStore, Model, ModelError, Piece, Ports, QueueSettings,
     Registry,
@@ -308,14 +309,15 @@ async fn create_jobs(
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let job = ports.store.create(&new_job("embed", input(i))).await?;
-        ports.queue.send(&JobMessage::new(job.id)).await?;
+        let group = message_group(&job.owner);
+        ports.queue.send(&JobMessage::new(job.id), &group).await?;
         ids.push(job.id);
     }
     Ok(ids)
 }
 
 /// How many of `ids` are not terminal.
-async fn unfinished(store: &dyn JobStore, ids: &[JobId]) -> anyhow::Result<usize> {
+pub(super) async fn unfinished(store: &dyn JobStore, ids: &[JobId]) -> anyhow::Result<usize> {
     let mut count = 0;
     for &id in ids {
         if store

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use axum::body::Body;
 use axum::http::{self, StatusCode};
 use offpath_api::{AppState, Auth, app};
+use offpath_core::queue::message_group;
 use offpath_core::{Job, JobMessage, Ports};
 use offpath_testkit::{Stack, new_job};
 use serde::Serialize;
@@ -137,12 +138,17 @@ impl Floor {
                     .send_message()
                     .queue_url(&sdk.queue_url)
                     .message_body(JobMessage::new(new.id).to_body())
+                    .message_group_id(message_group(&new.owner))
                     .send()
                     .await?;
             }
             None => {
                 self.ports.store.create(&new).await?;
-                self.ports.queue.send(&JobMessage::new(new.id)).await?;
+                let group = message_group(&new.owner);
+                self.ports
+                    .queue
+                    .send(&JobMessage::new(new.id), &group)
+                    .await?;
             }
         }
         Ok(())
