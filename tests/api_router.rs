@@ -597,3 +597,42 @@ async fn admission_on(backend: Backend) {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn duplicate_json_keys_and_two_idempotency_keys_are_refused() {
+    let stack = stack(fast_queue()).await;
+    let state = state(&stack);
+    let duplicated = r#"{"task":"embed","input":{"texts":["a"]},"input":{"texts":["b"]}}"#;
+    let (status, _, body) = call(&state, submit(duplicated, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "malformed_json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"duplicate key "input""#),
+        "{body}"
+    );
+    let nested = r#"{"task":"embed","input":{"texts":["a"],"texts":["b"]}}"#;
+    assert_eq!(
+        call(&state, submit(nested, None)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let two_keys = post()
+        .header("idempotency-key", "one")
+        .header("idempotency-key", "two")
+        .body(Body::from(EMBED))
+        .unwrap();
+    let (status, _, body) = call(&state, two_keys).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key");
+    assert_eq!(
+        item_count(&stack.resources().table).await,
+        0,
+        "nothing created"
+    );
+    assert!(
+        drained(stack.ports.queue.as_ref()).await,
+        "nothing enqueued"
+    );
+}

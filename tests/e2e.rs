@@ -560,3 +560,46 @@ async fn dev_delivers_signed_webhooks_to_a_loopback_receiver_and_honours_prefer_
     assert_eq!(refused.status(), 400);
     assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
 }
+
+/// `offpath dev` refuses to start when its API would be open to other machines, or when
+/// OFFPATH_API_KEYS is set but blank; it stops before listening (nothing is bound, no
+/// traffic leaves loopback).
+#[test]
+fn dev_refuses_an_open_api_beyond_loopback_and_blank_keys() {
+    let refused = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = std::process::Command::new(binary("offpath"));
+        command
+            .arg("dev")
+            .args(args)
+            .env_remove("OFFPATH_API_KEYS")
+            .env_remove("OFFPATH_ALLOW_UNAUTHENTICATED")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("offpath dev {args:?} with {env:?} did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        stderr
+    };
+    let open = refused(&[], &["--addr", "0.0.0.0:0"]);
+    assert!(
+        open.contains("without API keys") && open.contains("--allow-unauthenticated"),
+        "{open}"
+    );
+    let blank = refused(&[("OFFPATH_API_KEYS", " ")], &["--addr", "127.0.0.1:0"]);
+    assert!(blank.contains("OFFPATH_API_KEYS is invalid"), "{blank}");
+}

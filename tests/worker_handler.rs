@@ -432,3 +432,46 @@ async fn the_worker_reads_time_from_its_clock() {
         (Some(at), Some(at))
     );
 }
+
+/// Asks to cancel a job just before its worker writes its failure.
+struct CancelBeforeFail(Arc<dyn offpath_core::JobStore>);
+
+#[async_trait::async_trait]
+impl offpath_testkit::Hooks for CancelBeforeFail {
+    async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
+        if let offpath_testkit::Call::Fail(id) = call {
+            self.0.request_cancel(id).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_requested_during_the_last_attempt_ends_the_job_cancelled() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", embed_input("poison at the end")).await;
+    let hooks = Arc::new(CancelBeforeFail(stack.ports.store.clone()));
+    let store = offpath_testkit::Hooked::store(stack.ports.store.clone(), hooks);
+    let ports = stack.ports.with_store(store);
+    let config = WorkerConfig {
+        lease: Duration::from_secs(30),
+        max_receive_count: Some(3),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        &ports,
+        Arc::new(TestModel::default()),
+        Stack::tasks(),
+        config,
+    );
+    let response = worker
+        .handle(fixture_event(&[(body(id), 3)]))
+        .await
+        .unwrap();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled, "{:?}", job.error);
+    assert!(
+        failures(&response).is_empty(),
+        "acknowledged: nothing for the DLQ"
+    );
+}

@@ -73,6 +73,30 @@ pub struct DevArgs {
     /// Concurrent pollers of the webhooks queue (webhook function instances).
     #[arg(long, default_value_t = 1)]
     pub webhook_pollers: usize,
+    /// Serve on an address other machines can reach without API keys (anyone there
+    /// could submit and read jobs). Without it such an address needs OFFPATH_API_KEYS.
+    #[arg(long, env = "OFFPATH_ALLOW_UNAUTHENTICATED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub allow_unauthenticated: bool,
+}
+
+/// Refuses an open API on an address other machines can reach, unless allowed (then
+/// says so loudly).
+fn check_exposure(args: &DevArgs, auth: &Auth) -> anyhow::Result<()> {
+    if *auth != Auth::SingleTenant || args.addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.allow_unauthenticated,
+        "offpath dev would listen on {} without API keys: anyone who can reach it could submit and read jobs. \
+         Set OFFPATH_API_KEYS=key=owner,..., listen on 127.0.0.1 (OFFPATH_ADDR / --addr), or pass --allow-unauthenticated",
+        args.addr
+    );
+    eprintln!(
+        "WARNING: offpath dev serves {} WITHOUT authentication (--allow-unauthenticated): anyone who can reach it can submit and read jobs",
+        args.addr
+    );
+    tracing::warn!(addr = %args.addr, "serving without authentication on a non-loopback address");
+    Ok(())
 }
 
 /// Runs the local stack until Ctrl-C, then drains in-flight batches.
@@ -81,6 +105,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         auth: Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?,
         limits: SubmitLimits::from_env()?,
     };
+    check_exposure(&args, &access.auth)?;
     let queue_settings = QueueSettings {
         visibility_timeout: Duration::from_secs(
             args.visibility_timeout_seconds

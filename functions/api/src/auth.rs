@@ -1,13 +1,13 @@
 //! Who is calling: the job owner.
 
-use std::collections::HashMap;
-
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::request::Parts;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::{ApiError, AppState};
 
@@ -21,9 +21,33 @@ pub enum Auth {
     /// No authentication: every caller is the single tenant `local`.
     SingleTenant,
     /// A key from `Authorization: Bearer <key>` or `x-api-key`, mapped to an owner.
-    ApiKeys(HashMap<String, String>),
+    ApiKeys(ApiKeys),
     /// API Gateway authenticated the caller: the JWT `sub` claim, or the IAM caller ARN.
     ApiGateway,
+}
+
+/// API keys and their owners. Keys are kept as SHA-256 digests and a presented key is
+/// compared with every one in constant time, so answer times say nothing about how
+/// much of a key was right.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeys(Vec<([u8; 32], String)>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    /// The owner of `key`, if it is one of the keys.
+    pub fn owner(&self, key: &str) -> Option<&str> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Every entry is compared; none is skipped when one matches.
+        self.0.iter().fold(None, |found, (known, owner)| {
+            let matches: bool = known.ct_eq(&digest).into();
+            if matches { Some(owner.as_str()) } else { found }
+        })
+    }
 }
 
 /// `OFFPATH_API_KEYS` cannot be parsed.
@@ -33,21 +57,27 @@ pub struct InvalidApiKeys(String);
 
 impl Auth {
     /// Local authentication from `OFFPATH_API_KEYS` (`key=owner,key2=owner2`): API keys
-    /// when set, the single tenant `local` otherwise.
+    /// when set, the single tenant `local` when unset. Set but blank is an error, not
+    /// an open API.
     pub fn from_api_keys(spec: Option<&str>) -> Result<Self, InvalidApiKeys> {
-        let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
+        let Some(spec) = spec else {
             return Ok(Auth::SingleTenant);
         };
+        if spec.trim().is_empty() {
+            return Err(InvalidApiKeys(
+                "it is set but blank (unset it to run without keys on loopback)".into(),
+            ));
+        }
         let keys = spec
             .split(',')
             .map(|pair| match pair.trim().split_once('=') {
                 Some((key, owner)) if !key.is_empty() && !owner.is_empty() => {
-                    Ok((key.to_owned(), owner.to_owned()))
+                    Ok((Sha256::digest(key.as_bytes()).into(), owner.to_owned()))
                 }
                 _ => Err(InvalidApiKeys(format!("{pair:?} is not key=owner"))),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Auth::ApiKeys(keys))
+        Ok(Auth::ApiKeys(ApiKeys(keys)))
     }
 
     fn principal(&self, parts: &Parts) -> Result<Principal, ApiError> {
@@ -60,8 +90,8 @@ impl Auth {
                 let key = key.ok_or(ApiError::Unauthorized(
                     "send your API key as Authorization: Bearer <key> or x-api-key",
                 ))?;
-                keys.get(key)
-                    .map(|owner| Principal(owner.clone()))
+                keys.owner(key)
+                    .map(|owner| Principal(owner.to_owned()))
                     .ok_or(ApiError::Unauthorized("the API key is not valid"))
             }
             Auth::ApiGateway => gateway_principal(parts.extensions.request_context_ref()).ok_or(
@@ -124,9 +154,17 @@ mod tests {
         let Auth::ApiKeys(keys) = Auth::from_api_keys(Some("k1=alice, k2=bob")).unwrap() else {
             panic!("expected api keys");
         };
-        assert_eq!(keys["k1"], "alice");
-        assert_eq!(keys["k2"], "bob");
-        let err = Auth::from_api_keys(Some("k1")).unwrap_err().to_string();
-        assert!(err.starts_with("OFFPATH_API_KEYS is invalid"), "{err}");
+        assert_eq!(keys.owner("k1"), Some("alice"));
+        assert_eq!(keys.owner("k2"), Some("bob"));
+        assert_eq!(keys.owner("k3"), None);
+        assert_eq!(keys.owner("k"), None);
+        assert!(!format!("{keys:?}").contains("k1"), "keys stay out of logs");
+        for bad in ["k1", "", "  "] {
+            let err = Auth::from_api_keys(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("OFFPATH_API_KEYS is invalid"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

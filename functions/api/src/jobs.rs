@@ -62,8 +62,14 @@ pub(crate) async fn submit(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.limits.max_body_bytes),
         _ => ApiError::MalformedJson(rejection.body_text()),
     })?;
-    let key = match headers.get("idempotency-key") {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let key = match keys.next() {
         None => None,
+        Some(_) if keys.next().is_some() => {
+            return Err(ApiError::InvalidIdempotencyKey(
+                "send one Idempotency-Key header, not several".into(),
+            ));
+        }
         Some(raw) => Some(
             validate_key(raw.as_bytes())
                 .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?,

@@ -11,6 +11,7 @@ mod health;
 mod jobs;
 mod listing;
 pub mod openapi;
+mod strict_json;
 mod submit;
 mod uploads;
 mod wait;

@@ -13,6 +13,7 @@ use offpath_core::{
 use serde_json::Value;
 
 use crate::error::RETRY_AFTER;
+use crate::strict_json;
 use crate::{ApiError, AppState};
 
 /// Limits on submissions.
@@ -112,7 +113,7 @@ impl SubmitRequest {
         tasks: &Registry,
     ) -> Result<Self, ApiError> {
         let value: Value =
-            serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            strict_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         let Value::Object(fields) = value else {
             return Err(ApiError::InvalidRequest(
                 "the body must be a JSON object with task and input".into(),

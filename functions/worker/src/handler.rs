@@ -464,8 +464,14 @@ impl Worker {
                 DEAD_LETTERED,
                 format!("gave up after {receive_count} attempts; last error: {cause}"),
             );
-            tracing::error!(job_id = %id, %cause, "last attempt failed; the message goes to the dead-letter queue");
             let written = self.store.fail(id, &lease.token, &error, now).await;
+            if let Err(StoreError::Conflict(current)) = &written
+                && current.cancel_requested
+            {
+                // Cancelled while it ran: it ends cancelled and its message is done.
+                return self.finished_or_cancelled(id, &lease, written).await;
+            }
+            tracing::error!(job_id = %id, %cause, "last attempt failed; the message goes to the dead-letter queue");
             self.finish_write(id, written).await;
             return Outcome::retry_at_visibility_timeout();
         }
