@@ -436,6 +436,11 @@ async fn submit_status_and_wait_commands_drive_the_api() {
         lines[2].contains("embed") && lines[2].contains("succeeded"),
         "{out}"
     );
+    // Age and run time come from the view's times (a finished job ran in milliseconds).
+    assert!(
+        lines[2].trim_end().ends_with("ms") && !lines[2].contains(" - "),
+        "{out}"
+    );
     let (ok, out, _) = offpath(&["jobs", "--task", "embed"], None);
     assert!(ok && out.lines().count() == 2 && !out.contains(id), "{out}");
     let (ok, out, _) = offpath(&["jobs", "--limit", "1"], None);

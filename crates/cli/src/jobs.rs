@@ -59,9 +59,14 @@ pub async fn run(api: &Api, args: JobsArgs) -> anyhow::Result<()> {
 
 /// A job's line: id, task, status, attempts, age, and how long it ran (so far).
 fn job_row(job: &Value, now: u64) -> String {
-    let at = |field: &str| job[field].as_u64();
-    let created = at("created_at_epoch_ms").unwrap_or(now);
-    let ran = match (at("started_at_epoch_ms"), at("finished_at_epoch_ms")) {
+    // The view's times are RFC 3339, in epoch milliseconds here.
+    let at = |field: &str| {
+        let time = humantime::parse_rfc3339(job[field].as_str()?).ok()?;
+        let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(since.as_millis() as u64)
+    };
+    let created = at("created_at").unwrap_or(now);
+    let ran = match (at("started_at"), at("finished_at")) {
         (Some(start), Some(end)) => duration(end.saturating_sub(start)),
         (Some(start), None) => format!("{}…", duration(now.saturating_sub(start))),
         _ => "-".to_owned(),
@@ -71,7 +76,7 @@ fn job_row(job: &Value, now: u64) -> String {
         text("id"),
         text("task"),
         text("status"),
-        at("attempts").unwrap_or(0).to_string(),
+        job["attempts"].as_u64().unwrap_or(0).to_string(),
         duration(now.saturating_sub(created)),
         ran,
     ])
@@ -105,10 +110,11 @@ mod tests {
 
     #[test]
     fn rows_show_age_and_run_time() {
+        // As the API writes a job view.
         let job = serde_json::json!({
             "id": "0190b2a4-8f6e-7cc0-9b1e-3f4c5d6e7f80", "task": "embed", "status": "succeeded",
-            "attempts": 1, "created_at_epoch_ms": 1_000, "started_at_epoch_ms": 2_000,
-            "finished_at_epoch_ms": 2_850,
+            "attempts": 1, "created_at": "1970-01-01T00:00:01.000Z",
+            "started_at": "1970-01-01T00:00:02.000Z", "finished_at": "1970-01-01T00:00:02.850Z",
         });
         let line = job_row(&job, 181_000);
         assert!(
