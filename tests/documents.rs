@@ -32,10 +32,12 @@ fn settings() -> QueueSettings {
     }
 }
 
-/// Workers here: a 2 s lease (under the 3 s visibility), quick retries.
+/// Workers here: a 2 s heartbeat (a dead worker's part comes back within 3 s),
+/// quick retries.
 fn config(stack: &Stack) -> WorkerConfig {
     WorkerConfig {
-        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(2),
+        job_timeout: Duration::from_secs(60),
         max_receive_count: Some(stack.settings.max_receive_count),
         backoff: Backoff {
             base: Duration::from_millis(100),

@@ -19,7 +19,10 @@ async fn stack(settings: QueueSettings) -> Stack {
 fn dev(stack: &Stack) -> Dev {
     let env = stack.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Dev::start(&env, &["--backoff-base-ms", "200", "--lease-seconds", "10"])
+    Dev::start(
+        &env,
+        &["--backoff-base-ms", "200", "--heartbeat-seconds", "10"],
+    )
 }
 
 fn client() -> reqwest::Client {
@@ -528,7 +531,10 @@ async fn dev_delivers_signed_webhooks_to_a_loopback_receiver_and_honours_prefer_
         "an e2e webhook key, 32 bytes or more".into(),
     ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let dev = Dev::start(&env, &["--backoff-base-ms", "200", "--lease-seconds", "10"]);
+    let dev = Dev::start(
+        &env,
+        &["--backoff-base-ms", "200", "--heartbeat-seconds", "10"],
+    );
     let secret = get_json(format!("{}/webhooks/secret", dev.url)).await;
     let receiver = Receiver::start(&[secret["secret"].as_str().unwrap().to_owned()]);
     let mut body = embed("A man is eating food.");

@@ -24,7 +24,7 @@ use futures::stream::{self, FuturesUnordered};
 use offpath_api::{AppState, Auth, app};
 use offpath_aws::{DynamoStore, SqsQueue};
 use offpath_core::{
-    DEAD_LETTERED, EventKind, JobId, JobMessage, JobQueue, JobStatus, JobStore, NewJob, Ports,
+    DEAD_LETTERED, EventKind, Job, JobId, JobMessage, JobQueue, JobStatus, JobStore, NewJob, Ports,
     QueueDepth, QueueMessage, QueueSettings, Webhook,
 };
 use offpath_testkit::{
@@ -32,8 +32,9 @@ use offpath_testkit::{
     item_count, unfinished,
 };
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
-use offpath_worker::Deliverer;
+use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::sweep::{SWEEP_BUDGET, SweepSettings};
+use offpath_worker::{Deliverer, Worker, WorkerConfig};
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
@@ -345,6 +346,207 @@ async fn scenario_3_worker_crashes_leave_every_job_terminal() {
     for backend in BACKENDS {
         worker_crashes(backend).await;
     }
+}
+
+// 11. A worker killed mid-batch ----------------------------------------------------
+
+/// The queue's visibility timeout in scenario 11: production's (six times the job
+/// timeout), so only the heartbeat can bring a dead worker's jobs back sooner.
+const PRODUCTION_VISIBILITY: Duration = Duration::from_secs(360);
+
+/// A heavy text: about 260 word pieces (the model reads 256), unique per job.
+fn heavy_text(job: usize, text: usize) -> String {
+    format!(
+        "job {job} text {text}: {}",
+        "offpath moves heavy inference off the request path and keeps every job. ".repeat(22)
+    )
+}
+
+/// What became of the jobs in flight when a worker died: how long after the kill
+/// each ended (median, max).
+struct Recovery {
+    in_flight: Vec<JobId>,
+    median: Duration,
+    max: Duration,
+}
+
+/// Waits until one of `ids` runs (at most `limit`), and a second more so batches
+/// are in hand.
+async fn until_running(store: &dyn JobStore, ids: &[JobId], limit: Duration) {
+    let started = Instant::now();
+    loop {
+        for id in ids {
+            let job = store.get(*id).await.unwrap().unwrap();
+            if job.status == JobStatus::Running {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        }
+        assert!(started.elapsed() < limit, "no job started within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The jobs of `ids` running now (just after a kill at `killed_at_epoch_ms`).
+async fn running(store: &dyn JobStore, ids: &[JobId]) -> Vec<JobId> {
+    let mut running = Vec::new();
+    for id in ids {
+        if store.get(*id).await.unwrap().unwrap().status == JobStatus::Running {
+            running.push(*id);
+        }
+    }
+    running
+}
+
+/// How long after `killed_at_epoch_ms` each of `in_flight` ended.
+fn recovery(
+    jobs: &HashMap<JobId, Job>,
+    in_flight: Vec<JobId>,
+    killed_at_epoch_ms: u64,
+) -> Recovery {
+    let mut times: Vec<Duration> = in_flight
+        .iter()
+        .map(|id| {
+            let finished = jobs[id].finished_at_epoch_ms.expect("finished");
+            Duration::from_millis(finished.saturating_sub(killed_at_epoch_ms))
+        })
+        .collect();
+    times.sort();
+    Recovery {
+        median: times[times.len() / 2],
+        max: *times.last().expect("jobs in flight"),
+        in_flight,
+    }
+}
+
+/// Reports scenario 11's row and checks its promises: every job succeeded, none ran
+/// more than twice (the dead worker's claim and one more), and the jobs in flight
+/// recovered within 60 s of the kill.
+fn report_kill(
+    backend: Backend,
+    load: String,
+    jobs: &HashMap<JobId, Job>,
+    ids: &[JobId],
+    recovery: &Recovery,
+    drain: Duration,
+) {
+    let claimed_thrice = jobs.values().filter(|j| j.attempts > 2).count();
+    report(Row {
+        scenario: "11 worker killed (SIGKILL)",
+        backend,
+        load,
+        faults: format!(
+            "killed with {} jobs running, restarted at once; recovery after the kill: median {:.1} s, max {:.1} s",
+            recovery.in_flight.len(),
+            recovery.median.as_secs_f64(),
+            recovery.max.as_secs_f64()
+        ),
+        lost: ids.len() - succeeded(jobs),
+        duplicated: claimed_thrice,
+        server_errors: 0,
+        drain,
+    });
+    assert_eq!(succeeded(jobs), ids.len(), "every job succeeded");
+    assert_eq!(claimed_thrice, 0, "no job claimed more than twice");
+    assert!(
+        !recovery.in_flight.is_empty(),
+        "jobs were in flight at the kill"
+    );
+    assert!(
+        recovery.max < Duration::from_secs(60),
+        "the jobs in flight recovered within 60 s (max {:?})",
+        recovery.max
+    );
+}
+
+/// Texts per job in scenario 11 on moto: a batch of ten jobs is about five seconds of
+/// the real model on two cores.
+const HEAVY_TEXTS: usize = 4;
+
+/// moto: `offpath dev --backend aws` (the real model, production settings) killed
+/// with SIGKILL while it runs heavy jobs, and started again. The jobs are queued
+/// before it starts, so its pollers take full batches.
+async fn killed_process() {
+    let scale = scale();
+    let stack = stack(Backend::Moto, PRODUCTION_VISIBILITY, 5).await;
+    let store = stack.ports.store.as_ref();
+    let ids: Vec<JobId> = stream::iter(0..scale.jobs)
+        .map(|job| async move {
+            let texts: Vec<String> = (0..HEAVY_TEXTS).map(|t| heavy_text(job, t)).collect();
+            let input = serde_json::json!({"texts": texts});
+            offpath_testkit::create(store, "embed", input).await
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
+    let env = stack.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dev = Dev::start(&env, &[]);
+    until_running(store, &ids, Duration::from_secs(60)).await;
+    let killed = Instant::now();
+    let killed_at = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+    dev.kill();
+    let in_flight = running(store, &ids).await;
+    let _restarted = Dev::start(&env, &[]);
+    let (jobs, _) = wait_terminal(&stack, &ids, scale.patience).await;
+    let drain = killed.elapsed();
+    let recovery = recovery(&jobs, in_flight, killed_at);
+    let load = format!(
+        "{} jobs of {HEAVY_TEXTS} texts of 256 tokens, offpath dev (real model, 2 pollers, heartbeat 30 s, visibility 360 s)",
+        ids.len()
+    );
+    report_kill(Backend::Moto, load, &jobs, &ids, &recovery, drain);
+}
+
+/// Embedded: the store and queues live in the process, so the worker dies alone: its
+/// pollers are aborted mid-batch (their handlers, heartbeat included, dropped) and a
+/// new pool starts. Production worker settings; a model whose passes take 3 s.
+async fn killed_pool() {
+    let scale = scale();
+    let stack = stack(Backend::Embedded, PRODUCTION_VISIBILITY, 5).await;
+    let jobs = create_many(stack.ports.store.as_ref(), "killed", scale.jobs).await;
+    let ids: Vec<JobId> = jobs.iter().map(|(id, _)| *id).collect();
+    enqueue(stack.ports.queue.as_ref(), &ids).await;
+    let model = Arc::new(TestModel::default());
+    model.pass_ms.store(3_000, Ordering::SeqCst);
+    let pool = || {
+        let config = WorkerConfig {
+            max_receive_count: Some(stack.settings.max_receive_count),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(&stack.ports, model.clone(), Stack::tasks(), config);
+        let settings = PollSettings::default();
+        Pool::start(
+            Arc::new(worker),
+            Arc::clone(&stack.ports.queue),
+            settings,
+            2,
+        )
+    };
+    let dead = pool();
+    let store = stack.ports.store.as_ref();
+    until_running(store, &ids, Duration::from_secs(60)).await;
+    let killed = Instant::now();
+    let killed_at = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+    dead.kill();
+    let in_flight = running(store, &ids).await;
+    let restarted = pool();
+    let (done, _) = wait_terminal(&stack, &ids, scale.patience).await;
+    let drain = killed.elapsed();
+    restarted.stop().await;
+    let recovery = recovery(&done, in_flight, killed_at);
+    let load = format!(
+        "{} jobs, 3 s passes, 2 pollers (heartbeat 30 s, visibility 360 s)",
+        ids.len()
+    );
+    report_kill(Backend::Embedded, load, &done, &ids, &recovery, drain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_11_a_killed_worker_s_jobs_recover_within_a_minute() {
+    killed_process().await;
+    killed_pool().await;
 }
 
 // 10. Webhooks under worker crashes and receiver outages --------------------------

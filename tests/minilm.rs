@@ -171,3 +171,36 @@ fn a_truncated_weights_file_fails_with_a_sentence_that_says_what_to_do() {
     assert!(err.contains("is corrupt"), "{err}");
     assert!(err.contains("offpath model fetch"), "{err}");
 }
+
+/// A model directory given by OFFPATH_MODEL_DIR (the Lambda layer) is checked before it
+/// loads: a copy with one changed byte (same size, and safetensors that still load),
+/// or a truncated one, is refused with a sentence naming the file; the real one passes.
+#[test]
+fn a_given_model_directory_is_checked_for_size_and_hash() {
+    let good = files();
+    let dir = std::env::temp_dir().join(format!("offpath-given-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["tokenizer.json", "config.json"] {
+        std::fs::copy(good.dir.join(name), dir.join(name)).unwrap();
+    }
+    let mut bytes = std::fs::read(good.weights()).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    let changed = weights::given(dir.clone())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..1_000_000]).unwrap();
+    let truncated = weights::given(dir.clone())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        changed.contains("model.safetensors") && changed.contains("SHA-256"),
+        "{changed}"
+    );
+    assert!(truncated.contains("1000000 bytes, expected"), "{truncated}");
+    assert_eq!(weights::given(good.dir.clone()).unwrap(), good);
+}

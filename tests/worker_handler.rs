@@ -11,8 +11,10 @@ use offpath_api::{AppState, Auth, app};
 use offpath_core::{
     Clock, JobId, JobMessage, JobStatus, Lease, MODEL_NAME, QueueMessage, SystemClock,
 };
-use offpath_testkit::{CountTask, OWNER, Stack, TestModel, fast_queue, sqs_event as fixture_event};
-use offpath_worker::poller::sqs_event;
+use offpath_testkit::{
+    Backend, CountTask, OWNER, Stack, TestModel, fast_queue, sqs_event as fixture_event,
+};
+use offpath_worker::poller::{PollSettings, Pool, sqs_event};
 use offpath_worker::{Worker, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -278,6 +280,37 @@ async fn a_job_under_another_live_lease_is_retried_later() {
     assert_eq!(job.lease_owner.as_deref(), Some("someone-else"));
 }
 
+/// A worker slower than its heartbeat keeps its job: with a 2 s heartbeat (the test
+/// queue's visibility) and a 5 s pass, a second poller never gets the job's message
+/// while the first runs it, on either backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_live_worker_keeps_its_job() {
+    for backend in Backend::ALL {
+        let stack = Stack::new(backend, fast_queue()).await;
+        let model = Arc::new(TestModel::default());
+        model.pass_ms.store(5_000, Ordering::SeqCst);
+        let id = create(&stack, "embed", embed_input("slow and alive")).await;
+        let message = JobMessage::new(id);
+        stack.ports.queue.send(&message, OWNER).await.unwrap();
+        let worker = Arc::new(worker(&stack, model.clone()));
+        let settings = PollSettings {
+            batch_size: 10,
+            wait: Duration::from_millis(200),
+        };
+        let pool = Pool::start(worker, Arc::clone(&stack.ports.queue), settings, 2);
+        let waited = stack
+            .ports
+            .store
+            .wait_terminal(id, Duration::from_secs(30))
+            .await;
+        pool.stop().await;
+        let job = waited.unwrap().expect("the job");
+        assert_eq!(job.status, JobStatus::Succeeded, "{}", backend.name());
+        assert_eq!(job.attempts, 1, "claimed once ({})", backend.name());
+        assert_eq!(model.runs_of("slow and alive"), 1, "{}", backend.name());
+    }
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() {
     let stack = stack(fast_queue()).await;
@@ -454,7 +487,6 @@ async fn a_cancel_requested_during_the_last_attempt_ends_the_job_cancelled() {
     let store = offpath_testkit::Hooked::store(stack.ports.store.clone(), hooks);
     let ports = stack.ports.with_store(store);
     let config = WorkerConfig {
-        lease: Duration::from_secs(30),
         max_receive_count: Some(3),
         ..WorkerConfig::default()
     };

@@ -238,12 +238,13 @@ pub fn finishes_over_one(finishes: &Finishes) -> usize {
         .count()
 }
 
-/// Worker settings for the suite: short lease (under the visibility timeout), the
-/// queue's maxReceiveCount, backoff from 0.5 s up to 2 s (production: see
-/// `Backoff::default`).
+/// Worker settings for the suite: a short heartbeat (three quarters of the visibility
+/// timeout), the queue's maxReceiveCount, backoff from 0.5 s up to 2 s (production:
+/// see `Backoff::default`).
 pub fn worker_config(stack: &Stack) -> WorkerConfig {
     WorkerConfig {
-        lease: stack.settings.visibility_timeout.mul_f64(0.75),
+        heartbeat: stack.settings.visibility_timeout.mul_f64(0.75),
+        job_timeout: Duration::from_secs(60),
         max_receive_count: Some(stack.settings.max_receive_count),
         backoff: Backoff {
             base: Duration::from_millis(500),

@@ -60,6 +60,9 @@ const UNSTARTED: &str = "#status = :queued AND #attempts = :zero";
 const CLAIM: &str = "SET #status = :running, #lease_owner = :token, #lease_until_epoch_ms = :until, \
      #attempts = #attempts + :one, #started_at_epoch_ms = if_not_exists(#started_at_epoch_ms, :now), \
      #due_at_epoch_ms = :until, #outbox_at_epoch_ms = :now, #version = #version + :one";
+/// A heartbeat: the lease, and with it the job's `due` entry, ends later.
+const EXTEND: &str = "SET #lease_until_epoch_ms = :until, #due_at_epoch_ms = :until, \
+     #version = #version + :one";
 const COMPLETE: &str = "SET #status = :succeeded, #output = :output, #finished_at_epoch_ms = :now, \
      #outbox_at_epoch_ms = :now, #version = #version + :one \
      REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
@@ -122,6 +125,8 @@ const FAN_OUT: &str = "SET #parts_total = :parts, #chunks_total = :chunks, #chun
      REMOVE #lease_owner, #lease_until_epoch_ms";
 const CLAIM_PART: &str = "SET #part_leases.#part = :lease, \
      #part_attempts.#part = if_not_exists(#part_attempts.#part, :zero) + :one, \
+     #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one";
+const EXTEND_PART: &str = "SET #part_leases.#part.#until = :until, \
      #parts_touched_at_epoch_ms = :now, #due_at_epoch_ms = :now, #version = #version + :one";
 const RELEASE_PART: &str = "SET #version = #version + :one REMOVE #part_leases.#part";
 const PART_DONE: &str = "ADD #parts_settled :parts_set, #chunks_done :chunks \
@@ -407,6 +412,14 @@ impl JobStore for DynamoStore {
         self.update(id, UNHELD, CLAIM, values).await
     }
 
+    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError> {
+        let values = vec![
+            (":token", s(&lease.token)),
+            (":until", n(lease.until_epoch_ms)),
+        ];
+        self.update(id, HELD, EXTEND, values).await
+    }
+
     async fn complete(
         &self,
         id: JobId,
@@ -566,6 +579,23 @@ impl JobStore for DynamoStore {
         ];
         let names = [("#part", part.to_string())];
         self.update_named(id, PART_CLAIMABLE, CLAIM_PART, &names, values)
+            .await
+    }
+
+    async fn extend_part_lease(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError> {
+        let values = vec![
+            (":token", s(&lease.token)),
+            (":until", n(lease.until_epoch_ms)),
+            (":now", n(now_epoch_ms)),
+        ];
+        let names = [("#part", part.to_string())];
+        self.update_named(id, PART_HELD, EXTEND_PART, &names, values)
             .await
     }
 

@@ -49,10 +49,14 @@ pub struct DevArgs {
     /// Messages per batch handed to the worker (1-10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub batch_size: u32,
-    /// Job timeout: how long a claim holds a job.
-    #[arg(long, default_value_t = 60)]
-    pub lease_seconds: u64,
-    /// Visibility timeout of a queue this command creates (default: 6 x lease).
+    /// Job timeout: the longest a worker keeps a job before it goes back to the queue.
+    #[arg(long, alias = "lease-seconds", default_value_t = 60)]
+    pub job_timeout_seconds: u64,
+    /// Heartbeat: a dead worker's jobs are claimable again this long after its last
+    /// beat; a live worker extends its claims and messages every third of it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub heartbeat_seconds: u64,
+    /// Visibility timeout of a queue this command creates (default: 6 x job timeout).
     #[arg(long)]
     pub visibility_timeout_seconds: Option<u64>,
     /// Receives before a message moves to the dead-letter queue, for queues this
@@ -109,7 +113,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let queue_settings = QueueSettings {
         visibility_timeout: Duration::from_secs(
             args.visibility_timeout_seconds
-                .unwrap_or(args.lease_seconds * 6),
+                .unwrap_or(args.job_timeout_seconds * 6),
         ),
         max_receive_count: args.max_receive_count,
         ..QueueSettings::default()
@@ -141,7 +145,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     })
     .await??;
     let config = WorkerConfig {
-        lease: Duration::from_secs(args.lease_seconds),
+        job_timeout: Duration::from_secs(args.job_timeout_seconds),
+        heartbeat: Duration::from_secs(args.heartbeat_seconds),
         max_receive_count: ports.queue.max_receive_count().await?,
         backoff: Backoff {
             base: Duration::from_millis(args.backoff_base_ms),

@@ -144,6 +144,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Counts an attempt and records the first start time.
     async fn claim(&self, id: JobId, lease: &Lease, now_epoch_ms: u64) -> Result<Job, StoreError>;
 
+    /// Moves the end of a job's lease to `lease.until_epoch_ms` (condition: running
+    /// under `lease.token`, expired or not): its worker's heartbeat.
+    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError>;
+
     /// Records success (condition: running under `lease_token`, no cancel requested).
     async fn complete(
         &self,
@@ -217,6 +221,17 @@ pub trait JobStore: Send + Sync + 'static {
     /// in parts, no cancel requested, the part exists and is not settled, and no live
     /// lease holds it). Counts an attempt of the part.
     async fn claim_part(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Moves the end of a part's lease to `lease.until_epoch_ms` (condition: the part
+    /// is held under `lease.token`): its worker's heartbeat, which counts as activity
+    /// of the job's parts.
+    async fn extend_part_lease(
         &self,
         id: JobId,
         part: u32,

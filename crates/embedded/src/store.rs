@@ -220,6 +220,14 @@ impl JobStore for MemoryStore {
         )
     }
 
+    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| held(job, &lease.token),
+            |job| job.lease_until_epoch_ms = Some(lease.until_epoch_ms),
+        )
+    }
+
     async fn complete(
         &self,
         id: JobId,
@@ -362,6 +370,24 @@ impl JobStore for MemoryStore {
                 let parts = parts_of(job);
                 parts.leases.insert(part, lease.clone());
                 *parts.attempts.entry(part).or_default() += 1;
+                parts.touched_at_epoch_ms = now;
+            },
+        )
+    }
+
+    async fn extend_part_lease(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| part_held(job, part, &lease.token),
+            |job| {
+                let parts = parts_of(job);
+                parts.leases.insert(part, lease.clone());
                 parts.touched_at_epoch_ms = now;
             },
         )

@@ -57,22 +57,11 @@ impl ModelFiles {
     }
 }
 
-/// The model directory: `OFFPATH_MODEL_DIR` if set (it must hold the files), else the
-/// cache, downloaded into on first use (with a progress bar when `progress`).
+/// The model directory: `OFFPATH_MODEL_DIR` if set (see [`given`]), else the cache,
+/// downloaded into on first use (with a progress bar when `progress`).
 pub fn resolve(progress: bool) -> Result<ModelFiles, LoadError> {
     match std::env::var_os("OFFPATH_MODEL_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => {
-            let files = ModelFiles { dir: dir.into() };
-            for (name, _) in FILES {
-                if !files.dir.join(name).is_file() {
-                    return Err(LoadError::MissingFile {
-                        dir: files.dir,
-                        file: name,
-                    });
-                }
-            }
-            Ok(files)
-        }
+        Some(dir) => given(dir.into()),
         None => {
             let dir = cache_dir();
             if is_complete(&dir) {
@@ -82,6 +71,30 @@ pub fn resolve(progress: bool) -> Result<ModelFiles, LoadError> {
             }
         }
     }
+}
+
+/// A model directory given by `OFFPATH_MODEL_DIR` (the Lambda model layer): it must
+/// hold the three files, with the pinned size and SHA-256. Checked at every start (once
+/// per process, about 0.3 s), since a layer is built elsewhere and read-only here.
+pub fn given(dir: PathBuf) -> Result<ModelFiles, LoadError> {
+    for (name, _) in FILES {
+        if !dir.join(name).is_file() {
+            return Err(LoadError::MissingFile { dir, file: name });
+        }
+    }
+    let files = ModelFiles { dir };
+    let weights = files.weights();
+    let size = fs::metadata(&weights)
+        .map_err(|e| LoadError::corrupt(&weights, e))?
+        .len();
+    if size != MODEL_BYTES {
+        return Err(LoadError::corrupt(
+            &weights,
+            format!("{size} bytes, expected {MODEL_BYTES}"),
+        ));
+    }
+    check(&files.dir)?;
+    Ok(files)
 }
 
 /// offpath's cache: `$OFFPATH_CACHE_DIR`, else `$XDG_CACHE_HOME/offpath`, else
@@ -160,10 +173,10 @@ fn from_hub(
     Ok(())
 }
 
-/// Checks each downloaded file against its pinned SHA-256.
-fn check(staging: &Path) -> Result<(), LoadError> {
+/// Checks each file of `dir` against its pinned SHA-256.
+fn check(dir: &Path) -> Result<(), LoadError> {
     for (name, sha) in FILES {
-        let path = staging.join(name);
+        let path = dir.join(name);
         let actual = sha256_file(&path).map_err(|e| LoadError::corrupt(&path, e))?;
         if actual != sha {
             return Err(LoadError::corrupt(

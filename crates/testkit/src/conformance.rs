@@ -21,6 +21,7 @@ macro_rules! conformance_suite {
             claim_takes_queued_jobs_and_expired_leases_only,
             racing_claims_have_one_winner,
             finishing_writes_need_the_lease,
+            a_heartbeat_extends_only_its_own_lease,
             fail_records_the_error,
             release_returns_the_job_to_the_queue,
             cancel_ends_queued_jobs_and_flags_running_ones,
@@ -201,6 +202,53 @@ pub async fn finishing_writes_need_the_lease(store: Arc<dyn JobStore>) {
     conflict(store.claim(id, &lease("w2", 60_000), now() + 600_000).await);
     conflict(store.cancel(id, now()).await);
     assert_eq!(store.get(id).await.unwrap(), Some(done));
+}
+
+/// Property: a heartbeat extends its own lease (of a job or a part), and the job's
+/// place in the sweep's index with it; nobody else's.
+pub async fn a_heartbeat_extends_only_its_own_lease(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    store.claim(id, &lease("w1", 1_000), now()).await.unwrap();
+    conflict(store.extend_lease(id, &lease("intruder", 60_000)).await);
+    let extended = store.extend_lease(id, &lease("w1", 60_000)).await.unwrap();
+    let until = extended.lease_until_epoch_ms.expect("leased");
+    assert!(until > now() + 30_000, "{until}");
+    assert_eq!(extended.attempts, 1);
+    // Still held: nobody else claims it, and the sweep sees it due only after the end.
+    conflict(store.claim(id, &lease("w2", 60_000), now() + 2_000).await);
+    assert!(!due_ids(store.as_ref(), now() + 2_000).await.contains(&id));
+    assert!(due_ids(store.as_ref(), until + 1).await.contains(&id));
+    store.complete(id, "w1", &json!({}), now()).await.unwrap();
+    conflict(store.extend_lease(id, &lease("w1", 60_000)).await);
+
+    let id = fanned_out(store.as_ref(), 2).await;
+    store
+        .claim_part(id, 0, &lease("a", 1_000), now())
+        .await
+        .unwrap();
+    conflict(
+        store
+            .extend_part_lease(id, 0, &lease("b", 60_000), now())
+            .await,
+    );
+    conflict(
+        store
+            .extend_part_lease(id, 1, &lease("a", 60_000), now())
+            .await,
+    );
+    let extended = store
+        .extend_part_lease(id, 0, &lease("a", 60_000), now())
+        .await
+        .unwrap();
+    let parts = extended.parts.unwrap();
+    assert_eq!(parts.leases[&0].token, "a");
+    assert!(parts.leases[&0].until_epoch_ms > now() + 30_000);
+    assert_eq!(parts.attempts[&0], 1);
+    conflict(
+        store
+            .claim_part(id, 0, &lease("b", 60_000), now() + 2_000)
+            .await,
+    );
 }
 
 /// Property: fail records the error.

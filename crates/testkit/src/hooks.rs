@@ -23,6 +23,8 @@ pub enum Call {
     Get(JobId),
     /// `JobStore::claim`.
     Claim(JobId),
+    /// `JobStore::extend_lease`.
+    ExtendLease(JobId),
     /// `JobStore::complete`.
     Complete(JobId),
     /// `JobStore::fail`.
@@ -45,6 +47,8 @@ pub enum Call {
     FanOut(JobId),
     /// `JobStore::claim_part` of this part.
     ClaimPart(JobId, u32),
+    /// `JobStore::extend_part_lease`.
+    ExtendPartLease(JobId, u32),
     /// `JobStore::release_part`.
     ReleasePart(JobId, u32),
     /// `JobStore::settle_part`.
@@ -101,6 +105,7 @@ impl Call {
             Call::Create(id)
             | Call::Get(id)
             | Call::Claim(id)
+            | Call::ExtendLease(id)
             | Call::Complete(id)
             | Call::Fail(id)
             | Call::Release(id)
@@ -112,6 +117,7 @@ impl Call {
             | Call::Revive(id)
             | Call::FanOut(id)
             | Call::ClaimPart(id, _)
+            | Call::ExtendPartLease(id, _)
             | Call::ReleasePart(id, _)
             | Call::SettlePart(id, _)
             | Call::FinishParts(id)
@@ -219,6 +225,10 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
         self.around(Call::Claim(id), self.inner.claim(id, lease, now))
             .await
     }
+    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError> {
+        self.around(Call::ExtendLease(id), self.inner.extend_lease(id, lease))
+            .await
+    }
     async fn complete(
         &self,
         id: JobId,
@@ -286,6 +296,16 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     ) -> Result<Job, StoreError> {
         let write = self.inner.claim_part(id, part, lease, now);
         self.around(Call::ClaimPart(id, part), write).await
+    }
+    async fn extend_part_lease(
+        &self,
+        id: JobId,
+        part: u32,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        let write = self.inner.extend_part_lease(id, part, lease, now);
+        self.around(Call::ExtendPartLease(id, part), write).await
     }
     async fn release_part(&self, id: JobId, part: u32, token: &str) -> Result<Job, StoreError> {
         let write = self.inner.release_part(id, part, token);

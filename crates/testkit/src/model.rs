@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use offpath_core::{Embedding, Model, ModelError, Piece};
@@ -12,9 +12,12 @@ use offpath_core::{Embedding, Model, ModelError, Piece};
 /// length), and a sequence of pieces embeds as `[pieces, 1]`.
 /// Texts containing "poison" make it panic until `cured`; texts containing "reject"
 /// are refused for good. It answers "throttled" while `throttled` counts down (no
-/// retry hint) and until `throttle_until` (a 300 ms hint).
+/// retry hint) and until `throttle_until` (a 300 ms hint). Each pass takes at least
+/// `pass_ms` milliseconds (a heavy model).
 #[derive(Default)]
 pub struct TestModel {
+    /// How long each pass takes at least, in milliseconds.
+    pub pass_ms: AtomicU64,
     /// Forward passes attempted.
     pub passes: AtomicUsize,
     /// Passes left to answer throttled.
@@ -66,6 +69,7 @@ impl TestModel {
     /// The faults of a pass over `texts`: throttled, poisoned (a panic) or rejected.
     fn faults(&self, texts: &[String]) -> Result<(), ModelError> {
         self.passes.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(self.pass_ms.load(Ordering::SeqCst)));
         if let Some(throttled) = self.throttle() {
             return Err(throttled);
         }

@@ -104,6 +104,13 @@ impl Dev {
         }
     }
 
+    /// Kills it with SIGKILL, as a crash would (nothing it holds is handed back), and
+    /// reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
     /// Sends Ctrl-C (SIGINT) and waits (at most 30 s) for a clean exit.
     pub fn interrupt(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

@@ -233,11 +233,13 @@ impl Stack {
         Arc::new(offpath_tasks::registry())
     }
 
-    /// A worker on this stack running the built-in tasks on `model`: lease 30 s, the
-    /// queue's maxReceiveCount, backoff from `backoff_base` up to twice that.
+    /// A worker on this stack running the built-in tasks on `model`: a heartbeat of
+    /// the queue's visibility timeout, the queue's maxReceiveCount, backoff from
+    /// `backoff_base` up to twice that.
     pub fn worker(&self, model: Arc<dyn Model>, backoff_base: Duration) -> Worker {
         let config = WorkerConfig {
-            lease: Duration::from_secs(30),
+            heartbeat: self.settings.visibility_timeout,
+            job_timeout: Duration::from_secs(60),
             max_receive_count: Some(self.settings.max_receive_count),
             backoff: Backoff {
                 base: backoff_base,

@@ -5,6 +5,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::request::Parts;
 use lambda_http::RequestExt;
+use lambda_http::aws_lambda_events::apigw::ApiGatewayRequestAuthorizerIamDescription;
 use lambda_http::request::RequestContext;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -22,7 +23,8 @@ pub enum Auth {
     SingleTenant,
     /// A key from `Authorization: Bearer <key>` or `x-api-key`, mapped to an owner.
     ApiKeys(ApiKeys),
-    /// API Gateway authenticated the caller: the JWT `sub` claim, or the IAM caller ARN.
+    /// API Gateway authenticated the caller: the JWT `sub` claim, or for IAM the
+    /// caller's account and unique id (see [`iam_owner`]).
     ApiGateway,
 }
 
@@ -111,11 +113,25 @@ fn gateway_principal(context: Option<&RequestContext>) -> Option<Principal> {
         .as_ref()
         .and_then(|jwt| jwt.claims.get("sub"))
         .cloned();
-    let iam_caller = authorizer.iam.as_ref().and_then(|iam| iam.user_arn.clone());
+    let iam_caller = authorizer.iam.as_ref().and_then(iam_owner);
     jwt_sub
         .or(iam_caller)
         .filter(|p| !p.is_empty())
         .map(Principal)
+}
+
+/// The owner of an IAM-signed request: `iam:<account>:<unique id>`, from the caller's
+/// `userId`. For an IAM user that is the user's id (`AIDA…`); for an assumed role it is
+/// the role's id (`AROA…`) without the session name, which whoever assumes the role
+/// chooses. So every session of one role is one owner, and no caller can pick a
+/// session name to read another session's jobs. Unique ids survive renames, and a role
+/// deleted and created again under its old name gets a new one (and none of the old
+/// jobs).
+fn iam_owner(iam: &ApiGatewayRequestAuthorizerIamDescription) -> Option<String> {
+    let account = iam.account_id.as_deref().filter(|a| !a.is_empty())?;
+    let user_id = iam.user_id.as_deref()?;
+    let unique = user_id.split(':').next().filter(|id| !id.is_empty())?;
+    Some(format!("iam:{account}:{unique}"))
 }
 
 /// Middleware: authenticates the caller and stores the [`Principal`] in the request.
@@ -147,6 +163,41 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn iam_caller(user_arn: &str, user_id: &str) -> Option<Principal> {
+        let context = serde_json::json!({
+            "accountId": "123456789012",
+            "authorizer": {"iam": {
+                "accessKey": "ASIAEXAMPLE", "accountId": "123456789012",
+                "callerId": user_id, "userArn": user_arn, "userId": user_id,
+            }},
+            "http": {"method": "GET", "path": "/jobs", "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "test"},
+            "requestId": "r", "routeKey": "GET /jobs", "stage": "$default",
+            "time": "02/Dec/2026:10:00:00 +0000", "timeEpoch": 0,
+        });
+        let context = RequestContext::ApiGatewayV2(serde_json::from_value(context).unwrap());
+        gateway_principal(Some(&context))
+    }
+
+    /// Two sessions of one role, whatever names their callers chose, are one owner;
+    /// another role and an IAM user are others.
+    #[test]
+    fn iam_owners_are_unique_ids_not_session_names() {
+        let role = "arn:aws:sts::123456789012:assumed-role/worker";
+        let alice = iam_caller(&format!("{role}/alice"), "AROAEXAMPLEROLE:alice").unwrap();
+        let chosen = iam_caller(&format!("{role}/bob"), "AROAEXAMPLEROLE:bob").unwrap();
+        assert_eq!(alice, chosen);
+        assert_eq!(alice.0, "iam:123456789012:AROAEXAMPLEROLE");
+        let other = iam_caller(
+            "arn:aws:sts::123456789012:assumed-role/other/alice",
+            "AROAOTHERROLE:alice",
+        );
+        assert_ne!(other.as_ref(), Some(&alice));
+        let user = iam_caller("arn:aws:iam::123456789012:user/carol", "AIDAEXAMPLEUSER");
+        assert_eq!(user.unwrap().0, "iam:123456789012:AIDAEXAMPLEUSER");
+        assert_eq!(iam_caller("arn:aws:iam::123456789012:user/x", ""), None);
+    }
 
     #[test]
     fn api_keys_parse() {

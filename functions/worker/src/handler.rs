@@ -19,6 +19,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::heartbeat::Holds;
 use crate::outcome::Outcome;
 use crate::panic::panic_text;
 use crate::parts::ClaimedPart;
@@ -27,8 +28,13 @@ use crate::record::{Record, records};
 /// Worker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// How long a claim holds a job: the job timeout.
-    pub lease: Duration,
+    /// The longest a batch keeps its jobs: past it the heartbeat stops, so a job hung
+    /// in inference goes back to the queue (and, after its last receive, to the DLQ).
+    pub job_timeout: Duration,
+    /// How long a claim and a received message last without a heartbeat: a dead
+    /// worker's jobs are claimable again this long after its last beat (see
+    /// `heartbeat.rs`). The worker beats every third of it.
+    pub heartbeat: Duration,
     /// The queue's maxReceiveCount; `None` when the queue has no dead-letter queue.
     pub max_receive_count: Option<u32>,
     /// Delays for messages that must come back.
@@ -38,7 +44,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            lease: Duration::from_secs(60),
+            job_timeout: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(30),
             max_receive_count: Some(5),
             backoff: Backoff::default(),
         }
@@ -134,6 +141,17 @@ impl Worker {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, WorkerError> {
         let records = records(&event.payload)?;
+        let holds = Holds::default();
+        let handles: Vec<&str> = records.iter().filter_map(|r| r.receipt_handle).collect();
+        let outcomes = self
+            .with_heartbeat(&handles, &holds, self.run(&records, &holds))
+            .await;
+        self.report(&records, &outcomes).await
+    }
+
+    /// Claims, runs and finishes a batch's records (the heartbeat keeps what it
+    /// claims in `holds`): one outcome per record.
+    async fn run(&self, records: &[Record<'_>], holds: &Holds) -> Vec<Outcome> {
         let count = records.len();
 
         // 1. Decode and claim, each record on its own.
@@ -151,6 +169,11 @@ impl Worker {
         let mut documents = Vec::new();
         for (index, claim) in claims.into_iter().enumerate() {
             outcomes.push(Outcome::done());
+            match &claim {
+                Ok(Claim::Job(c) | Claim::Document(c)) => holds.add(c.job.id, None, &c.lease.token),
+                Ok(Claim::Part(c)) => holds.add(c.job.id, Some(c.part), &c.lease.token),
+                Err(_) => {}
+            }
             match claim {
                 Ok(Claim::Job(claimed)) => {
                     let group = jobs.entry(claimed.task.name().clone()).or_default();
@@ -214,12 +237,21 @@ impl Worker {
                 Ok(outcome) | Err(outcome) => outcome,
             };
         }
+        outcomes
+    }
 
-        // 4. Back off, all messages at once (one by one, slow calls could keep the
-        // last message past its visibility timeout), and report.
+    /// Backs off the messages to retry, all at once (one by one, slow calls could keep
+    /// the last message past its visibility timeout), and reports them as item
+    /// failures.
+    async fn report(
+        &self,
+        records: &[Record<'_>],
+        outcomes: &[Outcome],
+    ) -> Result<SqsBatchResponse, WorkerError> {
+        let count = records.len();
         let mut back_offs = Vec::new();
         let mut response = SqsBatchResponse::default();
-        for (record, outcome) in records.iter().zip(&outcomes) {
+        for (record, outcome) in records.iter().zip(outcomes) {
             if *outcome == Outcome::Done {
                 continue;
             }
@@ -278,10 +310,7 @@ impl Worker {
         let receive_count = record.receive_count;
         let last = self.is_last_receive(receive_count);
         let now = self.clock.now_epoch_ms();
-        let lease = Lease {
-            token: uuid::Uuid::new_v4().to_string(),
-            until_epoch_ms: now + self.config.lease.as_millis() as u64,
-        };
+        let lease = self.new_lease(now);
         let job = match self.store.claim(id, &lease, now).await {
             Ok(job) => job,
             Err(StoreError::NotFound) => {

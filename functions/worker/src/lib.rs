@@ -13,6 +13,7 @@
 mod backoff;
 mod deliver;
 mod handler;
+mod heartbeat;
 mod outcome;
 mod panic;
 mod parts;

@@ -20,7 +20,8 @@ pub(crate) enum Visibility {
     Now,
     /// After this delay (a backoff, or the rest of another worker's lease).
     After(Duration),
-    /// When the queue's visibility timeout ends: the message is left alone.
+    /// When the message's visibility ends (one heartbeat after the batch's last beat):
+    /// the message is left alone.
     QueueTimeout,
 }
 
@@ -46,7 +47,7 @@ impl Outcome {
         Outcome::Retry(Visibility::After(delay))
     }
 
-    /// Back when the queue's visibility timeout ends (on the last receive: to the
+    /// Back when the message's visibility ends (on the last receive: to the
     /// dead-letter queue).
     pub(crate) fn retry_at_visibility_timeout() -> Self {
         Outcome::Retry(Visibility::QueueTimeout)

@@ -66,10 +66,7 @@ impl Worker {
         record: &Record<'_>,
     ) -> Result<Claim, Outcome> {
         let now = self.clock.now_epoch_ms();
-        let lease = Lease {
-            token: uuid::Uuid::new_v4().to_string(),
-            until_epoch_ms: now + self.config.lease.as_millis() as u64,
-        };
+        let lease = self.new_lease(now);
         let job = match self.store.claim_part(id, part, &lease, now).await {
             Ok(job) => job,
             Err(StoreError::NotFound) => {
