@@ -341,6 +341,91 @@ async fn health_and_openapi_answer() {
     }
 }
 
+/// Counts the store's pings.
+#[derive(Default)]
+struct Pings(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl offpath_testkit::Hooks for Pings {
+    async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
+        if call == offpath_testkit::Call::Ping {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// `/health` is cheap and tells strangers nothing: 40 concurrent checks and 10 more
+/// cost one store ping (one check per 5 s), and only a caller with a valid key sees the
+/// queue's depth.
+#[tokio::test]
+async fn health_is_checked_once_per_interval_and_hides_the_queue_from_strangers() {
+    let stack = stack(fast_queue()).await;
+    let pings = Arc::new(Pings::default());
+    let mut state = AppState::new(
+        &stack.ports,
+        Stack::tasks(),
+        Auth::from_api_keys(Some("k1=alice")).unwrap(),
+    );
+    state.store = offpath_testkit::Hooked::store(stack.ports.store.clone(), pings.clone());
+    let answers = futures::future::join_all((0..40).map(|_| call(&state, get("/health")))).await;
+    for _ in 0..10 {
+        let (status, _, body) = call(&state, get("/health")).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ok"))
+        );
+        assert!(
+            body.get("queue").is_none(),
+            "no depth without a key: {body}"
+        );
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, body)| *status == StatusCode::OK && body.get("queue").is_none())
+    );
+    assert_eq!(pings.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let with_key = Request::get("/health")
+        .header("x-api-key", "k1")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, body) = call(&state, with_key).await;
+    assert_eq!(body["queue"]["visible"], 0, "{body}");
+    let wrong_key = Request::get("/health")
+        .header("x-api-key", "k2")
+        .body(Body::empty())
+        .unwrap();
+    assert!(call(&state, wrong_key).await.2.get("queue").is_none());
+}
+
+/// A hung SQS endpoint (connections accepted, never answered): with the API function's
+/// call timeouts a submit still answers well inside the function's 28 s, 503 with
+/// Retry-After, and the unkeyed job it wrote is deleted again.
+#[tokio::test]
+async fn a_hung_queue_gets_a_503_in_time_and_leaves_nothing() {
+    let stack = stack(fast_queue()).await;
+    let proxy = Proxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let mut state = state(&stack);
+    let sdk = offpath_aws::within_api_deadline(&proxy.sdk().await);
+    let url = stack.resources().queue_url.clone();
+    state.queue = Arc::new(SqsQueue::from_sdk(&sdk, url).await.unwrap());
+    proxy.hang();
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(25), call(&state, submit(EMBED, None)));
+    let (status, headers, body) = answered.await.expect("an answer within 25 s");
+    let took = started.elapsed();
+    assert!(took < offpath_aws::API_CALL_TIMEOUT * 2, "{took:?}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["retry-after"], "2");
+    assert_eq!(
+        item_count(&stack.resources().table).await,
+        0,
+        "nothing left behind"
+    );
+    assert!(drained(stack.ports.queue.as_ref()).await);
+}
+
 #[tokio::test]
 async fn a_store_outage_is_a_503_with_retry_after() {
     let stack = stack(fast_queue()).await;

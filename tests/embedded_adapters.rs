@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use offpath_core::{BlobStore, JobQueue, JobStore};
+use offpath_core::{BlobStore, JobMessage, JobQueue, JobStore};
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
-use offpath_testkit::{Backend, Stack, conformance, fast_queue};
+use offpath_testkit::{Backend, OWNER, Stack, conformance, fast_queue};
 
 async fn store() -> Arc<dyn JobStore> {
     Stack::new(Backend::Embedded, fast_queue())
@@ -52,4 +52,40 @@ async fn a_quiet_owner_overtakes_a_noisy_backlog() {
 #[tokio::test]
 async fn without_fairness_the_backlog_goes_first() {
     conformance::a_quiet_group_overtakes_a_noisy_backlog(queue(false), false).await;
+}
+
+/// Messages in `queue`, visible or not.
+async fn held(queue: &dyn JobQueue) -> u64 {
+    let depth = queue.depth().await.unwrap();
+    depth.visible + depth.in_flight
+}
+
+/// A full dead-letter queue drops nothing: a message past its last receive stays in its
+/// queue (hidden, never delivered again) until the DLQ has room, then moves.
+#[tokio::test]
+async fn a_full_dead_letter_queue_keeps_the_message_in_its_queue() {
+    let options = |name: &str, capacity| QueueOptions {
+        name: name.into(),
+        visibility_timeout: std::time::Duration::from_millis(200),
+        capacity,
+        fair: false,
+    };
+    let dlq = Arc::new(MemoryQueue::new(options("dlq", 1)));
+    let queue = MemoryQueue::with_dead_letter_queue(options("jobs", 10), Arc::clone(&dlq), 1);
+    let wait = std::time::Duration::from_millis(100);
+    for _ in 0..2 {
+        let id = offpath_core::JobId::random();
+        queue.send(&JobMessage::new(id), OWNER).await.unwrap();
+    }
+    assert_eq!(queue.receive(10, wait).await.unwrap().len(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both used their last receive: one fits in the DLQ, the other stays.
+    assert!(queue.receive(10, wait).await.unwrap().is_empty());
+    assert_eq!((held(&queue).await, held(dlq.as_ref()).await), (1, 1));
+    // An operator empties the DLQ; the kept message moves there once due again.
+    let dead = dlq.receive(10, wait).await.unwrap();
+    dlq.delete(&dead[0].receipt_handle).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(queue.receive(10, wait).await.unwrap().is_empty());
+    assert_eq!((held(&queue).await, held(dlq.as_ref()).await), (0, 1));
 }

@@ -382,6 +382,17 @@ fn the_template_keeps_aws_guidance() {
         sweep["Metadata"]["BuildProperties"]["Binary"],
         "offpath-sweep"
     );
+    // An API flood is throttled at the stage and cannot take the workers' concurrency.
+    let stage = &t["Resources"]["HttpApiStage"]["Properties"];
+    assert!(!stage["DefaultRouteSettings"]["ThrottlingRateLimit"].is_null());
+    assert!(!stage["DefaultRouteSettings"]["ThrottlingBurstLimit"].is_null());
+    assert!(number(&stage["RouteSettings"]["GET /health"]["ThrottlingRateLimit"]) <= 10);
+    let reserved = &t["Resources"]["ApiFunction"]["Properties"]["ReservedConcurrentExecutions"];
+    assert!(
+        !reserved.is_null(),
+        "the api function's concurrency is reserved"
+    );
+    assert!(number(&t["Parameters"]["ApiReservedConcurrency"]["Default"]) > 0);
     assert_eq!(
         sweep["Properties"]["Events"]["EveryFiveMinutes"]["Type"],
         "Schedule"

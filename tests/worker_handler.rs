@@ -210,8 +210,63 @@ async fn the_last_receive_of_a_failing_job_marks_it_dead_lettered() {
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.unwrap();
     assert_eq!(error.code, "dead_lettered");
+    // The client reads what kind of failure it was; the panic's text is only logged.
+    assert_eq!(
+        error.message,
+        "gave up after 3 attempts; last error: inference crashed"
+    );
+}
+
+/// Refuses every claim as a DynamoDB outage would, with the SDK's kind of text.
+struct ClaimsUnavailable;
+
+/// What an SDK error can carry: an endpoint and an ARN.
+const SDK_TEXT: &str = "dispatch failure: https://dynamodb.us-east-1.amazonaws.com \
+     arn:aws:dynamodb:us-east-1:123456789012:table/offpath-jobs";
+
+#[async_trait::async_trait]
+impl offpath_testkit::Hooks for ClaimsUnavailable {
+    async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
+        match call {
+            offpath_testkit::Call::Claim(_) => Err(SDK_TEXT.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A claim that fails on the last receive marks the job dead-lettered with a safe
+/// message: no endpoint or ARN from the store's error reaches the client.
+#[tokio::test]
+async fn store_error_text_stays_out_of_the_jobs_error() {
+    let stack = stack(fast_queue()).await;
+    let id = create(&stack, "embed", embed_input("unlucky")).await;
+    let store =
+        offpath_testkit::Hooked::store(stack.ports.store.clone(), Arc::new(ClaimsUnavailable));
+    let ports = stack.ports.with_store(store);
+    let config = WorkerConfig {
+        max_receive_count: Some(3),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        &ports,
+        Arc::new(TestModel::default()),
+        Stack::tasks(),
+        config,
+    );
+    worker
+        .handle(fixture_event(&[(body(id), 3)]))
+        .await
+        .unwrap_err();
+    let job = stack.ports.store.get(id).await.unwrap().unwrap();
+    let error = job.error.expect("dead-lettered");
+    assert_eq!(error.code, "dead_lettered");
     assert!(
-        error.message.contains("poisoned input"),
+        !error.message.contains("arn:") && !error.message.contains("https://"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("the job store was unavailable"),
         "{}",
         error.message
     );

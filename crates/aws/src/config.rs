@@ -177,6 +177,24 @@ pub async fn load_sdk_config() -> Result<SdkConfig, ConfigError> {
     Ok(config)
 }
 
+/// The longest one DynamoDB or SQS call of the API function may take, retries
+/// included. A submit makes at most four in a row (admission, PutItem, SendMessage, and
+/// DeleteItem when the send failed): 20 s, inside the function's 28 s, so a hung
+/// endpoint gets the client a 503 with `Retry-After` instead of a killed function.
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `sdk` with the API function's call timeouts: [`API_CALL_TIMEOUT`] per call, 3 s per
+/// attempt, 2 s to connect.
+pub fn within_api_deadline(sdk: &SdkConfig) -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(3))
+        .operation_timeout(API_CALL_TIMEOUT)
+        .build();
+    sdk.to_builder().timeout_config(timeouts).build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use metrics_cloudwatch_embedded::Collector;
 use offpath_core::Ports;
 
+use crate::config::within_api_deadline;
 use crate::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 
 /// Any start-up error.
@@ -19,21 +20,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (`OFFPATH_BUCKET`). Connects with the standard AWS
 /// configuration; a missing or wrong setting is an error that names it.
 pub async fn ports_from_env() -> Result<Ports, BoxError> {
-    let sdk = load_sdk_config().await?;
+    ports_with(&load_sdk_config().await?).await
+}
+
+/// The ports of [`ports_from_env`] for the API function: every DynamoDB and SQS call
+/// gives up in time for the function to answer ([`within_api_deadline`]).
+pub async fn api_ports_from_env() -> Result<Ports, BoxError> {
+    ports_with(&within_api_deadline(&load_sdk_config().await?)).await
+}
+
+async fn ports_with(sdk: &aws_config::SdkConfig) -> Result<Ports, BoxError> {
     let settings = Settings::from_env()?;
     let url = settings.require_queue_url()?;
     let bucket = settings.require_bucket()?;
     let webhooks_url = settings.require_webhook_queue_url()?;
-    let queue = SqsQueue::from_sdk(&sdk, url)
+    let queue = SqsQueue::from_sdk(sdk, url)
         .await
         .map_err(|e| format!("OFFPATH_QUEUE_URL={url:?} cannot be used: {e}"))?;
-    let webhooks = SqsQueue::from_sdk(&sdk, webhooks_url)
+    let webhooks = SqsQueue::from_sdk(sdk, webhooks_url)
         .await
         .map_err(|e| format!("OFFPATH_WEBHOOK_QUEUE_URL={webhooks_url:?} cannot be used: {e}"))?;
     Ok(Ports {
-        store: Arc::new(DynamoStore::from_sdk(&sdk, &settings.table)),
+        store: Arc::new(DynamoStore::from_sdk(sdk, &settings.table)),
         queue: Arc::new(queue),
-        blobs: Arc::new(S3Blobs::from_sdk(&sdk, bucket)),
+        blobs: Arc::new(S3Blobs::from_sdk(sdk, bucket)),
         dlq: None,
         webhooks: Arc::new(webhooks),
         webhooks_dlq: None,

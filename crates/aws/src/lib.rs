@@ -19,7 +19,7 @@ pub mod lambda;
 pub mod provision;
 pub mod secrets;
 
-pub use config::{ConfigError, Settings, load_sdk_config};
+pub use config::{API_CALL_TIMEOUT, ConfigError, Settings, load_sdk_config, within_api_deadline};
 pub use dynamo::DynamoStore;
 pub use item::{INDEXES, Index};
 pub use s3::S3Blobs;

@@ -77,6 +77,15 @@ pub struct DevArgs {
     /// Concurrent pollers of the webhooks queue (webhook function instances).
     #[arg(long, default_value_t = 1)]
     pub webhook_pollers: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_seconds: u64,
+    /// Seconds a request body may stall before the request is refused.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_seconds: u64,
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
     /// Serve on an address other machines can reach without API keys (anyone there
     /// could submit and read jobs). Without it such an address needs OFFPATH_API_KEYS.
     #[arg(long, env = "OFFPATH_ALLOW_UNAUTHENTICATED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
@@ -310,13 +319,16 @@ async fn serve(
     let mut state =
         AppState::new(&ports, tasks, access.auth).with_webhooks(webhooks.keys, webhooks.policy);
     state.limits = access.limits;
-    let router = app(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down: finishing in-flight jobs");
-        })
-        .await?;
+    let limits = crate::http::Limits {
+        header_read: Duration::from_secs(args.header_timeout_seconds),
+        body_read: Duration::from_secs(args.body_timeout_seconds),
+        connections: args.max_connections,
+    };
+    crate::http::serve(listener, app(state), limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down: finishing in-flight jobs");
+    })
+    .await?;
     stop.send(true)?;
     pollers.stop().await;
     deliverers.stop().await;

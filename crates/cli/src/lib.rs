@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod dlq;
+pub mod http;
 pub mod jobs;
 pub mod model;
 pub mod sweep;

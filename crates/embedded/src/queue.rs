@@ -151,24 +151,35 @@ impl MemoryQueue {
     }
 
     /// Moves due messages that used their last receive to the dead-letter queue, as
-    /// SQS does when they would next be delivered.
+    /// SQS does when they would next be delivered. While the dead-letter queue is full
+    /// a message stays here, hidden for a visibility timeout and never delivered again,
+    /// and the move is tried again then: nothing is dropped, and the error is logged.
     fn dead_letter_exhausted(&self, messages: &mut VecDeque<Stored>, now: u64) {
         let Some(redrive) = &self.redrive else {
             return;
         };
         let mut index = 0;
         while index < messages.len() {
-            let m = &messages[index];
-            if m.visible_at_epoch_ms <= now && m.receive_count >= redrive.max_receive_count {
-                let dead = messages.remove(index).expect("index in range");
-                if let Err(err) = redrive
-                    .dlq
-                    .push(dead.body, dead.group, dead.sent_at_epoch_ms)
-                {
-                    tracing::error!(error = %err, message_id = %dead.message_id, "dead-letter queue full: message dropped");
-                }
-            } else {
+            let m = &mut messages[index];
+            if m.visible_at_epoch_ms > now || m.receive_count < redrive.max_receive_count {
                 index += 1;
+                continue;
+            }
+            let moved = redrive
+                .dlq
+                .push(m.body.clone(), m.group.clone(), m.sent_at_epoch_ms);
+            match moved {
+                Ok(()) => {
+                    messages.remove(index);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, message_id = %m.message_id,
+                        "dead-letter queue full: the message stays in its queue until the DLQ has room (redrive or purge it)");
+                    m.visible_at_epoch_ms =
+                        now + self.options.visibility_timeout.as_millis() as u64;
+                    m.receipt_handle = None;
+                    index += 1;
+                }
             }
         }
     }

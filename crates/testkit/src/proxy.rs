@@ -12,6 +12,7 @@ pub struct Proxy {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     down: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
     cut: Arc<Notify>,
 }
 
@@ -27,12 +28,25 @@ impl Proxy {
             .expect("a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound"));
         let down = Arc::new(AtomicBool::new(false));
+        let hung = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(Notify::new());
-        let (flag, notify) = (down.clone(), cut.clone());
+        let (flag, hanging, notify) = (down.clone(), hung.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if flag.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection close
+                }
+                if hanging.load(Ordering::SeqCst) {
+                    // Read and never answer, until cut.
+                    let notify = notify.clone();
+                    tokio::spawn(async move {
+                        let mut sink = tokio::io::sink();
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut client, &mut sink) => {}
+                            _ = notify.notified() => {}
+                        }
+                    });
+                    continue;
                 }
                 let (upstream, notify) = (upstream.clone(), notify.clone());
                 tokio::spawn(async move {
@@ -46,7 +60,19 @@ impl Proxy {
                 });
             }
         });
-        Proxy { url, down, cut }
+        Proxy {
+            url,
+            down,
+            hung,
+            cut,
+        }
+    }
+
+    /// Accepts connections and never answers on them (a hung endpoint); open ones are
+    /// cut.
+    pub fn hang(&self) {
+        self.hung.store(true, Ordering::SeqCst);
+        self.cut.notify_waiters();
     }
 
     /// Refuses new connections and cuts the open ones.
@@ -58,6 +84,8 @@ impl Proxy {
     /// Forwards again.
     pub fn come_back(&self) {
         self.down.store(false, Ordering::SeqCst);
+        self.hung.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
     }
 
     /// An AWS configuration whose endpoint is this proxy, with one attempt per call.

@@ -82,7 +82,8 @@ impl Auth {
         Ok(Auth::ApiKeys(ApiKeys(keys)))
     }
 
-    fn principal(&self, parts: &Parts) -> Result<Principal, ApiError> {
+    /// The caller of a request, or why it is not authenticated.
+    pub(crate) fn principal(&self, parts: &Parts) -> Result<Principal, ApiError> {
         match self {
             Auth::SingleTenant => Ok(Principal("local".into())),
             Auth::ApiKeys(keys) => {

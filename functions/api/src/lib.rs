@@ -19,6 +19,7 @@ mod webhooks;
 
 pub use auth::{Auth, Principal};
 pub use error::ApiError;
+pub use health::{HEALTH_TTL, HealthCheck};
 pub use listing::JobList;
 pub use submit::{DEFAULT_MAX_UNFINISHED_PER_OWNER, LimitError, SubmitLimits};
 pub use uploads::UploadSigner;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Size and TTL limits.
     pub limits: SubmitLimits,
+    /// The last check of the backend `GET /health` answers from.
+    pub health: Arc<HealthCheck>,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
             clock: Arc::new(SystemClock),
             auth: Arc::new(auth),
             limits: SubmitLimits::default(),
+            health: Arc::default(),
         }
     }
 

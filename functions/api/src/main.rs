@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use metrics_cloudwatch_embedded::lambda::service::run_http;
 use offpath_api::{AppState, Auth, SubmitLimits, app};
-use offpath_aws::lambda::{metrics, ports_from_env, run_function, webhook_key_from_env};
+use offpath_aws::lambda::{api_ports_from_env, metrics, run_function, webhook_key_from_env};
 use offpath_webhooks::{UrlPolicy, WebhookKeys};
 
 #[tokio::main]
@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), lambda_http::Error> {
-    let ports = ports_from_env().await?;
+    let ports = api_ports_from_env().await?;
     ports.store.ping().await?;
     let tasks = Arc::new(offpath_tasks::registry());
     let key = webhook_key_from_env().await?;

@@ -93,6 +93,21 @@ pub(crate) enum Inference<T = Value> {
     Crashed(String),
 }
 
+impl<T> Inference<T> {
+    /// A failed attempt as the job's error tells its client: one fixed phrase per kind
+    /// of failure. The detail (a panic's text, a backend's message, which can name
+    /// endpoints and ARNs) is only logged, with the job's id.
+    pub(crate) fn public_cause(&self) -> &'static str {
+        match self {
+            Inference::Output(_) => "none",
+            Inference::Failed(ModelError::Throttled { .. }) => "inference throttled",
+            Inference::Failed(ModelError::Unavailable(_)) => "inference unavailable",
+            Inference::Failed(ModelError::Rejected(_)) => "the model rejected the input",
+            Inference::Crashed(_) => "inference crashed",
+        }
+    }
+}
+
 /// The worker: ports, model, tasks and settings. Build it once per process (Lambda
 /// init).
 #[derive(Clone)]
@@ -324,7 +339,7 @@ impl Worker {
             Err(err) => {
                 tracing::warn!(job_id = %id, error = %err, "claim failed");
                 if last {
-                    self.dead_letter_unheld(id, &err.to_string()).await;
+                    self.dead_letter_unheld(id, &err).await;
                 }
                 return Err(Outcome::retry_after(
                     self.config.backoff.delay(receive_count),
@@ -472,6 +487,7 @@ impl Worker {
         } = claimed;
         let id = job.id;
         let now = self.clock.now_epoch_ms();
+        let public = result.public_cause();
         let (cause, retry_after) = match result {
             Inference::Output(output) => {
                 let written = self.store.complete(id, &lease.token, &output, now).await;
@@ -491,7 +507,7 @@ impl Worker {
         if self.is_last_receive(receive_count) {
             let error = ErrorInfo::new(
                 DEAD_LETTERED,
-                format!("gave up after {receive_count} attempts; last error: {cause}"),
+                format!("gave up after {receive_count} attempts; last error: {public}"),
             );
             let written = self.store.fail(id, &lease.token, &error, now).await;
             if let Err(StoreError::Conflict(current)) = &written
@@ -557,8 +573,13 @@ impl Worker {
     }
 
     /// Marks a job nobody holds as dead-lettered (best effort: the store may be down).
-    async fn dead_letter_unheld(&self, id: JobId, cause: &str) {
-        let error = ErrorInfo::new(DEAD_LETTERED, format!("gave up; last error: {cause}"));
+    /// The store's error is logged, not stored: its text can name endpoints and ARNs.
+    async fn dead_letter_unheld(&self, id: JobId, cause: &StoreError) {
+        tracing::error!(job_id = %id, error = %cause, "the job could not be claimed on its last receive");
+        let error = ErrorInfo::new(
+            DEAD_LETTERED,
+            "gave up; last error: the job store was unavailable",
+        );
         match self
             .store
             .abandon(id, &error, self.clock.now_epoch_ms())

@@ -202,6 +202,7 @@ impl Worker {
         } = claimed;
         let id = job.id;
         let total = job.parts.as_ref().map_or(0, |p| p.total);
+        let public = result.public_cause();
         let cause = match result {
             Inference::Output(output) => {
                 let key = part_key(id, part, "jsonl");
@@ -222,7 +223,7 @@ impl Worker {
         if self.is_last_receive(receive_count) {
             tracing::error!(job_id = %id, part, %cause, "the part's last attempt failed; its message goes to the dead-letter queue");
             let error = format!(
-                "part {part} of {total} gave up after {receive_count} attempts; last error: {cause}"
+                "part {part} of {total} gave up after {receive_count} attempts; last error: {public}"
             );
             let settle = Settle::Dead {
                 token: Some(&lease.token),
@@ -490,7 +491,7 @@ impl Worker {
             let error = ErrorInfo::new(
                 DEAD_LETTERED,
                 format!(
-                    "gave up after {receive_count} attempts to split the document; last error: {cause}"
+                    "gave up after {receive_count} attempts to split the document (reading or storing it failed)"
                 ),
             );
             let now = self.clock.now_epoch_ms();
