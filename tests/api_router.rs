@@ -496,10 +496,19 @@ async fn a_failed_enqueue_leaves_nothing_half_done() {
     assert_eq!(messages.len(), 1);
     assert!(messages[0].body.contains(job["id"].as_str().unwrap()));
     let id = job["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(
-        stack.ports.store.get(id).await.unwrap().unwrap().status,
-        JobStatus::Queued
+    let queued = stack.ports.store.get(id).await.unwrap().unwrap();
+    assert_eq!(queued.status, JobStatus::Queued);
+    assert!(
+        queued.resent_at_epoch_ms.is_some(),
+        "the re-send is recorded"
     );
+    // A client that keeps retrying does not add copies: one re-send per message life.
+    for _ in 0..5 {
+        let (status, _, _) = call(&state, submit(EMBED, Some("retry-me"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let depth = stack.ports.queue.depth().await.unwrap();
+    assert_eq!(depth.visible + depth.in_flight, 1, "{depth:?}");
 }
 
 #[tokio::test]

@@ -58,7 +58,10 @@ async fn run_dead(store: &MemoryStore, id: JobId, attempts: u32, lease_until: u6
         };
         store.claim(id, &lease, lease_until - MINUTE).await.unwrap();
         if attempt < attempts {
-            store.release(id, &lease.token).await.unwrap();
+            store
+                .release(id, &lease.token, lease_until - MINUTE)
+                .await
+                .unwrap();
         }
     }
 }
@@ -139,6 +142,63 @@ async fn lost_messages_are_sent_again() {
         .collect();
     want.sort();
     assert_eq!(sent, want);
+}
+
+/// One sweep at `now` with the test settings.
+async fn sweep_at(
+    store: &MemoryStore,
+    queue: &MemoryQueue,
+    webhooks: &MemoryQueue,
+    now: u64,
+) -> SweepReport {
+    sweep(store, queue, webhooks, &settings(), now)
+        .await
+        .unwrap()
+}
+
+/// A job given back to the queue after a claim (attempts > 0) whose message is gone,
+/// as when the store was down on its last receive (claim and dead-letter marking
+/// failed, the message went to the DLQ): sent again once its longest backoff and a
+/// grace have passed, not before.
+#[tokio::test]
+async fn a_released_job_without_a_message_is_sent_again_after_its_backoff() {
+    let (store, queue, webhooks) = ports();
+    let now = SystemClock.now_epoch_ms();
+    let id = job(&store, now - 60 * MINUTE).await;
+    let lease = Lease {
+        token: "w1".into(),
+        until_epoch_ms: now + MINUTE,
+    };
+    store.claim(id, &lease, now - 40 * MINUTE).await.unwrap();
+    store.release(id, "w1", now - 30 * MINUTE).await.unwrap();
+    // 15 min of backoff and 6 of grace have passed since the release at now - 30 min.
+    let early = sweep_at(&store, &queue, &webhooks, now - 10 * MINUTE).await;
+    assert_eq!(early.requeued, 0, "its message may still be backing off");
+    let report = sweep_at(&store, &queue, &webhooks, now).await;
+    assert_eq!(report.requeued, 1);
+    let sent = queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body, offpath_core::JobMessage::new(id).to_body());
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
+}
+
+/// A job waiting in a long backlog is sent again once, not by every run: after one
+/// re-send its message can be in the queue for the queue's retention.
+#[tokio::test]
+async fn a_backlog_is_sent_again_once_not_every_run() {
+    let (store, queue, webhooks) = ports();
+    let now = SystemClock.now_epoch_ms();
+    let id = job(&store, now - 30 * MINUTE).await;
+    for run in 0..6 {
+        let report = sweep_at(&store, &queue, &webhooks, now + run * 5 * MINUTE).await;
+        assert_eq!(report.requeued, usize::from(run == 0), "run {run}");
+    }
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.resent_at_epoch_ms, Some(now));
+    // Once that message has surely expired, it is sent again.
+    let later = now + offpath_core::index::RESEND_AFTER.as_millis() as u64 + 10 * MINUTE;
+    assert_eq!(sweep_at(&store, &queue, &webhooks, later).await.requeued, 1);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, Select,
 };
-use offpath_core::index::{DUE_SHARDS, OWNER_SLICES};
+use offpath_core::index::{DUE_SHARDS, MAX_RETRY_DELAY, OWNER_SLICES, RESEND_AFTER};
 use offpath_core::{
     DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus, JobStore,
     LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, NewJob, PartsEnd, Settle, StoreError,
@@ -71,11 +71,14 @@ const FAIL: &str = "SET #status = :failed, #error = :error, #finished_at_epoch_m
      REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
 /// Due, as [`Job::unfinished_due_at`] says of a queued job that ran before: from its
 /// first start.
-const DUE_FROM_START: &str =
-    "#due_at_epoch_ms = if_not_exists(#started_at_epoch_ms, #created_at_epoch_ms)";
+/// Back in the queue after a claim: due as [`Job::queued_due_at`] says (`:due`).
+const REQUEUED: &str = "#requeued_at_epoch_ms = :now, #due_at_epoch_ms = :due";
 const RELEASE: &str = "SET #status = :queued, #version = #version + :one, \
-     #due_at_epoch_ms = if_not_exists(#started_at_epoch_ms, #created_at_epoch_ms) \
+     #requeued_at_epoch_ms = :now, #due_at_epoch_ms = :due \
      REMOVE #lease_owner, #lease_until_epoch_ms";
+/// A repair sent the message again: due once that message has expired (`:due`).
+const RESENT: &str =
+    "SET #resent_at_epoch_ms = :now, #due_at_epoch_ms = :due, #version = #version + :one";
 const CANCELLED: &str = "SET #status = :cancelled, #finished_at_epoch_ms = :now, \
      #outbox_at_epoch_ms = :now, #version = #version + :one \
      REMOVE #lease_owner, #lease_until_epoch_ms, #due_shard, #due_at_epoch_ms, #owner_slice";
@@ -450,9 +453,21 @@ impl JobStore for DynamoStore {
         self.update(id, HELD_NOT_CANCELLED, FAIL, values).await
     }
 
-    async fn release(&self, id: JobId, lease_token: &str) -> Result<Job, StoreError> {
-        self.update(id, HELD, RELEASE, vec![(":token", s(lease_token))])
-            .await
+    async fn release(&self, id: JobId, lease_token: &str, now: u64) -> Result<Job, StoreError> {
+        let values = vec![
+            (":token", s(lease_token)),
+            (":now", n(now)),
+            (":due", n(now + MAX_RETRY_DELAY.as_millis() as u64)),
+        ];
+        self.update(id, HELD, RELEASE, values).await
+    }
+
+    async fn record_resend(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
+        let values = vec![
+            (":now", n(now)),
+            (":due", n(now + RESEND_AFTER.as_millis() as u64)),
+        ];
+        self.update(id, QUEUED, RESENT, values).await
     }
 
     async fn finish_cancelled(
@@ -511,7 +526,8 @@ impl JobStore for DynamoStore {
             tail.push_str(" ADD #webhook_unsent :completed");
         }
         let Some(parts) = job.parts.filter(|_| job.status == JobStatus::Failed) else {
-            set.extend(["#status = :queued".to_owned(), DUE_FROM_START.to_owned()]);
+            values.push((":due", n(now + MAX_RETRY_DELAY.as_millis() as u64)));
+            set.extend(["#status = :queued".to_owned(), REQUEUED.to_owned()]);
             let update = format!("SET {} REMOVE {}{tail}", set.join(", "), remove.join(", "));
             return self.update(id, REVIVABLE, &update, values).await;
         };
@@ -1059,24 +1075,27 @@ mod tests {
 
     #[test]
     fn placeholders_send_only_what_expressions_use() {
-        let (names, values) = placeholders(&[HELD, RELEASE], &[], vec![(":token", s("t"))]);
+        let values = vec![(":token", s("t")), (":now", n(1)), (":due", n(2))];
+        let (names, values) = placeholders(&[HELD, RELEASE], &[], values);
         let mut names: Vec<_> = names.into_keys().collect();
         names.sort();
         assert_eq!(
             names,
             [
-                "#created_at_epoch_ms",
                 "#due_at_epoch_ms",
                 "#lease_owner",
                 "#lease_until_epoch_ms",
-                "#started_at_epoch_ms",
+                "#requeued_at_epoch_ms",
                 "#status",
                 "#version"
             ]
         );
         let mut values: Vec<_> = values.into_keys().collect();
         values.sort();
-        assert_eq!(values, [":one", ":queued", ":running", ":token"]);
+        assert_eq!(
+            values,
+            [":due", ":now", ":one", ":queued", ":running", ":token"]
+        );
         let (names, _) = placeholders(
             &[PART_HELD, RELEASE_PART],
             &[("#part", "7".to_owned())],

@@ -20,6 +20,8 @@ pub(crate) mod attr {
     pub(crate) const ATTEMPTS: &str = "attempts";
     pub(crate) const CREATED_AT: &str = "created_at_epoch_ms";
     pub(crate) const STARTED_AT: &str = "started_at_epoch_ms";
+    pub(crate) const REQUEUED_AT: &str = "requeued_at_epoch_ms";
+    pub(crate) const RESENT_AT: &str = "resent_at_epoch_ms";
     pub(crate) const FINISHED_AT: &str = "finished_at_epoch_ms";
     pub(crate) const LEASE_OWNER: &str = "lease_owner";
     pub(crate) const LEASE_UNTIL: &str = "lease_until_epoch_ms";
@@ -150,6 +152,8 @@ pub(crate) fn to_item(job: &Job) -> Item {
         (attr::OUTPUT, job.output.as_ref().map(|o| s(o.to_string()))),
         (attr::ERROR, job.error.as_ref().map(error_value)),
         (attr::STARTED_AT, job.started_at_epoch_ms.map(n)),
+        (attr::REQUEUED_AT, job.requeued_at_epoch_ms.map(n)),
+        (attr::RESENT_AT, job.resent_at_epoch_ms.map(n)),
         (attr::FINISHED_AT, job.finished_at_epoch_ms.map(n)),
         (attr::LEASE_OWNER, job.lease_owner.as_ref().map(s)),
         (attr::LEASE_UNTIL, job.lease_until_epoch_ms.map(n)),
@@ -294,6 +298,8 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
         attempts: r.number(attr::ATTEMPTS)?.unwrap_or(0) as u32,
         created_at_epoch_ms: r.number(attr::CREATED_AT)?.unwrap_or(0),
         started_at_epoch_ms: r.number(attr::STARTED_AT)?,
+        requeued_at_epoch_ms: r.number(attr::REQUEUED_AT)?,
+        resent_at_epoch_ms: r.number(attr::RESENT_AT)?,
         finished_at_epoch_ms: r.number(attr::FINISHED_AT)?,
         lease_owner: r.optional_string(attr::LEASE_OWNER)?,
         lease_until_epoch_ms: r.number(attr::LEASE_UNTIL)?,
@@ -506,6 +512,8 @@ mod tests {
         job.lease_until_epoch_ms = Some(99);
         job.started_at_epoch_ms = Some(11);
         job.finished_at_epoch_ms = Some(12);
+        job.requeued_at_epoch_ms = Some(13);
+        job.resent_at_epoch_ms = Some(14);
         job.cancel_requested = true;
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         job.parts = Some(Parts {

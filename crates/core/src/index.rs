@@ -2,8 +2,19 @@
 //! DynamoDB store keeps its global secondary indexes by it, the embedded store its
 //! in-memory ones), so the sweep reads only jobs that may need it.
 
+use std::time::Duration;
+
 use crate::job::Job;
 use crate::status::JobStatus;
+
+/// How long a message sent again by a repair (the sweep, a client's keyed retry) can
+/// still be in the jobs queue: the queue's retention (4 days). Until then the job's
+/// message is not sent again, however long the backlog.
+pub const RESEND_AFTER: Duration = Duration::from_secs(4 * 24 * 3600);
+
+/// The longest a retried message stays hidden: the worker's backoff cap. A job given
+/// back to the queue has its message back within this.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(15 * 60);
 
 /// Partition keys of the sweep's indexes: the job id's shard among these. At 10,000
 /// jobs/s each job writes its index entries about four times (created, claimed,
@@ -16,13 +27,12 @@ pub const OWNER_SLICES: u32 = 16;
 
 impl Job {
     /// When the sweep may need to look at this job because of its state: a queued job
-    /// from its creation (a released one from its first start), a running one from its
+    /// when its message may be lost ([`Job::queued_due_at`]), a running one from its
     /// lease's end (a job in parts from its parts' last activity). `None` once it is
     /// finished.
     pub fn unfinished_due_at(&self) -> Option<u64> {
         match self.status {
-            JobStatus::Queued if self.attempts == 0 => Some(self.created_at_epoch_ms),
-            JobStatus::Queued => Some(self.started_at_epoch_ms.unwrap_or(self.created_at_epoch_ms)),
+            JobStatus::Queued => Some(self.queued_due_at()),
             JobStatus::Running => Some(match &self.parts {
                 Some(parts) => parts.touched_at_epoch_ms,
                 None => self
@@ -30,6 +40,24 @@ impl Job {
                     .unwrap_or(self.created_at_epoch_ms),
             }),
             _ => None,
+        }
+    }
+
+    /// When a queued job's message may be lost: a message a repair sent again can be in
+    /// the queue until it expires ([`RESEND_AFTER`]); one given back after a claim
+    /// (release, revive) is visible again within [`MAX_RETRY_DELAY`]; a new job's is
+    /// sent at its creation. The latest of these events counts.
+    pub fn queued_due_at(&self) -> u64 {
+        // Records written before `requeued_at` existed: from the first start.
+        let requeued = self
+            .requeued_at_epoch_ms
+            .or(self.started_at_epoch_ms.filter(|_| self.attempts > 0));
+        let from_requeue = requeued.map(|at| at + MAX_RETRY_DELAY.as_millis() as u64);
+        match self.resent_at_epoch_ms {
+            Some(resent) if requeued.is_none_or(|at| resent >= at) => {
+                resent + RESEND_AFTER.as_millis() as u64
+            }
+            _ => from_requeue.unwrap_or(self.created_at_epoch_ms),
         }
     }
 

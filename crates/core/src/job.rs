@@ -218,6 +218,10 @@ pub struct Job {
     pub started_at_epoch_ms: Option<u64>,
     /// Time the job became terminal.
     pub finished_at_epoch_ms: Option<u64>,
+    /// When it last went back to the queue after a claim (released, revived).
+    pub requeued_at_epoch_ms: Option<u64>,
+    /// When a repair (the sweep, a client's keyed retry) last sent its message again.
+    pub resent_at_epoch_ms: Option<u64>,
     /// Token of the worker that holds the lease while running.
     pub lease_owner: Option<String>,
     /// End of the lease while running.
@@ -253,6 +257,8 @@ impl Job {
             created_at_epoch_ms: new.created_at_epoch_ms,
             started_at_epoch_ms: None,
             finished_at_epoch_ms: None,
+            requeued_at_epoch_ms: None,
+            resent_at_epoch_ms: None,
             lease_owner: None,
             lease_until_epoch_ms: None,
             cancel_requested: false,

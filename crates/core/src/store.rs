@@ -166,8 +166,19 @@ pub trait JobStore: Send + Sync + 'static {
         now_epoch_ms: u64,
     ) -> Result<Job, StoreError>;
 
-    /// Gives the job back to the queue (condition: running under `lease_token`).
-    async fn release(&self, id: JobId, lease_token: &str) -> Result<Job, StoreError>;
+    /// Gives the job back to the queue (condition: running under `lease_token`); its
+    /// message comes back after a backoff.
+    async fn release(
+        &self,
+        id: JobId,
+        lease_token: &str,
+        now_epoch_ms: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Records that a repair sent a queued job's message again (condition: queued), so
+    /// no repair sends it again while that message can still be in the queue
+    /// ([`crate::index::RESEND_AFTER`]).
+    async fn record_resend(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError>;
 
     /// Ends a running job whose cancel was requested (condition: running under
     /// `lease_token`).

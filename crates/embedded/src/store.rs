@@ -259,12 +259,13 @@ impl JobStore for MemoryStore {
         )
     }
 
-    async fn release(&self, id: JobId, token: &str) -> Result<Job, StoreError> {
+    async fn release(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {
         self.update(
             id,
             |job| held(job, token),
             |job| {
                 job.status = JobStatus::Queued;
+                job.requeued_at_epoch_ms = Some(now);
                 job.lease_owner = None;
                 job.lease_until_epoch_ms = None;
             },
@@ -304,6 +305,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
+        let now = SystemClock.now_epoch_ms();
         self.update(
             id,
             |job| {
@@ -326,9 +328,20 @@ impl JobStore for MemoryStore {
                         }
                         JobStatus::Running
                     }
-                    None => JobStatus::Queued,
+                    None => {
+                        job.requeued_at_epoch_ms = Some(now);
+                        JobStatus::Queued
+                    }
                 };
             },
+        )
+    }
+
+    async fn record_resend(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
+        self.update(
+            id,
+            |job| job.status == JobStatus::Queued,
+            |job| job.resent_at_epoch_ms = Some(now),
         )
     }
 

@@ -24,6 +24,7 @@ macro_rules! conformance_suite {
             a_heartbeat_extends_only_its_own_lease,
             fail_records_the_error,
             release_returns_the_job_to_the_queue,
+            a_resend_is_recorded_on_queued_jobs_only,
             cancel_ends_queued_jobs_and_flags_running_ones,
             abandon_fails_only_unheld_jobs,
             delete_unstarted_removes_only_never_claimed_jobs,
@@ -191,7 +192,7 @@ pub async fn finishing_writes_need_the_lease(store: Arc<dyn JobStore>) {
             .fail(id, "intruder", &ErrorInfo::new("x", "y"), now())
             .await,
     );
-    conflict(store.release(id, "intruder").await);
+    conflict(store.release(id, "intruder", now()).await);
     let done = store.complete(id, "w1", &output, now()).await.unwrap();
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.output, Some(output.clone()));
@@ -267,12 +268,52 @@ pub async fn fail_records_the_error(store: Arc<dyn JobStore>) {
 pub async fn release_returns_the_job_to_the_queue(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
     store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    let released = store.release(id, "w1").await.unwrap();
+    let released_at = now();
+    let released = store.release(id, "w1", released_at).await.unwrap();
     assert_eq!(released.status, JobStatus::Queued);
     assert!(released.lease_owner.is_none());
     assert_eq!(released.attempts, 1);
+    assert_eq!(released.requeued_at_epoch_ms, Some(released_at));
+    // In the sweep's index from the end of its longest backoff, not before.
+    let backoff = millis(offpath_core::index::MAX_RETRY_DELAY);
+    assert!(
+        !due_ids(store.as_ref(), released_at + backoff)
+            .await
+            .contains(&id)
+    );
+    assert!(
+        due_ids(store.as_ref(), released_at + backoff + 1)
+            .await
+            .contains(&id)
+    );
     let again = store.claim(id, &lease("w2", 60_000), now()).await.unwrap();
     assert_eq!(again.attempts, 2);
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+/// Property: a re-send by a repair is recorded on a queued job only, and keeps the job
+/// out of the sweep's index while that message can still be in the queue.
+pub async fn a_resend_is_recorded_on_queued_jobs_only(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    let at = now();
+    let resent = store.record_resend(id, at).await.unwrap();
+    assert_eq!(resent.resent_at_epoch_ms, Some(at));
+    let retention = millis(offpath_core::index::RESEND_AFTER);
+    assert!(!due_ids(store.as_ref(), at + retention).await.contains(&id));
+    assert!(
+        due_ids(store.as_ref(), at + retention + 1)
+            .await
+            .contains(&id)
+    );
+    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    conflict(store.record_resend(id, now()).await);
+    assert!(matches!(
+        store.record_resend(JobId::random(), now()).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// Property: cancel ends queued jobs and flags running ones.
@@ -395,15 +436,19 @@ pub async fn due_holds_unfinished_jobs_by_when_they_may_need_repair(store: Arc<d
         .await
         .unwrap();
     assert_eq!(due_ids(store.as_ref(), now() + 120_000).await, [queued]);
-    // A released job waits out a backoff: due from its first start, not its lease.
-    let started = now();
+    // A released job waits out its longest backoff: due from its release plus that.
     store
-        .claim(queued, &lease("w2", 60_000), started)
+        .claim(queued, &lease("w2", 60_000), now())
         .await
         .unwrap();
-    store.release(queued, "w2").await.unwrap();
-    assert_eq!(due_ids(store.as_ref(), started + 1).await, [queued]);
-    assert!(due_ids(store.as_ref(), started).await.is_empty());
+    let released = now();
+    store.release(queued, "w2", released).await.unwrap();
+    let backoff = millis(offpath_core::index::MAX_RETRY_DELAY);
+    assert_eq!(
+        due_ids(store.as_ref(), released + backoff + 1).await,
+        [queued]
+    );
+    assert!(due_ids(store.as_ref(), released + backoff).await.is_empty());
 }
 
 /// Property: an owner's jobs list newest first, page by page, each once; filters by
@@ -532,7 +577,7 @@ pub async fn delete_unstarted_removes_only_never_claimed_jobs(store: Arc<dyn Job
         .claim(claimed, &lease("w1", 60_000), now())
         .await
         .unwrap();
-    store.release(claimed, "w1").await.unwrap();
+    store.release(claimed, "w1", now()).await.unwrap();
     assert!(matches!(
         store.delete_unstarted(claimed).await,
         Err(StoreError::Conflict(_))

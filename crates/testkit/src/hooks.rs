@@ -31,6 +31,8 @@ pub enum Call {
     Fail(JobId),
     /// `JobStore::release`.
     Release(JobId),
+    /// `JobStore::record_resend`.
+    RecordResend(JobId),
     /// `JobStore::finish_cancelled`.
     FinishCancelled(JobId),
     /// `JobStore::abandon`.
@@ -109,6 +111,7 @@ impl Call {
             | Call::Complete(id)
             | Call::Fail(id)
             | Call::Release(id)
+            | Call::RecordResend(id)
             | Call::FinishCancelled(id)
             | Call::Abandon(id)
             | Call::CancelQueued(id)
@@ -249,8 +252,12 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
         let write = self.inner.fail(id, token, error, now);
         self.around(Call::Fail(id), write).await
     }
-    async fn release(&self, id: JobId, token: &str) -> Result<Job, StoreError> {
-        self.around(Call::Release(id), self.inner.release(id, token))
+    async fn release(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {
+        self.around(Call::Release(id), self.inner.release(id, token, now))
+            .await
+    }
+    async fn record_resend(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
+        self.around(Call::RecordResend(id), self.inner.record_resend(id, now))
             .await
     }
     async fn finish_cancelled(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {

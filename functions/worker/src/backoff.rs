@@ -18,7 +18,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             base: Duration::from_secs(2),
-            max: Duration::from_secs(15 * 60),
+            max: offpath_core::index::MAX_RETRY_DELAY,
         }
     }
 }

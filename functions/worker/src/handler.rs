@@ -521,7 +521,11 @@ impl Worker {
             return Outcome::retry_at_visibility_timeout();
         }
         tracing::warn!(job_id = %id, %cause, receive_count, "transient failure; backing off");
-        if let Err(err) = self.store.release(id, &lease.token).await {
+        if let Err(err) = self
+            .store
+            .release(id, &lease.token, self.clock.now_epoch_ms())
+            .await
+        {
             tracing::warn!(job_id = %id, error = %err, "could not release the lease; it will expire");
         }
         let delay = self.config.backoff.delay(receive_count);

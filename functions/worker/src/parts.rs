@@ -499,7 +499,11 @@ impl Worker {
             self.finish_write(id, written).await;
             return Outcome::retry_at_visibility_timeout();
         }
-        if let Err(err) = self.store.release(id, &lease.token).await {
+        if let Err(err) = self
+            .store
+            .release(id, &lease.token, self.clock.now_epoch_ms())
+            .await
+        {
             tracing::warn!(job_id = %id, error = %err, "could not release the lease; it will expire");
         }
         Outcome::retry_after(self.config.backoff.delay(receive_count))

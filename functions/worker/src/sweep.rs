@@ -1,5 +1,9 @@
 //! The sweep: finds jobs that would otherwise stay non-terminal forever, because their
-//! worker died on the last attempt or their message was lost. A job that runs in parts
+//! worker died on the last attempt or their message was lost (never sent, or sent to
+//! the DLQ while the store was down). A queued job's message is sent again once it
+//! cannot be hidden any more ([`Job::queued_due_at`]: a grace after creation, after a
+//! release's longest backoff) and then not again while that message can still be in
+//! the queue (4 days), so a backlog costs at most one duplicate per job. A job that runs in parts
 //! whose parts have all gone quiet (no live part lease, nothing touched for the grace)
 //! gets its unsettled parts' messages again (or, every part settled, one message that
 //! ends it); a part whose worker died on its last attempt is settled dead when that
@@ -167,9 +171,10 @@ async fn repair(
         JobStatus::Running => job
             .lease_until_epoch_ms
             .is_none_or(|until| until + grace < now_epoch_ms),
-        // Released jobs (attempts > 0) wait out a backoff that can exceed the
-        // grace; only a job never claimed is judged by its age.
-        JobStatus::Queued => job.attempts == 0 && job.created_at_epoch_ms + grace < now_epoch_ms,
+        // Its message can still be in the queue until `queued_due_at`: a new job's
+        // from its creation, a released one's until its backoff ends, one a repair
+        // sent again until that message expires (so a backlog is not re-sent each run).
+        JobStatus::Queued => job.queued_due_at() + grace < now_epoch_ms,
         _ => false,
     };
     if !lost {
@@ -198,6 +203,13 @@ async fn repair(
     } else {
         queue.send(&JobMessage::new(job.id), &group).await?;
         report.requeued += 1;
+        if job.status == JobStatus::Queued {
+            // Sent first, recorded after: a lost record costs a duplicate, never a job.
+            match store.record_resend(job.id, now_epoch_ms).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
     tracing::warn!(job_id = %job.id, status = %job.status, attempts = job.attempts, "sweep repaired a stuck job");
     Ok(())
