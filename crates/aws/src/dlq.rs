@@ -1,10 +1,12 @@
-//! Dead-letter queue operations for operators: inspect, move back, purge.
+//! Dead-letter queue operations for operators: inspect, move back, purge, and redrive
+//! jobs (each job revived, then its message moved, one job at a time).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use offpath_core::{JobId, JobMessage, QueueError};
+use offpath_core::{JobId, JobMessage, JobStore, QueueError, StoreError};
 
 use crate::sqs::{queue_arn, sqs_error, system_attribute};
 
@@ -28,6 +30,61 @@ pub struct DeadLetter {
     pub job_id: Option<JobId>,
     /// Its message group (the job's owner), kept when it moves back.
     pub group: Option<String>,
+}
+
+/// Which dead letters a redrive takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection<'a> {
+    /// Every message, those that arrive while the redrive runs included.
+    All,
+    /// The messages with these message ids or job ids.
+    Ids(&'a [String]),
+}
+
+impl Selection<'_> {
+    fn takes(&self, letter: &DeadLetter) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Ids(ids) => {
+                ids.contains(&letter.message_id)
+                    || letter
+                        .job_id
+                        .is_some_and(|id| ids.contains(&id.to_string()))
+            }
+        }
+    }
+}
+
+/// What a redrive did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Redriven {
+    /// Messages moved back, each after its job was revived.
+    pub moved: Vec<DeadLetter>,
+    /// Messages left in the dead-letter queue, and why.
+    pub skipped: Vec<(DeadLetter, &'static str)>,
+}
+
+/// A redrive stopped: the store or a queue failed. Every message moved so far had its
+/// job revived first; the rest stay in the dead-letter queue.
+#[derive(Debug, thiserror::Error)]
+#[error("redrive stopped after moving {moved} message(s): {cause}")]
+pub struct RedriveError {
+    /// Messages moved before it stopped.
+    pub moved: usize,
+    /// What failed.
+    #[source]
+    pub cause: RedriveFailure,
+}
+
+/// What failed during a redrive.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveFailure {
+    /// Reviving a job.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or moving messages.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// A dead-letter queue and the jobs queue its messages go back to.
@@ -138,6 +195,81 @@ impl DeadLetterQueue {
             .await
             .map_err(sqs_error)?;
         Ok(output.task_handle().unwrap_or_default().to_owned())
+    }
+
+    /// Redrives dead-lettered jobs, one step per message: its job goes back to `queued`
+    /// ([`JobStore::revive`]; a job not dead-lettered is left as it is), then its
+    /// message moves to the jobs queue. Stopped anywhere, it leaves no revived job whose
+    /// message is still here but the one in hand (which the sweep re-sends once its
+    /// backoff has passed), and no message moved without its job revived. No message
+    /// move task is used: it would also move messages whose jobs nobody revived (those
+    /// arriving meanwhile, or beyond a read). Messages are read `batch` at a time until
+    /// none selected is left (with [`Selection::All`], newcomers too).
+    pub async fn redrive_jobs(
+        &self,
+        store: &dyn JobStore,
+        selection: Selection<'_>,
+        batch: usize,
+    ) -> Result<Redriven, RedriveError> {
+        let mut done = Redriven::default();
+        let mut passed: HashSet<String> = HashSet::new();
+        loop {
+            let stop = |cause: RedriveFailure, moved: usize| RedriveError { moved, cause };
+            let letters = self
+                .take(batch)
+                .await
+                .map_err(|e| stop(e.into(), done.moved.len()))?;
+            let (selected, others): (Vec<_>, Vec<_>) = letters
+                .into_iter()
+                .partition(|l| selection.takes(l) && !passed.contains(&l.message_id));
+            self.release(&others)
+                .await
+                .map_err(|e| stop(e.into(), done.moved.len()))?;
+            if selected.is_empty() {
+                return Ok(done);
+            }
+            let mut pending = selected.into_iter();
+            while let Some(letter) = pending.next() {
+                match self.redrive_one(store, &letter).await {
+                    Ok(None) => {
+                        passed.insert(letter.message_id.clone());
+                        done.moved.push(letter);
+                    }
+                    Ok(Some(reason)) => {
+                        passed.insert(letter.message_id.clone());
+                        let _ = self.release(std::slice::from_ref(&letter)).await;
+                        done.skipped.push((letter, reason));
+                    }
+                    Err(cause) => {
+                        let rest: Vec<DeadLetter> =
+                            std::iter::once(letter).chain(pending).collect();
+                        let _ = self.release(&rest).await;
+                        return Err(stop(cause, done.moved.len()));
+                    }
+                }
+            }
+            if matches!(selection, Selection::Ids(_)) {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Revives the job of `letter`, then moves it back; `Some(reason)` when it stays.
+    async fn redrive_one(
+        &self,
+        store: &dyn JobStore,
+        letter: &DeadLetter,
+    ) -> Result<Option<&'static str>, RedriveFailure> {
+        let Some(job_id) = letter.job_id else {
+            return Ok(Some("not a job message"));
+        };
+        match store.revive(job_id).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(StoreError::NotFound) => return Ok(Some("its job does not exist")),
+            Err(err) => return Err(err.into()),
+        }
+        self.move_back(letter).await?;
+        Ok(None)
     }
 
     /// Deletes every message in the dead-letter queue.

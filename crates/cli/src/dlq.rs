@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use offpath_aws::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_WEBHOOK_DLQ, DEFAULT_WEBHOOK_QUEUE};
-use offpath_aws::dlq::{DeadLetter, DeadLetterQueue};
+use offpath_aws::dlq::{DeadLetter, DeadLetterQueue, Selection};
 use offpath_aws::{DynamoStore, Settings, load_sdk_config};
-use offpath_core::{Clock, JobMessage, JobStore, StoreError, SystemClock};
+use offpath_core::{Clock, JobMessage, JobStore, SystemClock};
 
 /// Most messages one command reads.
 const MAX_MESSAGES: usize = 10_000;
@@ -43,8 +43,9 @@ pub enum DlqCommand {
     /// job's error. Messages stay in the queue.
     List,
     /// Put dead-lettered jobs back to `queued` and move their messages to the jobs
-    /// queue (StartMessageMoveTask where the endpoint supports it, else receive, send,
-    /// delete: never losing a message). Name messages or jobs by id, or pass --all.
+    /// queue, one job at a time (revive, then send and delete the message: never
+    /// losing a message, never moving one whose job was not revived). Name messages or
+    /// jobs by id, or pass --all (messages arriving meanwhile included).
     /// With `--queue webhooks`, move the events back to the webhooks queue (their jobs
     /// stay as they are) for another day of delivery attempts.
     Redrive {
@@ -185,55 +186,24 @@ async fn redrive(
     all: bool,
     ids: &[String],
 ) -> anyhow::Result<()> {
-    let letters = dlq.take(MAX_MESSAGES).await?;
-    let chosen = |l: &DeadLetter| {
-        all || ids.contains(&l.message_id)
-            || l.job_id.is_some_and(|id| ids.contains(&id.to_string()))
+    let selection = if all {
+        Selection::All
+    } else {
+        Selection::Ids(ids)
     };
-    let (selected, others): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| chosen(l));
-    let mut movable = Vec::new();
-    let mut skipped = others;
-    for letter in selected {
-        let Some(job_id) = letter.job_id else {
-            println!("skipped {}: not a job message", letter.message_id);
-            skipped.push(letter);
-            continue;
-        };
-        match store.revive(job_id).await {
-            Ok(_) | Err(StoreError::Conflict(_)) => movable.push(letter),
-            Err(StoreError::NotFound) => {
-                println!("skipped {}: job {job_id} does not exist", letter.message_id);
-                skipped.push(letter);
-            }
-            Err(err) => return Err(err.into()),
-        }
+    let done = dlq.redrive_jobs(store, selection, MAX_MESSAGES).await?;
+    for (letter, reason) in &done.skipped {
+        println!("skipped {}: {reason}", letter.message_id);
     }
-    dlq.release(&skipped).await?;
-    if all && skipped.is_empty() {
-        dlq.release(&movable).await?;
-        match dlq.start_move_task().await {
-            Ok(task) => {
-                println!(
-                    "started a message move task for {} message(s): {task}",
-                    movable.len()
-                );
-                return Ok(());
-            }
-            Err(err) => {
-                println!("the endpoint has no StartMessageMoveTask ({err}); moving one by one");
-                // Only the messages whose jobs were revived; newcomers stay.
-                let ids: Vec<String> = movable.into_iter().map(|l| l.message_id).collect();
-                let (again, newcomers): (Vec<_>, Vec<_>) = dlq
-                    .take(MAX_MESSAGES)
-                    .await?
-                    .into_iter()
-                    .partition(|l| ids.contains(&l.message_id));
-                dlq.release(&newcomers).await?;
-                return move_each(dlq, again).await;
-            }
-        }
+    for letter in &done.moved {
+        println!(
+            "redrove {} (job {})",
+            letter.message_id,
+            letter.job_id.map_or("-".into(), |id| id.to_string())
+        );
     }
-    move_each(dlq, movable).await
+    println!("{} message(s) moved back", done.moved.len());
+    Ok(())
 }
 
 /// Moves webhook events back to the webhooks queue: every one with `all` (a message
