@@ -217,6 +217,22 @@ async fn the_last_receive_of_a_failing_job_marks_it_dead_lettered() {
     );
 }
 
+/// A worker (3 receives) whose store runs `hooks` around every call.
+fn hooked_worker(stack: &Stack, hooks: Arc<impl offpath_testkit::Hooks>) -> Worker {
+    let store = offpath_testkit::Hooked::store(stack.ports.store.clone(), hooks);
+    let config = WorkerConfig {
+        max_receive_count: Some(3),
+        ..WorkerConfig::default()
+    };
+    let model = Arc::new(TestModel::default());
+    Worker::new(
+        &stack.ports.with_store(store),
+        model,
+        Stack::tasks(),
+        config,
+    )
+}
+
 /// Refuses every claim as a DynamoDB outage would, with the SDK's kind of text.
 struct ClaimsUnavailable;
 
@@ -240,19 +256,7 @@ impl offpath_testkit::Hooks for ClaimsUnavailable {
 async fn store_error_text_stays_out_of_the_jobs_error() {
     let stack = stack(fast_queue()).await;
     let id = create(&stack, "embed", embed_input("unlucky")).await;
-    let store =
-        offpath_testkit::Hooked::store(stack.ports.store.clone(), Arc::new(ClaimsUnavailable));
-    let ports = stack.ports.with_store(store);
-    let config = WorkerConfig {
-        max_receive_count: Some(3),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        &ports,
-        Arc::new(TestModel::default()),
-        Stack::tasks(),
-        config,
-    );
+    let worker = hooked_worker(&stack, Arc::new(ClaimsUnavailable));
     worker
         .handle(fixture_event(&[(body(id), 3)]))
         .await
@@ -539,19 +543,7 @@ async fn a_cancel_requested_during_the_last_attempt_ends_the_job_cancelled() {
     let stack = stack(fast_queue()).await;
     let id = create(&stack, "embed", embed_input("poison at the end")).await;
     let hooks = Arc::new(CancelBeforeFail(stack.ports.store.clone()));
-    let store = offpath_testkit::Hooked::store(stack.ports.store.clone(), hooks);
-    let ports = stack.ports.with_store(store);
-    let config = WorkerConfig {
-        max_receive_count: Some(3),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        &ports,
-        Arc::new(TestModel::default()),
-        Stack::tasks(),
-        config,
-    );
-    let response = worker
+    let response = hooked_worker(&stack, hooks)
         .handle(fixture_event(&[(body(id), 3)]))
         .await
         .unwrap();
