@@ -341,6 +341,33 @@ async fn health_and_openapi_answer() {
     }
 }
 
+/// A body over the limit is read before the `413`, so a client still sending it gets
+/// the answer rather than a connection reset (the bad-input corpus once failed so).
+#[tokio::test]
+async fn an_oversized_body_is_answered_413_after_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::new(Backend::Embedded, fast_queue()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app(state(&stack))).into_future());
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 262144\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Time enough to answer and close early, were the body not read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(&vec![b'x'; 262_144])
+        .await
+        .expect("the body is read");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+    read.await.expect("answered within 5 s").expect("no reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}
+
 /// Counts the store's pings.
 #[derive(Default)]
 struct Pings(std::sync::atomic::AtomicUsize);

@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName,
+    QueueAttributeName,
+};
 use offpath_core::{JobMessage, JobQueue, QueueDepth, QueueError, QueueMessage};
 
 /// SQS-backed [`JobQueue`].
@@ -121,6 +124,42 @@ impl JobQueue for SqsQueue {
             .await
             .map(|_| ())
             .map_err(sqs_error)
+    }
+
+    async fn change_visibility_all(
+        &self,
+        receipt_handles: &[&str],
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let visibility = timeout.as_secs().min(43_200) as i32;
+        for chunk in receipt_handles.chunks(10) {
+            let entries = chunk.iter().enumerate().map(|(i, handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*handle)
+                    .visibility_timeout(visibility)
+                    .build()
+                    .expect("id and receipt handle are set")
+            });
+            let output = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(sqs_error)?;
+            if let Some(failed) = output.failed().first() {
+                return Err(QueueError::Unavailable(format!(
+                    "{} of {} visibility changes failed, the first: {} {}",
+                    output.failed().len(),
+                    chunk.len(),
+                    failed.code(),
+                    failed.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {

@@ -87,6 +87,23 @@ pub trait JobQueue: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<(), QueueError>;
 
+    /// Sets how long several received messages stay invisible (SQS: one request per
+    /// ten). Each message succeeds or fails alone; the first failure is returned.
+    async fn change_visibility_all(
+        &self,
+        receipt_handles: &[&str],
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let mut first = Ok(());
+        for handle in receipt_handles {
+            let changed = self.change_visibility(handle, timeout).await;
+            if first.is_ok() {
+                first = changed;
+            }
+        }
+        first
+    }
+
     /// Approximate depth.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 

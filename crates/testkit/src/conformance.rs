@@ -668,6 +668,38 @@ pub async fn visibility_can_be_changed(queue: Arc<dyn JobQueue>) {
         queue.receive(1, Duration::ZERO).await.unwrap().is_empty(),
         "hidden past the queue's own visibility timeout"
     );
+    // Several at once (the heartbeat's way): twelve messages, two SQS requests.
+    for _ in 0..12 {
+        let message = JobMessage::new(JobId::random());
+        queue.send(&message, "owner-1").await.unwrap();
+    }
+    let mut held = Vec::new();
+    while held.len() < 12 {
+        held.extend(queue.receive(10, Duration::from_secs(2)).await.unwrap());
+    }
+    let handles: Vec<&str> = held.iter().map(|m| m.receipt_handle.as_str()).collect();
+    queue
+        .change_visibility_all(&handles, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    queue
+        .change_visibility_all(&handles, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut back = 0;
+    for _ in 0..10 {
+        back += queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .len();
+        if back == 12 {
+            break;
+        }
+    }
+    assert_eq!(back, 12, "all visible again at once");
 }
 
 /// Property: messages move to the dead letter queue after max receives.

@@ -400,6 +400,14 @@ impl<H: Hooks> JobQueue for Hooked<dyn JobQueue, H> {
         let change = self.inner.change_visibility(receipt_handle, timeout);
         self.around(Call::ChangeVisibility, change).await
     }
+    async fn change_visibility_all(
+        &self,
+        receipt_handles: &[&str],
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let change = self.inner.change_visibility_all(receipt_handles, timeout);
+        self.around(Call::ChangeVisibility, change).await
+    }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.around(Call::Depth, self.inner.depth()).await
     }

@@ -11,6 +11,7 @@ mod health;
 mod jobs;
 mod listing;
 pub mod openapi;
+mod oversized;
 mod strict_json;
 mod submit;
 mod uploads;
@@ -112,7 +113,11 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.max_body_bytes,
+            oversized::drain_oversized,
+        ));
     // Authorised by the signature in its URL, and the one route that takes documents.
     let upload = Router::new()
         .route("/uploads/{id}", axum::routing::put(uploads::put))

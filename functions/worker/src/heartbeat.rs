@@ -138,15 +138,17 @@ impl Worker {
         .await;
     }
 
-    /// Hides the batch's messages one heartbeat (and a margin) from now.
+    /// Hides the batch's messages one heartbeat (and a margin) from now (on SQS, one
+    /// request per ten messages).
     async fn extend_messages(&self, receipt_handles: &[&str]) {
         let visibility =
             Duration::from_secs(self.config.heartbeat.as_secs_f64().ceil() as u64) + MESSAGE_MARGIN;
-        join_all(receipt_handles.iter().map(|handle| async move {
-            if let Err(err) = self.queue.change_visibility(handle, visibility).await {
-                tracing::warn!(error = %err, "could not extend a message's visibility");
-            }
-        }))
-        .await;
+        let extended = self
+            .queue
+            .change_visibility_all(receipt_handles, visibility)
+            .await;
+        if let Err(err) = extended {
+            tracing::warn!(error = %err, "could not extend the messages' visibility");
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! lease, report an item failure and back off with ChangeMessageVisibility; on the
 //! last receive a failing job is written `failed`/`dead_lettered` before SQS moves the
 //! message to the dead-letter queue; malformed messages go to the dead-letter queue.
+//! While a batch runs, a heartbeat keeps its claims and messages short-lived and
+//! extends them (see `heartbeat.rs`), so a dead worker's jobs come back in about 30 s.
 
 mod backoff;
 mod deliver;
