@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use offpath_core::blob::{MAX_UPLOAD_BYTES, upload_key};
 use offpath_core::idempotency::{job_id_for_key, request_hash};
-use offpath_core::index::RESEND_AFTER;
 use offpath_core::queue::message_group;
 use offpath_core::{
     EventKind, Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName,
@@ -30,8 +29,9 @@ pub struct SubmitLimits {
     pub max_ttl: Duration,
     /// A replay of a job still queued (never claimed) after this long re-sends its
     /// message, once per message lifetime, repairing a job whose first enqueue failed.
-    /// Younger jobs are left alone, so racing duplicates do not flood the queue. It equals the `Retry-After` of a 503, so a
-    /// client that waits as told before its retry always repairs its job.
+    /// Younger jobs are left alone, so racing duplicates do not flood the queue. It
+    /// equals the `Retry-After` of a 503, so a client that waits as told before its
+    /// retry always repairs its job.
     pub requeue_after: Duration,
     /// Most unfinished (queued or running) jobs one owner may have; above it a submit
     /// answers `429 too_many_jobs` and creates nothing. `None`: no bound.
@@ -327,14 +327,12 @@ async fn replay(
         return Err(ApiError::IdempotencyKeyReused);
     }
     let age_ms = now.saturating_sub(existing.created_at_epoch_ms);
-    // Once per job (per message lifetime): a replay repairs a failed first enqueue, and
-    // a client retrying in a loop does not fill the queue with copies.
-    let resent_lately = existing
-        .resent_at_epoch_ms
-        .is_some_and(|at| at + RESEND_AFTER.as_millis() as u64 > now);
+    // Once per message lifetime (the job's own due time says when a re-sent message may
+    // be gone): a replay repairs a failed first enqueue, and a client retrying in a
+    // loop does not fill the queue with copies.
     if existing.status == JobStatus::Queued
         && existing.attempts == 0
-        && !resent_lately
+        && existing.queued_due_at() <= now
         && age_ms >= state.limits.requeue_after.as_millis() as u64
     {
         let group = message_group(&existing.owner);

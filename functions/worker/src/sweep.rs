@@ -3,11 +3,11 @@
 //! the DLQ while the store was down). A queued job's message is sent again once it
 //! cannot be hidden any more ([`Job::queued_due_at`]: a grace after creation, after a
 //! release's longest backoff) and then not again while that message can still be in
-//! the queue (4 days), so a backlog costs at most one duplicate per job. A job that runs in parts
-//! whose parts have all gone quiet (no live part lease, nothing touched for the grace)
-//! gets its unsettled parts' messages again (or, every part settled, one message that
-//! ends it); a part whose worker died on its last attempt is settled dead when that
-//! message is claimed. Webhook events still in a job's outbox a grace after the write
+//! the queue (4 days), so a backlog costs at most one duplicate per job. A job that
+//! runs in parts whose parts have all gone quiet (no live part lease, nothing touched
+//! for the grace) gets its unsettled parts' messages again (or, every part settled, one
+//! message that ends it); a part whose worker died on its last attempt is settled dead
+//! when that message is claimed. Webhook events still in a job's outbox a grace after the write
 //! that caused them (their writer died before handing them to the webhooks queue) are
 //! sent.
 
