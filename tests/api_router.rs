@@ -757,3 +757,162 @@ async fn duplicate_json_keys_and_two_idempotency_keys_are_refused() {
         "nothing enqueued"
     );
 }
+
+fn as_caller(mut request: Request<Body>, key: &str) -> Request<Body> {
+    let value = format!("Bearer {key}").parse().unwrap();
+    request.headers_mut().insert("authorization", value);
+    request
+}
+
+fn admin_post(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// Operators alone use the admin routes: an owner who is not one gets 403 from each
+/// and changes nothing; an operator sees the queues and the minutes' activity, lists
+/// a dead-lettered job with its error, redrives it (job queued, message in the jobs
+/// queue) and purges. On both backends.
+#[tokio::test]
+async fn operators_alone_see_queues_and_act_on_dead_letters() {
+    for backend in Backend::ALL {
+        let stack = Stack::new(backend, fast_queue()).await;
+        let auth = Auth::from_api_keys(Some("op-key=ops,user-key=alice")).unwrap();
+        let operators = offpath_api::Operators::parse(Some("ops"), None).unwrap();
+        let state = AppState::new(&stack.ports, Stack::tasks(), auth).with_operators(operators);
+        let store = stack.ports.store.as_ref();
+        let dead =
+            offpath_testkit::create(store, "embed", serde_json::json!({"texts": ["x"]})).await;
+        let lease = offpath_core::Lease {
+            token: "w".into(),
+            until_epoch_ms: u64::MAX / 2,
+        };
+        store.claim(dead, &lease, 1).await.unwrap();
+        let error = offpath_core::ErrorInfo::new(offpath_core::DEAD_LETTERED, "gave up");
+        store.fail(dead, "w", &error, 2).await.unwrap();
+        let message = offpath_core::JobMessage::new(dead);
+        stack.dlq().send(&message, "ops").await.unwrap();
+        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+        let minute = offpath_core::activity::minute_of(now);
+        let done = offpath_core::Activity {
+            succeeded: 2,
+            claimed: 2,
+            queue_wait_ms: 40,
+            ..Default::default()
+        };
+        store.add_activity(minute, &done).await.unwrap();
+
+        let (status, _, me) = call(&state, as_caller(get("/me"), "user-key")).await;
+        assert_eq!(
+            (status, me["owner"].as_str(), me["operator"].as_bool()),
+            (StatusCode::OK, Some("alice"), Some(false))
+        );
+        let refused = [
+            get("/admin/queues"),
+            get("/admin/dead-letters"),
+            admin_post("/admin/dead-letters/redrive", r#"{"all":true}"#),
+            admin_post("/admin/dead-letters/purge", r#"{"confirm":"purge"}"#),
+        ];
+        for request in refused {
+            let path = request.uri().to_string();
+            let (status, _, body) = call(&state, as_caller(request, "user-key")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "forbidden");
+        }
+        let (status, _, _) = call(&state, get("/admin/queues")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no key at all");
+        assert_eq!(
+            stack.dlq().depth().await.unwrap().visible,
+            1,
+            "nothing changed"
+        );
+
+        let (_, _, me) = call(&state, as_caller(get("/me"), "op-key")).await;
+        assert_eq!(me["operator"], true);
+        let (status, _, queues) =
+            call(&state, as_caller(get("/admin/queues?minutes=5"), "op-key")).await;
+        assert_eq!(status, StatusCode::OK, "{queues}");
+        let names: Vec<&str> = queues["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["jobs", "jobs_dlq", "webhooks", "webhooks_dlq"]);
+        assert_eq!(queues["queues"][1]["visible"], 1);
+        assert_eq!(queues["activity"][0]["succeeded"], 2);
+        assert_eq!(queues["activity"][0]["queue_wait_ms"], 40);
+
+        let (status, _, list) = call(&state, as_caller(get("/admin/dead-letters"), "op-key")).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let letter = &list["letters"][0];
+        assert_eq!(letter["job_id"], dead.to_string());
+        assert_eq!(letter["error"]["code"], "dead_lettered");
+        assert_eq!(letter["status"], "failed");
+        let redrive = format!(r#"{{"ids":["{dead}"]}}"#);
+        let (status, _, done) = call(
+            &state,
+            as_caller(
+                admin_post("/admin/dead-letters/redrive", &redrive),
+                "op-key",
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["moved"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            store.get(dead).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        let moved = stack
+            .ports
+            .queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(moved.len(), 1);
+
+        stack.dlq().send(&message, "ops").await.unwrap();
+        let purge = admin_post("/admin/dead-letters/purge", r#"{"confirm":"purge"}"#);
+        let (status, _, _) = call(&state, as_caller(purge, "op-key")).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(drained(stack.dlq().as_ref()).await, "{}", backend.name());
+    }
+}
+
+/// The console is served by the API itself: the page, its stylesheet and script,
+/// with a policy that keeps it to this origin; `/console/` sends to `/console`.
+#[tokio::test]
+async fn the_console_is_served_from_the_binary() {
+    let stack = Stack::new(Backend::Embedded, fast_queue()).await;
+    let state = state(&stack);
+    for (path, kind, needle) in [
+        ("/console", "text/html", "offpath console"),
+        ("/console/console.css", "text/css", ":root"),
+        ("/console/console.js", "text/javascript", "\"use strict\""),
+    ] {
+        let response = app(state.clone()).oneshot(get(path)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"),
+            "{policy}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(needle), "{path}");
+    }
+    let response = app(state.clone()).oneshot(get("/console/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(response.headers()["location"], "/console");
+    let (status, _, _) = call(&state, get("/console/missing.js")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -7,9 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use offpath_api::{AppState, Auth, app};
-use offpath_aws::dlq::{DeadLetterQueue, Selection};
-use offpath_core::{JobId, JobStatus, QueueSettings};
-use offpath_testkit::{Stack, TestModel, drained, fast_queue};
+use offpath_core::{DeadLetters, JobId, JobStatus, QueueSettings, Selection};
+use offpath_testkit::{Backend, Stack, TestModel, drained, fast_queue};
 use offpath_worker::Worker;
 use offpath_worker::poller::process_batch;
 use tower::ServiceExt;
@@ -22,7 +21,6 @@ async fn stack(settings: QueueSettings) -> Stack {
 /// (as the worker and SQS leave them).
 async fn dead_lettered(stack: &Stack, count: usize) -> Vec<JobId> {
     let store = stack.ports.store.as_ref();
-    let sqs = aws_sdk_sqs::Client::new(&offpath_testkit::sdk().await);
     let mut ids = Vec::new();
     for i in 0..count {
         let id = offpath_testkit::create(
@@ -38,22 +36,16 @@ async fn dead_lettered(stack: &Stack, count: usize) -> Vec<JobId> {
         store.claim(id, &lease, 1).await.unwrap();
         let error = offpath_core::ErrorInfo::new(offpath_core::DEAD_LETTERED, "gave up");
         store.fail(id, "w", &error, 2).await.unwrap();
-        sqs.send_message()
-            .queue_url(&stack.resources().dlq_url)
-            .message_body(offpath_core::JobMessage::new(id).to_body())
-            .send()
-            .await
-            .unwrap();
+        let message = offpath_core::JobMessage::new(id);
+        stack.dlq().send(&message, "local").await.unwrap();
         ids.push(id);
     }
     ids
 }
 
 /// The stack's dead-letter queue for redrives.
-async fn dead_letter_queue(stack: &Stack) -> DeadLetterQueue {
-    let sqs = aws_sdk_sqs::Client::new(&offpath_testkit::sdk().await);
-    let resources = stack.resources();
-    DeadLetterQueue::new(sqs, &resources.dlq_url, &resources.queue_url)
+fn dead_letter_queue(stack: &Stack) -> DeadLetters {
+    DeadLetters::new(Arc::clone(stack.dlq()), Arc::clone(&stack.ports.queue))
 }
 
 /// Job ids named by the messages a queue holds (read, then made visible again).
@@ -90,48 +82,52 @@ impl offpath_testkit::Hooks for SecondReviveFails {
 /// A redrive stopped by a store outage strands nothing: every job it revived has its
 /// message in the jobs queue, every other job is still dead-lettered with its message
 /// in the DLQ. (Reviving every job first and moving messages after left the first job
-/// revived with its message in the DLQ.)
+/// revived with its message in the DLQ.) On both backends.
 #[tokio::test]
 async fn an_interrupted_redrive_strands_no_job() {
-    let stack = stack(fast_queue()).await;
-    let ids = dead_lettered(&stack, 3).await;
-    let store = offpath_testkit::Hooked::store(
-        stack.ports.store.clone(),
-        Arc::new(SecondReviveFails::default()),
-    );
-    let stopped = dead_letter_queue(&stack)
-        .await
-        .redrive_jobs(store.as_ref(), Selection::All, 10)
-        .await
-        .unwrap_err();
-    assert_eq!(stopped.moved, 1, "{stopped}");
-    let queued = messages_of(stack.ports.queue.as_ref()).await;
-    let dead = messages_of(stack.dlq().as_ref()).await;
-    assert_eq!((queued.len(), dead.len()), (1, 2));
-    for id in ids {
-        let job = stack.ports.store.get(id).await.unwrap().unwrap();
-        let revived = job.status == JobStatus::Queued;
-        assert_eq!(revived, queued.contains(&id), "job {id} is {}", job.status);
-        assert_eq!(!revived, dead.contains(&id));
+    for backend in Backend::ALL {
+        let stack = Stack::new(backend, fast_queue()).await;
+        let ids = dead_lettered(&stack, 3).await;
+        let store = offpath_testkit::Hooked::store(
+            stack.ports.store.clone(),
+            Arc::new(SecondReviveFails::default()),
+        );
+        let stopped = dead_letter_queue(&stack)
+            .redrive_jobs(store.as_ref(), Selection::All, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(stopped.moved, 1, "{}: {stopped}", backend.name());
+        let queued = messages_of(stack.ports.queue.as_ref()).await;
+        let dead = messages_of(stack.dlq().as_ref()).await;
+        assert_eq!((queued.len(), dead.len()), (1, 2), "{}", backend.name());
+        for id in ids {
+            let job = stack.ports.store.get(id).await.unwrap().unwrap();
+            let revived = job.status == JobStatus::Queued;
+            assert_eq!(revived, queued.contains(&id), "job {id} is {}", job.status);
+            assert_eq!(!revived, dead.contains(&id));
+        }
     }
 }
 
 /// `--all` reads past one batch: five dead-lettered jobs, read two at a time, are all
-/// revived and moved, and the DLQ ends empty.
+/// revived and moved, and the DLQ ends empty. On both backends.
 #[tokio::test]
 async fn redrive_all_reads_until_the_dlq_is_empty() {
-    let stack = stack(fast_queue()).await;
-    let ids = dead_lettered(&stack, 5).await;
-    let done = dead_letter_queue(&stack)
-        .await
-        .redrive_jobs(stack.ports.store.as_ref(), Selection::All, 2)
-        .await
-        .unwrap();
-    assert_eq!(done.moved.len(), 5);
-    assert!(drained(stack.dlq().as_ref()).await);
-    for id in ids {
-        let job = stack.ports.store.get(id).await.unwrap().unwrap();
-        assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
+    for backend in Backend::ALL {
+        let stack = Stack::new(backend, fast_queue()).await;
+        let ids = dead_lettered(&stack, 5).await;
+        let done = dead_letter_queue(&stack)
+            .redrive_jobs(stack.ports.store.as_ref(), Selection::All, 2)
+            .await
+            .unwrap();
+        assert_eq!(done.moved.len(), 5, "{}", backend.name());
+        assert!(drained(stack.dlq().as_ref()).await);
+        let moved = messages_of(stack.ports.queue.as_ref()).await;
+        assert_eq!(moved.len(), 5, "{}: in the jobs queue", backend.name());
+        for id in ids {
+            let job = stack.ports.store.get(id).await.unwrap().unwrap();
+            assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
+        }
     }
 }
 

@@ -399,6 +399,44 @@ fn the_template_keeps_aws_guidance() {
     );
 }
 
+/// Every operation of the API's OpenAPI document has its API Gateway route, behind
+/// the authorizer exactly when the operation can answer 401; the console's page and
+/// assets are public. (`PUT /uploads/{id}` exists only locally: in AWS uploads go to
+/// S3 by presigned URL.)
+#[test]
+fn the_template_routes_every_operation() {
+    let t = template();
+    let document: serde_json::Value =
+        serde_json::from_str(include_str!("../functions/api/openapi.json")).unwrap();
+    let routes: std::collections::BTreeMap<String, bool> = t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|r| r["Type"] == "AWS::ApiGatewayV2::Route")
+        .map(|r| {
+            let p = &r["Properties"];
+            (
+                p["RouteKey"].as_str().unwrap().to_owned(),
+                !p["AuthorizationType"].is_null(),
+            )
+        })
+        .collect();
+    let mut expected = std::collections::BTreeMap::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let key = format!("{} {path}", method.to_uppercase());
+            if key == "PUT /uploads/{id}" {
+                continue;
+            }
+            let authenticated = operation["responses"].get("401").is_some();
+            expected.insert(key, authenticated);
+        }
+    }
+    expected.insert("GET /console".into(), false);
+    expected.insert("GET /console/{asset}".into(), false);
+    assert_eq!(routes, expected);
+}
+
 #[tokio::test]
 async fn provisioning_code_creates_what_the_template_declares() {
     let names = ResourceNames {

@@ -14,10 +14,12 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, Select,
 };
+use offpath_core::activity::{ACTIVITY_RETENTION_MS, MINUTE_MS};
 use offpath_core::index::{DUE_SHARDS, MAX_RETRY_DELAY, OWNER_SLICES, RESEND_AFTER};
 use offpath_core::{
-    DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus, JobStore,
-    LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, NewJob, PartsEnd, Settle, StoreError,
+    Activity, DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus,
+    JobStore, LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, MinuteActivity, NewJob, PartsEnd,
+    Settle, StoreError,
 };
 use serde_json::Value;
 
@@ -220,17 +222,32 @@ impl DynamoStore {
         }
     }
 
-    /// Reads the records of `ids` (100 per request, retrying what DynamoDB leaves
-    /// unprocessed); returns them and how many items came back.
+    /// Reads the records of `ids`; returns them and how many items came back.
     async fn batch_get(
         &self,
         ids: &[JobId],
         consistent: bool,
     ) -> Result<(HashMap<JobId, Job>, usize), StoreError> {
-        let mut jobs = HashMap::new();
-        let mut read = 0;
-        for chunk in ids.chunks(100) {
-            let keys = chunk.iter().map(|id| Self::key(*id)).collect();
+        let keys: Vec<Item> = ids.iter().map(|id| Self::key(*id)).collect();
+        let items = self.batch_get_items(keys, consistent).await?;
+        let read = items.len();
+        let jobs = items
+            .into_iter()
+            .map(|item| decode(item).map(|job| (job.id, job)))
+            .collect::<Result<_, _>>()?;
+        Ok((jobs, read))
+    }
+
+    /// Reads the items of `keys` (100 per request, retrying what DynamoDB leaves
+    /// unprocessed).
+    async fn batch_get_items(
+        &self,
+        keys: Vec<Item>,
+        consistent: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        for chunk in keys.chunks(100) {
+            let keys = chunk.to_vec();
             let mut request = Some(
                 KeysAndAttributes::builder()
                     .set_keys(Some(keys))
@@ -247,16 +264,14 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(sdk_error)?;
-                for item in output
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    read += 1;
-                    let job = decode(item.clone())?;
-                    jobs.insert(job.id, job);
-                }
+                items.extend(
+                    output
+                        .responses()
+                        .and_then(|r| r.get(&self.table))
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
                 request = output
                     .unprocessed_keys()
                     .and_then(|u| u.get(&self.table))
@@ -268,7 +283,15 @@ impl DynamoStore {
                 }
             }
         }
-        Ok((jobs, read))
+        Ok(items)
+    }
+
+    /// The key of a minute's activity item (`activity#<minute epoch ms>`: never a job id).
+    fn activity_key(minute_epoch_ms: u64) -> Item {
+        Item::from([(
+            attr::PK.to_owned(),
+            s(format!("activity#{minute_epoch_ms}")),
+        )])
     }
 
     /// Up to `limit` entries of `owner`'s listing index, newest first, after `start`:
@@ -883,7 +906,81 @@ impl JobStore for DynamoStore {
             .map(|_| ())
             .map_err(sdk_error)
     }
+
+    async fn add_activity(
+        &self,
+        minute_epoch_ms: u64,
+        activity: &Activity,
+    ) -> Result<(), StoreError> {
+        let expires = (minute_epoch_ms + ACTIVITY_RETENTION_MS) / 1000;
+        let (names, values) = placeholders(
+            &[ADD_ACTIVITY],
+            &[],
+            vec![
+                (":succeeded", n(activity.succeeded)),
+                (":failed", n(activity.failed)),
+                (":dead_lettered", n(activity.dead_lettered)),
+                (":claimed", n(activity.claimed)),
+                (":queue_wait_ms", n(activity.queue_wait_ms)),
+                (":expires", n(expires)),
+            ],
+        );
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::activity_key(minute_epoch_ms)))
+            .update_expression(ADD_ACTIVITY)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error)
+    }
+
+    async fn activity(
+        &self,
+        last_minute_epoch_ms: u64,
+        minutes: u32,
+    ) -> Result<Vec<MinuteActivity>, StoreError> {
+        let keys = (0..u64::from(minutes))
+            .filter_map(|back| last_minute_epoch_ms.checked_sub(back * MINUTE_MS))
+            .map(Self::activity_key)
+            .collect();
+        let number = |item: &Item, name: &str| -> u64 {
+            match item.get(name) {
+                Some(AttributeValue::N(text)) => text.parse().unwrap_or(0),
+                _ => 0,
+            }
+        };
+        let mut found: Vec<MinuteActivity> = self
+            .batch_get_items(keys, false)
+            .await?
+            .iter()
+            .filter_map(|item| {
+                let Some(AttributeValue::S(pk)) = item.get(attr::PK) else {
+                    return None;
+                };
+                Some(MinuteActivity {
+                    minute_epoch_ms: pk.strip_prefix("activity#")?.parse().ok()?,
+                    activity: Activity {
+                        succeeded: number(item, attr::SUCCEEDED),
+                        failed: number(item, attr::FAILED),
+                        dead_lettered: number(item, attr::DEAD_LETTERED),
+                        claimed: number(item, attr::CLAIMED),
+                        queue_wait_ms: number(item, attr::QUEUE_WAIT_MS),
+                    },
+                })
+            })
+            .collect();
+        found.sort_by_key(|m| m.minute_epoch_ms);
+        Ok(found)
+    }
 }
+
+/// Adds a batch's totals to a minute's activity item (made by the first batch).
+const ADD_ACTIVITY: &str = "ADD #succeeded :succeeded, #failed :failed, #dead_lettered :dead_lettered, \
+     #claimed :claimed, #queue_wait_ms :queue_wait_ms SET #expires_at_epoch_s = :expires";
 
 /// Most index entries one query of the sweep or the listing reads.
 const DUE_PAGE: i32 = 100;

@@ -66,6 +66,13 @@ pub(crate) mod attr {
     /// The admission index (`owner_unfinished`): `owner#slice` while the job is
     /// unfinished.
     pub(crate) const OWNER_SLICE: &str = "owner_slice";
+    /// A minute's activity item (`pk` = `activity#<minute>`): the totals of
+    /// [`offpath_core::Activity`].
+    pub(crate) const SUCCEEDED: &str = "succeeded";
+    pub(crate) const FAILED: &str = "failed";
+    pub(crate) const DEAD_LETTERED: &str = "dead_lettered";
+    pub(crate) const CLAIMED: &str = "claimed";
+    pub(crate) const QUEUE_WAIT_MS: &str = "queue_wait_ms";
 }
 
 /// A global secondary index of the jobs table (all project keys only: an entry changes

@@ -23,10 +23,30 @@ pub async fn ports_from_env() -> Result<Ports, BoxError> {
     ports_with(&load_sdk_config().await?).await
 }
 
-/// The ports of [`ports_from_env`] for the API function: every DynamoDB and SQS call
-/// gives up in time for the function to answer ([`within_api_deadline`]).
+/// The ports of [`ports_from_env`] for the API function, with the dead-letter queues
+/// the operators' routes read (`OFFPATH_DLQ_URL`, `OFFPATH_WEBHOOK_DLQ_URL`, where
+/// set): every DynamoDB and SQS call gives up in time for the function to answer
+/// ([`within_api_deadline`]).
 pub async fn api_ports_from_env() -> Result<Ports, BoxError> {
-    ports_with(&within_api_deadline(&load_sdk_config().await?)).await
+    let sdk = within_api_deadline(&load_sdk_config().await?);
+    let mut ports = ports_with(&sdk).await?;
+    let settings = Settings::from_env()?;
+    for (name, url, port) in [
+        ("OFFPATH_DLQ_URL", &settings.dlq_url, &mut ports.dlq),
+        (
+            "OFFPATH_WEBHOOK_DLQ_URL",
+            &settings.webhook_dlq_url,
+            &mut ports.webhooks_dlq,
+        ),
+    ] {
+        if let Some(url) = url {
+            let queue = SqsQueue::from_sdk(&sdk, url)
+                .await
+                .map_err(|e| format!("{name}={url:?} cannot be used: {e}"))?;
+            *port = Some(Arc::new(queue));
+        }
+    }
+    Ok(ports)
 }
 
 async fn ports_with(sdk: &aws_config::SdkConfig) -> Result<Ports, BoxError> {

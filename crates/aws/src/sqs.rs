@@ -167,6 +167,7 @@ impl JobQueue for SqsQueue {
             .attributes(&[
                 QueueAttributeName::ApproximateNumberOfMessages,
                 QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
             ])
             .await?;
         let count = |name| {
@@ -178,7 +179,18 @@ impl JobQueue for SqsQueue {
         Ok(QueueDepth {
             visible: count(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    async fn purge(&self) -> Result<(), QueueError> {
+        self.client
+            .purge_queue()
+            .queue_url(&self.url)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sqs_error)
     }
 
     async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use offpath_api::{AppState, Auth, SubmitLimits, app};
+use offpath_api::{AppState, Auth, Operators, SubmitLimits, app};
 use offpath_aws::config::{DEFAULT_BUCKET, DEFAULT_QUEUE};
 use offpath_aws::provision::{ResourceNames, ensure_bucket, ensure_table, provision};
 use offpath_aws::secrets::key_setting;
@@ -116,6 +116,7 @@ fn check_exposure(args: &DevArgs, auth: &Auth) -> anyhow::Result<()> {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let access = Access {
         auth: Auth::from_api_keys(std::env::var("OFFPATH_API_KEYS").ok().as_deref())?,
+        operators: Operators::from_env()?,
         limits: SubmitLimits::from_env()?,
     };
     check_exposure(&args, &access.auth)?;
@@ -189,9 +190,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     serve(args, ports, tasks, worker, webhooks, access, sweeper).await
 }
 
-/// Who may call the API, and how much each caller may queue.
+/// Who may call the API, who operates it, and how much each caller may queue.
 struct Access {
     auth: Auth,
+    operators: Operators,
     limits: SubmitLimits,
 }
 
@@ -249,11 +251,16 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
         .bucket
         .clone()
         .unwrap_or_else(|| DEFAULT_BUCKET.to_owned());
-    let (queue_url, webhooks_url) = match &config.queue_url {
+    let (queue_url, webhooks_url, dlq_url, webhooks_dlq_url) = match &config.queue_url {
         Some(url) => {
             ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table).await?;
             ensure_bucket(&offpath_aws::s3::client(&sdk), &bucket).await?;
-            (url.clone(), config.require_webhook_queue_url()?.to_owned())
+            (
+                url.clone(),
+                config.require_webhook_queue_url()?.to_owned(),
+                config.dlq_url.clone(),
+                config.webhook_dlq_url.clone(),
+            )
         }
         None => {
             let names = ResourceNames {
@@ -263,7 +270,12 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
             };
             let resources = provision(&sdk, &names, settings, &QueueSettings::webhooks()).await?;
             tracing::info!(table = %resources.table, queue = %resources.queue_url, dlq = %resources.dlq_url, webhooks = %resources.webhooks_url, bucket = %resources.bucket, "resources ready");
-            (resources.queue_url, resources.webhooks_url)
+            (
+                resources.queue_url,
+                resources.webhooks_url,
+                Some(resources.dlq_url),
+                Some(resources.webhooks_dlq_url),
+            )
         }
     };
     let queue = SqsQueue::from_sdk(&sdk, &queue_url)
@@ -272,13 +284,20 @@ async fn aws(settings: &QueueSettings) -> anyhow::Result<Ports> {
     let webhooks = SqsQueue::from_sdk(&sdk, &webhooks_url)
         .await
         .with_context(|| format!("cannot use the webhooks queue at {webhooks_url}"))?;
+    let dead_letters = async |url: Option<String>, setting: &str| -> anyhow::Result<_> {
+        let Some(url) = url else { return Ok(None) };
+        let queue = SqsQueue::from_sdk(&sdk, &url)
+            .await
+            .with_context(|| format!("cannot use the dead-letter queue at {url} ({setting})"))?;
+        Ok(Some(Arc::new(queue) as Arc<dyn offpath_core::JobQueue>))
+    };
     Ok(Ports {
         store: Arc::new(DynamoStore::from_sdk(&sdk, &config.table)),
         queue: Arc::new(queue),
         blobs: Arc::new(S3Blobs::from_sdk(&sdk, &bucket)),
-        dlq: None,
+        dlq: dead_letters(dlq_url, "OFFPATH_DLQ_URL").await?,
         webhooks: Arc::new(webhooks),
-        webhooks_dlq: None,
+        webhooks_dlq: dead_letters(webhooks_dlq_url, "OFFPATH_WEBHOOK_DLQ_URL").await?,
     })
 }
 
@@ -316,15 +335,22 @@ async fn serve(
     println!("offpath listening on http://{addr}");
     println!("try (bash; the second request shows the finished job):");
     println!("{}", curl_example(addr));
-    let mut state =
-        AppState::new(&ports, tasks, access.auth).with_webhooks(webhooks.keys, webhooks.policy);
+    println!("console: http://{addr}/console");
+    let mut state = AppState::new(&ports, tasks, access.auth)
+        .with_webhooks(webhooks.keys, webhooks.policy)
+        .with_operators(access.operators);
     state.limits = access.limits;
+    // Locally the console is the front page.
+    let router = app(state).route(
+        "/",
+        axum::routing::get(|| async { axum::response::Redirect::temporary("/console") }),
+    );
     let limits = crate::http::Limits {
         header_read: Duration::from_secs(args.header_timeout_seconds),
         body_read: Duration::from_secs(args.body_timeout_seconds),
         connections: args.max_connections,
     };
-    crate::http::serve(listener, app(state), limits, async {
+    crate::http::serve(listener, router, limits, async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("shutting down: finishing in-flight jobs");
     })

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use offpath_aws::config::{DEFAULT_DLQ, DEFAULT_QUEUE, DEFAULT_WEBHOOK_DLQ, DEFAULT_WEBHOOK_QUEUE};
-use offpath_aws::dlq::{DeadLetter, DeadLetterQueue, Selection};
-use offpath_aws::{DynamoStore, Settings, load_sdk_config};
-use offpath_core::{Clock, JobMessage, JobStore, SystemClock};
+use offpath_aws::dlq::start_move_task;
+use offpath_aws::{DynamoStore, Settings, SqsQueue, load_sdk_config};
+use offpath_core::{Clock, DeadLetter, DeadLetters, JobStore, Selection, SystemClock};
 
 /// Most messages one command reads.
 const MAX_MESSAGES: usize = 10_000;
 
 /// Which dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeadLetters {
+pub enum Which {
     /// The jobs queue's: jobs that failed on their last receive.
     Jobs,
     /// The webhooks queue's: events whose receiver failed for 24 hours.
@@ -27,7 +27,7 @@ pub enum DeadLetters {
 pub struct DlqArgs {
     /// Which dead-letter queue.
     #[arg(long, value_enum, default_value = "jobs", global = true)]
-    pub queue: DeadLetters,
+    pub queue: Which,
     /// What to do.
     #[command(subcommand)]
     pub command: DlqCommand,
@@ -70,11 +70,11 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let (dlq_url, queue) = match args.queue {
-        DeadLetters::Jobs => (
+        Which::Jobs => (
             queue_url(&sqs, settings.dlq_url.as_deref(), DEFAULT_DLQ).await?,
             queue_url(&sqs, settings.queue_url.as_deref(), DEFAULT_QUEUE).await?,
         ),
-        DeadLetters::Webhooks => (
+        Which::Webhooks => (
             queue_url(
                 &sqs,
                 settings.webhook_dlq_url.as_deref(),
@@ -89,22 +89,37 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             .await?,
         ),
     };
-    let dlq = DeadLetterQueue::new(sqs.clone(), dlq_url, queue);
+    let letters = offpath_core::DeadLetters::new(
+        std::sync::Arc::new(SqsQueue::connect(sqs.clone(), &dlq_url).await?),
+        std::sync::Arc::new(SqsQueue::connect(sqs.clone(), &queue).await?),
+    );
+    let dlq = Dlq {
+        letters,
+        sqs,
+        dlq_url,
+        queue_url: queue,
+    };
     let store = DynamoStore::from_sdk(&sdk, &settings.table);
     match (args.command, args.queue) {
         (DlqCommand::List, queue) => list(&dlq, &store, queue).await,
-        (DlqCommand::Redrive { all, ids }, DeadLetters::Jobs) => {
-            redrive(&dlq, &store, all, &ids).await
-        }
-        (DlqCommand::Redrive { all, ids }, DeadLetters::Webhooks) => {
+        (DlqCommand::Redrive { all, ids }, Which::Jobs) => redrive(&dlq, &store, all, &ids).await,
+        (DlqCommand::Redrive { all, ids }, Which::Webhooks) => {
             redrive_events(&dlq, all, &ids).await
         }
         (DlqCommand::Purge { .. }, _) => {
-            dlq.purge().await?;
+            dlq.letters.purge().await?;
             println!("purged the dead-letter queue");
             Ok(())
         }
     }
+}
+
+/// A dead-letter queue, its source queue, and the SQS client (for a message move task).
+struct Dlq {
+    letters: DeadLetters,
+    sqs: aws_sdk_sqs::Client,
+    dlq_url: String,
+    queue_url: String,
 }
 
 /// The configured queue URL, else the URL of the queue named `name` at the endpoint.
@@ -129,30 +144,24 @@ pub(crate) async fn queue_url(
     Ok(found.queue_url().unwrap_or_default().to_owned())
 }
 
-async fn list(
-    dlq: &DeadLetterQueue,
-    store: &DynamoStore,
-    queue: DeadLetters,
-) -> anyhow::Result<()> {
-    let letters = dlq.take(MAX_MESSAGES).await?;
-    dlq.release(&letters).await?;
+async fn list(dlq: &Dlq, store: &DynamoStore, queue: Which) -> anyhow::Result<()> {
+    let letters = dlq.letters.take(MAX_MESSAGES).await?;
+    dlq.letters.release(&letters).await?;
     let last = match queue {
-        DeadLetters::Jobs => "ERROR",
-        DeadLetters::Webhooks => "EVENT  WEBHOOK",
+        Which::Jobs => "ERROR",
+        Which::Webhooks => "EVENT  WEBHOOK",
     };
     println!(
         "{:<36}  {:>8}  {:>8}  {:<36}  {last}",
         "MESSAGE ID", "RECEIVES", "AGE", "JOB ID"
     );
     for letter in &letters {
-        let event = JobMessage::from_body(&letter.body)
-            .ok()
-            .and_then(|m| m.event);
-        let (job, error) = match letter.job_id {
+        let event = letter.message.and_then(|m| m.event);
+        let (job, error) = match letter.job_id() {
             None => ("-".to_owned(), "not a job message".to_owned()),
             Some(id) => match (store.get(id).await?, queue) {
                 (None, _) => (id.to_string(), "no such job".to_owned()),
-                (Some(job), DeadLetters::Webhooks) => (
+                (Some(job), Which::Webhooks) => (
                     id.to_string(),
                     format!(
                         "{}  {}",
@@ -160,7 +169,7 @@ async fn list(
                         job.webhook.map_or("-".into(), |w| w.url)
                     ),
                 ),
-                (Some(job), DeadLetters::Jobs) => (
+                (Some(job), Which::Jobs) => (
                     id.to_string(),
                     job.error
                         .map(|e| format!("{}: {}", e.code, e.message))
@@ -180,18 +189,16 @@ async fn list(
     Ok(())
 }
 
-async fn redrive(
-    dlq: &DeadLetterQueue,
-    store: &DynamoStore,
-    all: bool,
-    ids: &[String],
-) -> anyhow::Result<()> {
+async fn redrive(dlq: &Dlq, store: &DynamoStore, all: bool, ids: &[String]) -> anyhow::Result<()> {
     let selection = if all {
         Selection::All
     } else {
         Selection::Ids(ids)
     };
-    let done = dlq.redrive_jobs(store, selection, MAX_MESSAGES).await?;
+    let done = dlq
+        .letters
+        .redrive_jobs(store, selection, MAX_MESSAGES)
+        .await?;
     for (letter, reason) in &done.skipped {
         println!("skipped {}: {reason}", letter.message_id);
     }
@@ -199,7 +206,7 @@ async fn redrive(
         println!(
             "redrove {} (job {})",
             letter.message_id,
-            letter.job_id.map_or("-".into(), |id| id.to_string())
+            letter.job_id().map_or("-".into(), |id| id.to_string())
         );
     }
     println!("{} message(s) moved back", done.moved.len());
@@ -208,9 +215,9 @@ async fn redrive(
 
 /// Moves webhook events back to the webhooks queue: every one with `all` (a message
 /// move task where the endpoint has one), else those named by message or job id.
-async fn redrive_events(dlq: &DeadLetterQueue, all: bool, ids: &[String]) -> anyhow::Result<()> {
+async fn redrive_events(dlq: &Dlq, all: bool, ids: &[String]) -> anyhow::Result<()> {
     if all {
-        match dlq.start_move_task().await {
+        match start_move_task(&dlq.sqs, &dlq.dlq_url, &dlq.queue_url).await {
             Ok(task) => {
                 println!("started a message move task: {task}");
                 return Ok(());
@@ -220,25 +227,36 @@ async fn redrive_events(dlq: &DeadLetterQueue, all: bool, ids: &[String]) -> any
             }
         }
     }
-    let (selected, others): (Vec<_>, Vec<_>) =
-        dlq.take(MAX_MESSAGES).await?.into_iter().partition(|l| {
-            all || ids.contains(&l.message_id)
-                || l.job_id.is_some_and(|id| ids.contains(&id.to_string()))
-        });
-    dlq.release(&others).await?;
-    move_each(dlq, selected).await
+    let selection = if all {
+        Selection::All
+    } else {
+        Selection::Ids(ids)
+    };
+    let (selected, others): (Vec<_>, Vec<_>) = dlq
+        .letters
+        .take(MAX_MESSAGES)
+        .await?
+        .into_iter()
+        .partition(|l| selection.takes(l));
+    dlq.letters.release(&others).await?;
+    move_each(&dlq.letters, selected).await
 }
 
-async fn move_each(dlq: &DeadLetterQueue, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+async fn move_each(dlq: &DeadLetters, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+    let mut moved = 0;
     for letter in &letters {
-        dlq.move_back(letter).await?;
+        if !dlq.move_back(letter).await? {
+            println!("skipped {}: not a webhook event message", letter.message_id);
+            continue;
+        }
+        moved += 1;
         println!(
             "redrove {} (job {})",
             letter.message_id,
-            letter.job_id.map_or("-".into(), |id| id.to_string())
+            letter.job_id().map_or("-".into(), |id| id.to_string())
         );
     }
-    println!("{} message(s) moved back", letters.len());
+    println!("{moved} message(s) moved back");
     Ok(())
 }
 

@@ -299,7 +299,10 @@ impl Job {
             webhook: self.webhook.as_ref().map(|webhook| WebhookView {
                 url: webhook.url.clone(),
                 events: webhook.events.iter().copied().collect(),
+                unsent: webhook.unsent.iter().copied().collect(),
+                gone: webhook.gone,
             }),
+            input: None,
         }
     }
 }
@@ -350,6 +353,10 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(nullable = false)]
     pub webhook: Option<WebhookView>,
+    /// The job's input, when asked for (`GET /jobs/{id}?include=input`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    pub input: Option<Value>,
 }
 
 /// A job's webhook as the API shows it.
@@ -359,6 +366,13 @@ pub struct WebhookView {
     pub url: String,
     /// The events subscribed to.
     pub events: Vec<EventKind>,
+    /// Subscribed events not yet handed to the webhooks queue (`started`,
+    /// `completed`): due ones go within the sweep's minute.
+    #[serde(default)]
+    pub unsent: Vec<EventKind>,
+    /// True once the receiver answered `410 Gone`: nothing more is sent.
+    #[serde(default)]
+    pub gone: bool,
 }
 
 /// An epoch time in milliseconds as RFC 3339 text, to the millisecond.

@@ -1,8 +1,10 @@
 //! The offpath domain: jobs and their states, idempotency rules, tasks and their
 //! registry, and the ports the adapters implement. Nothing here knows about AWS.
 
+pub mod activity;
 pub mod blob;
 pub mod clock;
+pub mod dead_letters;
 pub mod idempotency;
 pub mod index;
 pub mod job;
@@ -16,8 +18,10 @@ pub mod store;
 pub mod task;
 pub mod webhook;
 
+pub use activity::{Activity, MinuteActivity};
 pub use blob::{BlobError, BlobStore, SignedUrl};
 pub use clock::{Clock, SystemClock};
+pub use dead_letters::{DeadLetter, DeadLetters, RedriveError, Redriven, Selection};
 pub use job::{
     DEAD_LETTERED, ErrorInfo, Job, JobId, JobView, Lease, NewJob, Parts, Progress, WebhookView,
 };

@@ -45,6 +45,8 @@ pub struct QueueDepth {
     pub visible: u64,
     /// Received and not yet deleted (approximate).
     pub in_flight: u64,
+    /// Sent with a delay that has not yet passed (approximate).
+    pub delayed: u64,
 }
 
 /// What can go wrong talking to a [`JobQueue`].
@@ -106,6 +108,9 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Approximate depth.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// Deletes every message (SQS: PurgeQueue, at most once a minute per queue).
+    async fn purge(&self) -> Result<(), QueueError>;
 
     /// The redrive policy's maxReceiveCount, if the queue has a dead-letter queue.
     async fn max_receive_count(&self) -> Result<Option<u32>, QueueError>;

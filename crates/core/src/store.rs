@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::activity::{Activity, MinuteActivity};
 use crate::job::{ErrorInfo, Job, JobId, Lease, NewJob};
 use crate::status::JobStatus;
 use crate::task::TaskName;
@@ -346,6 +347,22 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds `activity` to the totals of the minute starting at `minute_epoch_ms` (kept
+    /// for [`ACTIVITY_RETENTION_MS`](crate::activity::ACTIVITY_RETENTION_MS)).
+    async fn add_activity(
+        &self,
+        minute_epoch_ms: u64,
+        activity: &Activity,
+    ) -> Result<(), StoreError>;
+
+    /// The totals of the `minutes` minutes up to and including the one starting at
+    /// `last_minute_epoch_ms`, oldest first; minutes without activity are left out.
+    async fn activity(
+        &self,
+        last_minute_epoch_ms: u64,
+        minutes: u32,
+    ) -> Result<Vec<MinuteActivity>, StoreError>;
 
     /// Cancels a job: a queued job ends `cancelled` at once, a running one gets its
     /// cancel requested. A terminal job is a [`StoreError::Conflict`].

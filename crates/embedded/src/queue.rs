@@ -306,7 +306,14 @@ impl JobQueue for MemoryQueue {
         Ok(QueueDepth {
             visible,
             in_flight: messages.len() as u64 - visible,
+            // Nothing is sent with a delay here: retries wait in flight, as in SQS.
+            delayed: 0,
         })
+    }
+
+    async fn purge(&self) -> Result<(), QueueError> {
+        self.messages.lock().expect("queue lock").clear();
+        Ok(())
     }
 
     async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {

@@ -1,15 +1,16 @@
 //! `JobStore` in memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use offpath_core::activity::ACTIVITY_RETENTION_MS;
 use offpath_core::{
-    Clock, DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus, JobStore,
-    LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, NewJob, Parts, PartsEnd, Settle,
-    StoreError, SystemClock,
+    Activity, Clock, DEAD_LETTERED, DuePage, ErrorInfo, EventKind, Job, JobId, JobPage, JobStatus,
+    JobStore, LIST_EXAMINE_LIMIT, Lease, ListPosition, ListQuery, MinuteActivity, NewJob, Parts,
+    PartsEnd, Settle, StoreError, SystemClock,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -65,6 +66,8 @@ struct Tables {
     by_owner: BTreeSet<(String, u64, JobId)>,
     /// Each owner's queued and running jobs.
     unfinished: HashMap<String, u64>,
+    /// Workers' totals by minute ([`JobStore::add_activity`]).
+    activity: BTreeMap<u64, Activity>,
 }
 
 impl Tables {
@@ -642,5 +645,40 @@ impl JobStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn add_activity(
+        &self,
+        minute_epoch_ms: u64,
+        activity: &Activity,
+    ) -> Result<(), StoreError> {
+        let mut tables = self.tables.lock().expect("store lock");
+        let expired = minute_epoch_ms.saturating_sub(ACTIVITY_RETENTION_MS);
+        tables.activity = tables.activity.split_off(&expired);
+        tables
+            .activity
+            .entry(minute_epoch_ms)
+            .or_default()
+            .add(activity);
+        Ok(())
+    }
+
+    async fn activity(
+        &self,
+        last_minute_epoch_ms: u64,
+        minutes: u32,
+    ) -> Result<Vec<MinuteActivity>, StoreError> {
+        let tables = self.tables.lock().expect("store lock");
+        let first = last_minute_epoch_ms.saturating_sub(
+            u64::from(minutes.saturating_sub(1)) * offpath_core::activity::MINUTE_MS,
+        );
+        Ok(tables
+            .activity
+            .range(first..=last_minute_epoch_ms)
+            .map(|(&minute_epoch_ms, &activity)| MinuteActivity {
+                minute_epoch_ms,
+                activity,
+            })
+            .collect())
     }
 }

@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             progress_events_are_one_a_gap_apart,
             a_gone_webhook_stops_for_good,
             waiters_see_the_end_or_their_deadline,
+            activity_adds_up_by_minute,
         );
 
         #[tokio::test]
@@ -59,6 +60,12 @@ macro_rules! conformance_suite {
         async fn messages_move_to_the_dead_letter_queue_after_max_receives() {
             let (queue, dlq) = $queues.await;
             $crate::conformance::messages_move_to_the_dead_letter_queue_after_max_receives(queue, dlq).await;
+        }
+
+        #[tokio::test]
+        async fn dead_letters_are_read_moved_back_and_purged() {
+            let (queue, dlq) = $queues.await;
+            $crate::conformance::dead_letters_are_read_moved_back_and_purged(queue, dlq).await;
         }
     };
     (@store $store:expr; $($name:ident),* $(,)?) => {$(
@@ -79,10 +86,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use offpath_core::activity::MINUTE_MS;
 use offpath_core::{
-    BlobError, BlobStore, Clock, ErrorInfo, EventKind, EventType, Job, JobId, JobMessage, JobPage,
-    JobQueue, JobStatus, JobStore, Lease, ListQuery, NewJob, PartsEnd, Settle, StoreError,
-    SystemClock, TaskName, Webhook,
+    Activity, BlobError, BlobStore, Clock, DeadLetters, ErrorInfo, EventKind, EventType, Job,
+    JobId, JobMessage, JobPage, JobQueue, JobStatus, JobStore, Lease, ListQuery, NewJob, PartsEnd,
+    Settle, StoreError, SystemClock, TaskName, Webhook,
 };
 use serde_json::json;
 
@@ -1245,4 +1253,98 @@ pub async fn delete_prefix_deletes_only_its_prefix(blobs: Arc<dyn BlobStore>) {
         vec![2]
     );
     assert_eq!(blobs.delete_prefix(&format!("{prefix}/")).await.unwrap(), 0);
+}
+
+/// Property: batches' totals add up in their minute, and a read returns the minutes of
+/// its window that had activity, oldest first.
+pub async fn activity_adds_up_by_minute(store: Arc<dyn JobStore>) {
+    let minute = offpath_core::activity::minute_of(now());
+    let batch = |succeeded, failed, claimed, wait| Activity {
+        succeeded,
+        failed,
+        dead_lettered: failed,
+        claimed,
+        queue_wait_ms: wait,
+    };
+    store
+        .add_activity(minute, &batch(2, 0, 2, 30))
+        .await
+        .unwrap();
+    store
+        .add_activity(minute, &batch(1, 1, 2, 12))
+        .await
+        .unwrap();
+    let earlier = minute - 2 * MINUTE_MS;
+    store
+        .add_activity(earlier, &batch(0, 1, 1, 5))
+        .await
+        .unwrap();
+    let read = store.activity(minute, 3).await.unwrap();
+    let minutes: Vec<u64> = read.iter().map(|m| m.minute_epoch_ms).collect();
+    assert_eq!(
+        minutes,
+        [earlier, minute],
+        "oldest first, quiet minutes left out"
+    );
+    assert_eq!(read[1].activity, batch(3, 1, 4, 42));
+    assert_eq!(read[0].activity, batch(0, 1, 1, 5));
+    assert_eq!(
+        store.activity(minute, 2).await.unwrap().len(),
+        1,
+        "the window"
+    );
+    assert!(
+        store
+            .activity(minute - MINUTE_MS, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Property (both queue adapters): dead letters are read with their job and group,
+/// released, moved back one by one to the jobs queue (the group kept), and purged.
+pub async fn dead_letters_are_read_moved_back_and_purged(
+    queue: Arc<dyn JobQueue>,
+    dlq: Arc<dyn JobQueue>,
+) {
+    let (first, second) = (JobId::random(), JobId::random());
+    dlq.send(&JobMessage::new(first), "owner-1").await.unwrap();
+    dlq.send(&JobMessage::new(second), "owner-2").await.unwrap();
+    let letters = DeadLetters::new(dlq.clone(), queue.clone());
+    let taken = letters.take(10).await.unwrap();
+    let mut jobs: Vec<JobId> = taken.iter().filter_map(|l| l.job_id()).collect();
+    jobs.sort();
+    let mut want = vec![first, second];
+    want.sort();
+    assert_eq!(jobs, want);
+    assert!(
+        dlq.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "held while read"
+    );
+    letters.release(&taken).await.unwrap();
+    let taken = letters.take(10).await.unwrap();
+    assert_eq!(taken.len(), 2, "released at once");
+    let letter = taken.iter().find(|l| l.job_id() == Some(first)).unwrap();
+    assert!(letters.move_back(letter).await.unwrap());
+    letters
+        .release(
+            &taken
+                .iter()
+                .filter(|l| l.job_id() != Some(first))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let moved = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(JobMessage::from_body(&moved[0].body).unwrap().job_id, first);
+    assert_eq!(
+        moved[0].group.as_deref(),
+        Some("owner-1"),
+        "the group is kept"
+    );
+    letters.purge().await.unwrap();
+    assert!(letters.take(10).await.unwrap().is_empty(), "purged");
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{
-    DuePage, ErrorInfo, EventKind, Job, JobId, JobMessage, JobPage, JobQueue, JobStore, Lease,
-    ListQuery, NewJob, PartsEnd, QueueDepth, QueueError, QueueMessage, Settle, StoreError,
+    Activity, DuePage, ErrorInfo, EventKind, Job, JobId, JobMessage, JobPage, JobQueue, JobStore,
+    Lease, ListQuery, MinuteActivity, NewJob, PartsEnd, QueueDepth, QueueError, QueueMessage,
+    Settle, StoreError,
 };
 use serde_json::Value;
 
@@ -73,6 +74,10 @@ pub enum Call {
     WaitTerminal(JobId),
     /// `JobStore::ping`.
     Ping,
+    /// `JobStore::add_activity`.
+    AddActivity,
+    /// `JobStore::activity`.
+    Activity,
     /// `JobQueue::send` of this job's message.
     Send(JobId),
     /// `JobQueue::receive`.
@@ -85,6 +90,8 @@ pub enum Call {
     Depth,
     /// `JobQueue::max_receive_count`.
     MaxReceiveCount,
+    /// `JobQueue::purge`.
+    Purge,
 }
 
 impl Call {
@@ -133,6 +140,9 @@ impl Call {
             | Call::List
             | Call::UnfinishedEstimate
             | Call::Ping
+            | Call::AddActivity
+            | Call::Activity
+            | Call::Purge
             | Call::Receive
             | Call::Delete
             | Call::ChangeVisibility
@@ -376,6 +386,14 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.around(Call::Ping, self.inner.ping()).await
     }
+    async fn add_activity(&self, minute: u64, activity: &Activity) -> Result<(), StoreError> {
+        self.around(Call::AddActivity, self.inner.add_activity(minute, activity))
+            .await
+    }
+    async fn activity(&self, last: u64, minutes: u32) -> Result<Vec<MinuteActivity>, StoreError> {
+        self.around(Call::Activity, self.inner.activity(last, minutes))
+            .await
+    }
 }
 
 #[async_trait]
@@ -410,6 +428,9 @@ impl<H: Hooks> JobQueue for Hooked<dyn JobQueue, H> {
     }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.around(Call::Depth, self.inner.depth()).await
+    }
+    async fn purge(&self) -> Result<(), QueueError> {
+        self.around(Call::Purge, self.inner.purge()).await
     }
     async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
         self.around(Call::MaxReceiveCount, self.inner.max_receive_count())

@@ -143,6 +143,9 @@ pub(crate) async fn authenticate(
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let principal = state.auth.principal(&parts)?;
+    if state.operators.includes(&state.auth, &principal, &parts) {
+        parts.extensions.insert(crate::operators::Operator);
+    }
     parts.extensions.insert(principal);
     Ok(next.run(Request::from_parts(parts, body)).await)
 }

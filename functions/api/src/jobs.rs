@@ -142,10 +142,12 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
         ("id" = String, Path, description = "Job id (UUID)."),
         ("wait" = Option<u32>, Query, nullable = false, minimum = 0, maximum = 20,
          description = "Long-poll: answer as soon as the job ends, or after this many seconds (0-20) with the job as it is then."),
+        ("include" = Option<String>, Query, nullable = false,
+         description = "input: include the job's input in the answer."),
     ),
     responses(
         (status = 200, description = "The job.", body = JobView),
-        (status = 400, description = "wait is not a whole number from 0 to 20.", body = ErrorBody),
+        (status = 400, description = "wait is not a whole number from 0 to 20, or include is not input.", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials.", body = ErrorBody),
         (status = 404, description = "No such job for this caller.", body = ErrorBody),
         (status = 503, description = "Backend unavailable.", body = ErrorBody),
@@ -159,6 +161,7 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let wait = query.wait()?;
+    let include_input = query.include_input()?;
     let mut job = owned_job(&state, &owner, id).await?;
     if !wait.is_zero()
         && !job.status.is_terminal()
@@ -166,7 +169,11 @@ pub(crate) async fn get(
     {
         job = current;
     }
-    Ok(Json(job.view()).into_response())
+    let mut view = job.view();
+    if include_input {
+        view.input = Some(job.input);
+    }
+    Ok(Json(view).into_response())
 }
 
 /// `DELETE /jobs/{id}`: cancels a queued job, requests the cancel of a running one.
@@ -211,7 +218,7 @@ pub(crate) async fn owned_job(state: &AppState, owner: &str, id: JobId) -> Resul
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

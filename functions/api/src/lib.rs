@@ -3,14 +3,20 @@
 //!
 //! Routes: `POST /jobs`, `GET /jobs/{id}` (long-poll with `?wait=`), `DELETE /jobs/{id}`,
 //! `GET /jobs/{id}/result`, `POST /uploads`, `PUT /uploads/{id}` (local blob storage),
-//! `GET /webhooks/secret`, `GET /health`, `GET /openapi.json`. Errors are `{"error":{"code","message"}}`.
+//! `GET /webhooks/secret`, `GET /me`, `GET /health`, `GET /openapi.json`; for operators
+//! `GET /admin/queues`, `GET /admin/dead-letters`, `POST /admin/dead-letters/redrive`
+//! and `POST /admin/dead-letters/purge`; the console's page and assets under
+//! `/console`. Errors are `{"error":{"code","message"}}`.
 
+mod admin;
 mod auth;
+mod console;
 mod error;
 mod health;
 mod jobs;
 mod listing;
 pub mod openapi;
+mod operators;
 mod oversized;
 mod strict_json;
 mod submit;
@@ -18,10 +24,12 @@ mod uploads;
 mod wait;
 mod webhooks;
 
+pub use admin::{DeadLetterList, DeadLetterView, Me, QueueFigures, QueuesView, RedriveResult};
 pub use auth::{Auth, Principal};
 pub use error::ApiError;
 pub use health::{HEALTH_TTL, HealthCheck};
 pub use listing::JobList;
+pub use operators::{InvalidOperators, Operators};
 pub use submit::{DEFAULT_MAX_UNFINISHED_PER_OWNER, LimitError, SubmitLimits};
 pub use uploads::UploadSigner;
 
@@ -43,6 +51,10 @@ pub struct AppState {
     pub queue: Arc<dyn JobQueue>,
     /// The webhooks queue (events of jobs cancelled here).
     pub webhooks: Arc<dyn JobQueue>,
+    /// The jobs queue's dead-letter queue, where known (the admin routes).
+    pub dlq: Option<Arc<dyn JobQueue>>,
+    /// The webhooks queue's dead-letter queue, where known (its depth).
+    pub webhooks_dlq: Option<Arc<dyn JobQueue>>,
     /// Derives each owner's webhook signing secret.
     pub webhook_keys: Arc<WebhookKeys>,
     /// Which webhook URLs are accepted.
@@ -57,6 +69,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// How callers are authenticated.
     pub auth: Arc<Auth>,
+    /// Who may use the admin routes.
+    pub operators: Arc<Operators>,
     /// Size and TTL limits.
     pub limits: SubmitLimits,
     /// The last check of the backend `GET /health` answers from.
@@ -73,6 +87,8 @@ impl AppState {
             store: Arc::clone(&ports.store),
             queue: Arc::clone(&ports.queue),
             webhooks: Arc::clone(&ports.webhooks),
+            dlq: ports.dlq.clone(),
+            webhooks_dlq: ports.webhooks_dlq.clone(),
             webhook_keys: Arc::new(
                 WebhookKeys::new(&key, None).expect("a generated key is long enough"),
             ),
@@ -82,6 +98,7 @@ impl AppState {
             tasks,
             clock: Arc::new(SystemClock),
             auth: Arc::new(auth),
+            operators: Arc::default(),
             limits: SubmitLimits::default(),
             health: Arc::default(),
         }
@@ -92,6 +109,12 @@ impl AppState {
     pub fn with_webhooks(mut self, keys: WebhookKeys, policy: UrlPolicy) -> Self {
         self.webhook_keys = Arc::new(keys);
         self.webhook_policy = policy;
+        self
+    }
+
+    /// The same state with `operators` allowed the admin routes.
+    pub fn with_operators(mut self, operators: Operators) -> Self {
+        self.operators = Arc::new(operators);
         self
     }
 }
@@ -109,6 +132,17 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}/result", get(uploads::result))
         .route("/uploads", axum::routing::post(uploads::create))
         .route("/webhooks/secret", get(webhooks::secret))
+        .route("/me", get(admin::me))
+        .route("/admin/queues", get(admin::queues))
+        .route("/admin/dead-letters", get(admin::list_letters))
+        .route(
+            "/admin/dead-letters/redrive",
+            axum::routing::post(admin::redrive),
+        )
+        .route(
+            "/admin/dead-letters/purge",
+            axum::routing::post(admin::purge),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -127,6 +161,7 @@ pub fn app(state: AppState) -> Router {
         .merge(upload)
         .route("/health", get(health::health))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(console::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(document))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use metrics_cloudwatch_embedded::lambda::service::run_http;
-use offpath_api::{AppState, Auth, SubmitLimits, app};
+use offpath_api::{AppState, Auth, Operators, SubmitLimits, app};
 use offpath_aws::lambda::{api_ports_from_env, metrics, run_function, webhook_key_from_env};
 use offpath_webhooks::{UrlPolicy, WebhookKeys};
 
@@ -20,8 +20,9 @@ async fn run() -> Result<(), lambda_http::Error> {
     let key = webhook_key_from_env().await?;
     let keys = WebhookKeys::new(&key.current, key.previous.as_deref())?;
     // In AWS: https to public addresses only.
-    let mut state =
-        AppState::new(&ports, tasks, Auth::ApiGateway).with_webhooks(keys, UrlPolicy::default());
+    let mut state = AppState::new(&ports, tasks, Auth::ApiGateway)
+        .with_webhooks(keys, UrlPolicy::default())
+        .with_operators(Operators::from_env()?);
     state.limits = SubmitLimits::from_env()?;
     run_http(metrics("offpath-api")?, app(state)).await
 }

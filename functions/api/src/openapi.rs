@@ -50,6 +50,11 @@ impl ToSchema for SubmitRequest {}
         crate::uploads::put,
         crate::webhooks::secret,
         crate::health::health,
+        crate::admin::me,
+        crate::admin::queues,
+        crate::admin::list_letters,
+        crate::admin::redrive,
+        crate::admin::purge,
         openapi_json
     )
 )]

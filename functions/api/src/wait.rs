@@ -20,9 +20,22 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(20);
 pub(crate) struct WaitQuery {
     /// Seconds to wait for the job to end, 0-20.
     wait: Option<String>,
+    /// `input` to include the job's input.
+    include: Option<String>,
 }
 
 impl WaitQuery {
+    /// Whether the answer includes the job's input; anything but `input` is a 400.
+    pub(crate) fn include_input(&self) -> Result<bool, ApiError> {
+        match self.include.as_deref() {
+            None => Ok(false),
+            Some("input") => Ok(true),
+            Some(_) => Err(ApiError::InvalidRequest(
+                "include: the one value is input".into(),
+            )),
+        }
+    }
+
     /// The wait asked for; a value that is not a whole number from 0 to 20 is a 400.
     pub(crate) fn wait(&self) -> Result<Duration, ApiError> {
         let Some(text) = &self.wait else {
@@ -82,10 +95,21 @@ mod tests {
         assert_eq!(prefer("handling=lenient"), None);
         let query = |wait: &str| WaitQuery {
             wait: Some(wait.into()),
+            include: None,
         };
         assert_eq!(query("7").wait().unwrap(), Duration::from_secs(7));
         for bad in ["21", "-1", "1.5", "x"] {
             assert_eq!(query(bad).wait().unwrap_err().code(), "invalid_request");
         }
+        let include = |value: &str| WaitQuery {
+            wait: None,
+            include: Some(value.into()),
+        };
+        assert!(include("input").include_input().unwrap());
+        assert!(!query("1").include_input().unwrap());
+        assert_eq!(
+            include("output").include_input().unwrap_err().code(),
+            "invalid_request"
+        );
     }
 }

@@ -11,9 +11,9 @@ use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use offpath_core::webhook::publish_or_log;
 use offpath_core::{
-    BlobStore, Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStatus,
-    JobStore, Lease, Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock,
-    TaskEntry, TaskName, metrics,
+    BlobStore, Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease,
+    Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock, TaskEntry, TaskName,
+    metrics,
 };
 use serde_json::Value;
 use tracing::Instrument;
@@ -24,6 +24,7 @@ use crate::outcome::Outcome;
 use crate::panic::panic_text;
 use crate::parts::ClaimedPart;
 use crate::record::{Record, records};
+use crate::tally::Tally;
 
 /// Worker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,7 @@ pub struct Worker {
     pub(crate) tasks: Arc<Registry>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: WorkerConfig,
+    pub(crate) tally: Tally,
 }
 
 impl Worker {
@@ -140,6 +142,7 @@ impl Worker {
             tasks,
             clock: Arc::new(SystemClock),
             config,
+            tally: Tally::default(),
         }
     }
 
@@ -161,7 +164,11 @@ impl Worker {
         let outcomes = self
             .with_heartbeat(&handles, &holds, self.run(&records, &holds))
             .await;
-        self.report(&records, &outcomes).await
+        let report = self.report(&records, &outcomes).await;
+        self.tally
+            .flush(self.store.as_ref(), self.clock.now_epoch_ms())
+            .await;
+        report
     }
 
     /// Claims, runs and finishes a batch's records (the heartbeat keeps what it
@@ -349,7 +356,7 @@ impl Worker {
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
         self.publish(&job).await;
         if let Some(sent) = record.sent_at_epoch_ms {
-            metrics::queue_wait(now.saturating_sub(sent));
+            self.tally.claimed(now.saturating_sub(sent));
         }
         if job.cancel_requested {
             let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
@@ -561,7 +568,7 @@ impl Worker {
         match written {
             Ok(job) => {
                 tracing::info!(job_id = %id, status = %job.status, attempts = job.attempts, "job finished");
-                count_finished(&job);
+                self.tally.finished(&job);
                 self.publish(&job).await;
                 Outcome::done()
             }
@@ -591,7 +598,7 @@ impl Worker {
         {
             Ok(job) => {
                 tracing::error!(job_id = %id, "job dead-lettered");
-                count_finished(&job);
+                self.tally.finished(&job);
                 self.publish(&job).await;
             }
             Err(err) => {
@@ -625,17 +632,4 @@ pub(crate) async fn guarded<T>(
             Err(Outcome::retry_after(retry_after))
         }
     }
-}
-
-/// Counts a job that reached a terminal state under its metric.
-pub(crate) fn count_finished(job: &Job) {
-    let name = match job.status {
-        JobStatus::Succeeded => metrics::JOBS_SUCCEEDED,
-        JobStatus::Failed if job.error.as_ref().is_some_and(|e| e.code == DEAD_LETTERED) => {
-            metrics::JOBS_DEAD_LETTERED
-        }
-        JobStatus::Failed => metrics::JOBS_FAILED,
-        JobStatus::Queued | JobStatus::Running | JobStatus::Cancelled => return,
-    };
-    metrics::count(name);
 }

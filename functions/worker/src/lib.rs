@@ -22,6 +22,7 @@ mod parts;
 pub mod poller;
 mod record;
 pub mod sweep;
+mod tally;
 
 pub use backoff::Backoff;
 pub use deliver::{Deliverer, WEBHOOK_BACKOFF};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use offpath_core::queue::message_group;
 use offpath_core::webhook::{PublishError, publish, publish_or_log};
 use offpath_core::{
-    DEAD_LETTERED, ErrorInfo, Job, JobMessage, JobQueue, JobStatus, JobStore, QueueError,
+    Activity, DEAD_LETTERED, ErrorInfo, Job, JobMessage, JobQueue, JobStatus, JobStore, QueueError,
     StoreError, metrics,
 };
 
@@ -113,6 +113,18 @@ pub async fn sweep(
                     "sweep budget spent with due jobs left; the next run goes on");
                 break;
             }
+        }
+    }
+    if report.dead_lettered > 0 {
+        let dead = report.dead_lettered as u64;
+        let activity = Activity {
+            failed: dead,
+            dead_lettered: dead,
+            ..Activity::default()
+        };
+        let minute = offpath_core::activity::minute_of(now_epoch_ms);
+        if let Err(err) = store.add_activity(minute, &activity).await {
+            tracing::warn!(error = %err, "could not record the dead-lettered jobs in the minute's activity");
         }
     }
     Ok(report)
