@@ -93,8 +93,25 @@ class Console:
         self.wait(f"signed in as {owner}", lambda: self.text("#identity").startswith(owner))
         log(f"signed in as {self.text('#identity')}")
 
+    def unlabelled(self):
+        """Visible controls without a label (for=, wrapping label, aria-label or text)."""
+        return self.driver.execute_script("""
+            return [...document.querySelectorAll("input, select, textarea, button")]
+              .filter((el) => el.offsetParent !== null)
+              .filter((el) => {
+                if (el.getAttribute("aria-label")) return false;
+                if (el.tagName === "BUTTON") return !el.textContent.trim();
+                if (el.id && document.querySelector(`label[for="${el.id}"]`)) return false;
+                return !el.closest("label");
+              })
+              .map((el) => el.outerHTML.slice(0, 100));
+        """)
+
     def shoot(self, name):
-        """Full-page screenshots of the current view at both widths."""
+        """Full-page screenshots of the current view at both widths, once every control
+        there is labelled."""
+        unlabelled = self.unlabelled()
+        assert not unlabelled, f"{name}: unlabelled controls {unlabelled}"
         for width in WIDTHS:
             self.driver.set_window_size(width, 900)
             time.sleep(0.3)
@@ -129,6 +146,16 @@ class Console:
         self.find("#try-submit").click()
         self.wait("the submitted job", lambda: self.text("#try-job") not in ("", previous))
         return self.text("#try-job")
+
+    def tab_to(self, what, matches, limit=40):
+        """Presses Tab until the focused element matches; returns it."""
+        for _ in range(limit):
+            active = self.driver.switch_to.active_element
+            if matches(active):
+                return active
+            active.send_keys(Keys.TAB)
+        self.shoot_failure(what)
+        raise AssertionError(f"Tab never reached {what}")
 
     def try_status(self):
         return self.text("#try-status")
@@ -190,6 +217,15 @@ def operator_session(console, args):
     classified = console.submit("classify", text="The parcel came broken", labels="complaint, praise")
     console.wait("the classify job to succeed", lambda: console.try_status() == "succeeded")
     console.shoot("try")
+    document = console.submit("embed_document", document="offpath keeps heavy work off the request path. " * 60)
+    console.wait("the document job to succeed", lambda: console.try_status() == "succeeded", timeout=90)
+    console.find("#try-job").click()
+    console.wait("the document's page", lambda: console.text("#job-id") == document)
+    progress = console.find("#job-progress")
+    done, total = int(progress.get_attribute("value")), int(progress.get_attribute("max"))
+    assert done == total >= 2, f"progress {done}/{total}"
+    log(f"document {document}: {done} of {total} chunks")
+    console.shoot("document")
 
     # A poisoned job: every attempt crashes, it is dead-lettered, its error is listed.
     poisoned = console.submit("embed", texts="poison pill")
@@ -282,6 +318,14 @@ def user_session(console, args):
     assert "operator" not in console.text("#identity")
     visible = [a.text for a in console.find_all("#nav a") if a.is_displayed()]
     assert visible == ["Jobs", "Try it"], visible
+
+    # By keyboard alone: Tab to Try it, Enter, Tab to the form's button, Enter.
+    console.driver.find_element(By.TAG_NAME, "body").click()
+    console.tab_to("the Try it link", lambda el: el.text == "Try it").send_keys(Keys.ENTER)
+    console.wait("the form", lambda: console.find_all("#try-submit"))
+    console.tab_to("the submit button", lambda el: el.get_attribute("id") == "try-submit").send_keys(Keys.ENTER)
+    console.wait("alice's job to succeed", lambda: console.try_status() == "succeeded")
+    log(f"keyboard only: submitted {console.text('#try-job')}, succeeded")
     console.go("#/dead-letters")
     console.wait("the operators-only notice", lambda: console.find_all("#operators-only"))
     for action in ("#redrive-all", "#redrive-selected", "#purge"):
@@ -294,7 +338,7 @@ def user_session(console, args):
     log("non-operator: no operator views or actions; every admin route answers 403")
     console.shoot("operators-only")
     console.go("#/jobs")
-    console.wait("alice's empty list", lambda: "No jobs yet" in console.text("tbody"))
+    console.wait("alice's list: her one job", lambda: len(job_rows(console)) == 1)
 
 
 def main():

@@ -66,7 +66,7 @@ pub(crate) mod attr {
     /// The admission index (`owner_unfinished`): `owner#slice` while the job is
     /// unfinished.
     pub(crate) const OWNER_SLICE: &str = "owner_slice";
-    /// A minute's activity item (`pk` = `activity#<minute>`): the totals of
+    /// A shard of a minute's activity (`pk` = `activity#<minute>#<shard>`): the totals of
     /// [`offpath_core::Activity`].
     pub(crate) const SUCCEEDED: &str = "succeeded";
     pub(crate) const FAILED: &str = "failed";
