@@ -259,7 +259,8 @@ pub async fn drained(queue: &dyn JobQueue) -> bool {
         .is_empty()
 }
 
-/// Number of items in a table (a full scan).
+/// Number of job items in a table (a full scan; the workers' per-minute activity
+/// items, `activity#…`, are not jobs and are left out).
 pub async fn item_count(table: &str) -> usize {
     let client = aws_sdk_dynamodb::Client::new(&sdk().await);
     let mut count = 0;
@@ -268,6 +269,11 @@ pub async fn item_count(table: &str) -> usize {
         let page = client
             .scan()
             .table_name(table)
+            .filter_expression("NOT begins_with(pk, :activity)")
+            .expression_attribute_values(
+                ":activity",
+                aws_sdk_dynamodb::types::AttributeValue::S("activity#".into()),
+            )
             .set_exclusive_start_key(start)
             .send()
             .await
