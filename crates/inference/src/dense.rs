@@ -1,7 +1,8 @@
-//! Dense layers, `x W + b`, optionally followed by GELU, in either [`Precision`]. In
-//! bfloat16 (CPUs with AVX-512 BF16) the product has `f32` sums ([`crate::bf16`]) and
-//! applies the bias and the GELU inside it; in `f32` (every CPU: arm64, older x86-64)
-//! it is candle's matrix product followed by in-place bias and GELU passes.
+//! Dense layers, `x W + b`, optionally followed by GELU, in either [`Precision`]. On
+//! AVX-512 the product runs on weights packed at load ([`crate::packed`]: bfloat16
+//! pairs, or `f32`) and applies the bias and the GELU inside it; elsewhere (arm64,
+//! x86-64 without AVX-512) `f32` is candle's matrix product followed by in-place bias
+//! and GELU passes.
 
 #[cfg(target_arch = "x86_64")]
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
@@ -23,25 +24,41 @@ pub(crate) enum Activation {
 /// The precision of the dense layers' products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
-    /// bfloat16 products with `f32` sums ([`crate::bf16`]): CPUs with AVX-512 BF16.
+    /// bfloat16 products with `f32` sums ([`crate::packed::Bf16`]): CPUs with AVX-512
+    /// BF16.
     Bfloat16,
-    /// candle's `f32` products: every CPU.
+    /// `f32` products: packed AVX-512 FMA ([`crate::packed::F32`]) where the CPU has
+    /// it, candle's matrix product on every other CPU.
     Float32,
 }
 
+/// How much faster than `f32` FMA the bfloat16 dot products must run for
+/// [`Precision::best`] to choose them: their kernels differ in more than the
+/// arithmetic (bfloat16 reads half the bytes).
+const BF16_MARGIN: f64 = 1.25;
+
 impl Precision {
-    /// Every precision this CPU runs, fastest first.
+    /// Every precision this CPU runs.
     pub fn supported() -> Vec<Precision> {
         #[cfg(target_arch = "x86_64")]
-        if crate::bf16::available() {
+        if <crate::packed::Bf16 as crate::packed::Format>::available() {
             return vec![Precision::Bfloat16, Precision::Float32];
         }
         vec![Precision::Float32]
     }
 
-    /// The fastest precision this CPU runs.
+    /// The faster precision on this CPU: bfloat16 where its dot products outrun `f32`
+    /// FMA by [`BF16_MARGIN`] (Zen 4: twice), `f32` otherwise (Sapphire Rapids, where
+    /// `vdpbf16ps` issues every other cycle; every CPU without AVX-512 BF16). Decided
+    /// by a register-only race of a few milliseconds ([`crate::peak::race`]).
     pub fn best() -> Precision {
-        Precision::supported()[0]
+        if !Precision::supported().contains(&Precision::Bfloat16) {
+            return Precision::Float32;
+        }
+        match crate::peak::race() {
+            Some(ratio) if ratio >= BF16_MARGIN => Precision::Bfloat16,
+            _ => Precision::Float32,
+        }
     }
 
     /// Its name in logs and benchmark results: `"bfloat16"` or `"float32"`.
@@ -74,13 +91,26 @@ pub(crate) struct Dense {
 
 /// How a [`Dense`] multiplies.
 enum Product {
-    /// Packed for [`crate::bf16`].
+    /// Packed bfloat16 pairs.
     #[cfg(target_arch = "x86_64")]
-    Bf16(crate::bf16::Weight),
+    Bf16(crate::packed::Weight<crate::packed::Bf16>),
     /// candle's `f32` product: `weight` is `inputs x outputs`, the layout candle's
-    /// matrix product reads fastest.
-    F32 { weight: Tensor, bias: Vec<f32> },
+    /// matrix product reads fastest; on AVX-512, also packed for FMA, which small
+    /// passes (at most [`SMALL_PASS`] rows) run instead.
+    F32 {
+        weight: Tensor,
+        bias: Vec<f32>,
+        #[cfg(target_arch = "x86_64")]
+        packed: Option<crate::packed::Weight<crate::packed::F32>>,
+    },
 }
+
+/// The most rows of a pass the packed `f32` kernel runs: about two sentences. It beats
+/// candle's product there (a single sentence: 226 against 175 sentences/s on two
+/// Sapphire Rapids cores) and loses to it on larger passes, whose blocking candle's
+/// does better (BENCHMARKS.md). Both sum in `f32`, so results agree to rounding.
+#[cfg(target_arch = "x86_64")]
+const SMALL_PASS: usize = 32;
 
 impl Dense {
     /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias, with
@@ -94,37 +124,30 @@ impl Dense {
     ) -> Result<Self> {
         match precision {
             #[cfg(target_arch = "x86_64")]
-            Precision::Bfloat16 => Self::bf16(weight, bias, activation),
+            Precision::Bfloat16 => Ok(Dense {
+                product: Product::Bf16(pack(weight, bias)?),
+                activation,
+            }),
             #[cfg(not(target_arch = "x86_64"))]
             Precision::Bfloat16 => candle_core::bail!("bfloat16 products need x86-64"),
             Precision::Float32 => Self::f32(weight, bias, activation),
         }
     }
 
-    /// A dense layer on candle's `f32` product.
+    /// A dense layer on candle's `f32` product (and, on AVX-512, the packed one).
     fn f32(weight: &Tensor, bias: &Tensor, activation: Activation) -> Result<Self> {
         let product = Product::F32 {
             weight: weight.t()?.contiguous()?,
             bias: bias.to_vec1()?,
+            #[cfg(target_arch = "x86_64")]
+            packed: if <crate::packed::F32 as crate::packed::Format>::available() {
+                Some(pack(weight, bias)?)
+            } else {
+                None
+            },
         };
         Ok(Dense {
             product,
-            activation,
-        })
-    }
-
-    /// A dense layer on the bfloat16 kernel; the CPU must have AVX-512 BF16.
-    #[cfg(target_arch = "x86_64")]
-    fn bf16(weight: &Tensor, bias: &Tensor, activation: Activation) -> Result<Self> {
-        let (outputs, inputs) = weight.dims2()?;
-        let weight = crate::bf16::Weight::pack(
-            &weight.flatten_all()?.to_vec1()?,
-            &bias.to_vec1()?,
-            outputs,
-            inputs,
-        );
-        Ok(Dense {
-            product: Product::Bf16(weight),
             activation,
         })
     }
@@ -133,11 +156,21 @@ impl Dense {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.product {
             #[cfg(target_arch = "x86_64")]
-            Product::Bf16(weight) => x.apply_op1_no_bwd(&Bf16Product {
+            Product::Bf16(weight) => x.apply_op1_no_bwd(&PackedProduct {
                 weight,
                 activation: self.activation,
             }),
-            Product::F32 { weight, bias } => {
+            #[cfg(target_arch = "x86_64")]
+            Product::F32 {
+                packed: Some(weight),
+                ..
+            } if x.dims().first().is_some_and(|&rows| rows <= SMALL_PASS) => {
+                x.apply_op1_no_bwd(&PackedProduct {
+                    weight,
+                    activation: self.activation,
+                })
+            }
+            Product::F32 { weight, bias, .. } => {
                 let product = x.matmul(weight)?;
                 product.inplace_op1(&AddBias(bias))?;
                 if self.activation == Activation::Gelu {
@@ -149,17 +182,32 @@ impl Dense {
     }
 }
 
-/// A bfloat16 dense layer as a candle op over contiguous rows.
+/// A checkpoint's `outputs x inputs` weight and its bias, packed for format `F`.
 #[cfg(target_arch = "x86_64")]
-struct Bf16Product<'a> {
-    weight: &'a crate::bf16::Weight,
+fn pack<F: crate::packed::Format>(
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<crate::packed::Weight<F>> {
+    let (outputs, inputs) = weight.dims2()?;
+    Ok(crate::packed::Weight::pack(
+        &weight.flatten_all()?.to_vec1()?,
+        &bias.to_vec1()?,
+        outputs,
+        inputs,
+    ))
+}
+
+/// A packed dense layer as a candle op over contiguous rows.
+#[cfg(target_arch = "x86_64")]
+struct PackedProduct<'a, F> {
+    weight: &'a crate::packed::Weight<F>,
     activation: Activation,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl CustomOp1 for Bf16Product<'_> {
+impl<F: crate::packed::Format> CustomOp1 for PackedProduct<'_, F> {
     fn name(&self) -> &'static str {
-        "dense-bf16"
+        "dense-packed"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -182,7 +230,8 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// A layer for each precision this CPU runs.
+    /// A layer for each precision this CPU runs, and one on candle's product (what
+    /// `float32` is on CPUs without AVX-512).
     fn layers(
         weight: &Tensor,
         bias: &Tensor,
@@ -191,7 +240,21 @@ mod tests {
         Precision::supported()
             .into_iter()
             .map(|p| (p.name(), Dense::new(weight, bias, activation, p).unwrap()))
+            .chain([("candle", candle_only(weight, bias, activation))])
             .collect()
+    }
+
+    /// A layer on candle's product alone, as CPUs without AVX-512 run it.
+    fn candle_only(weight: &Tensor, bias: &Tensor, activation: Activation) -> Dense {
+        Dense {
+            product: Product::F32 {
+                weight: weight.t().unwrap().contiguous().unwrap(),
+                bias: bias.to_vec1().unwrap(),
+                #[cfg(target_arch = "x86_64")]
+                packed: None,
+            },
+            activation,
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::dense::{Activation, Dense, Precision};
@@ -33,6 +34,8 @@ pub(crate) struct Encoder {
     embedding_norm: ResidualNorm,
     layers: Vec<Layer>,
     heads: usize,
+    hidden: usize,
+    intermediate: usize,
 }
 
 struct Layer {
@@ -69,7 +72,9 @@ impl Encoder {
                 "position_embeddings.weight",
             )?
             .broadcast_add(&token_types.get(0)?)?;
+        // The layers convert and pack their weights on all cores.
         let layers = (0..config.num_hidden_layers)
+            .into_par_iter()
             .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), config, eps, precision))
             .collect::<candle_core::Result<_>>()?;
         Ok(Encoder {
@@ -78,7 +83,27 @@ impl Encoder {
             embedding_norm: norm(&embeddings.pp("LayerNorm"), hidden, eps)?,
             layers,
             heads: config.num_attention_heads,
+            hidden,
+            intermediate: config.intermediate_size,
         })
+    }
+
+    /// Floating-point operations (a multiply-add is two) of one forward pass over
+    /// sequences of these token counts: per token and layer the fused query-key-value,
+    /// output, up and down products; per sequence and layer attention's scores and
+    /// weighted sum, `n x n x hidden` multiply-adds each. Norms, GELU, softmax and the
+    /// embedding lookups (a few percent) are left out.
+    pub(crate) fn flops(&self, lengths: &[usize]) -> f64 {
+        let (h, i) = (self.hidden as f64, self.intermediate as f64);
+        let per_token = 3.0 * h * h + h * h + 2.0 * h * i;
+        let layer: f64 = lengths
+            .iter()
+            .map(|&n| {
+                let n = n as f64;
+                n * per_token + 2.0 * n * n * h
+            })
+            .sum();
+        2.0 * layer * self.layers.len() as f64
     }
 
     /// The last hidden state of each token: `ids` holds the sequences one after the

@@ -5,13 +5,14 @@
 //! [`MiniLm`] implements the `Model` port: one batched pass over the texts of many
 //! jobs.
 
-#[cfg(target_arch = "x86_64")]
-mod bf16;
 mod dense;
 mod encoder;
 mod error;
 mod kernels;
 mod minilm;
+#[cfg(target_arch = "x86_64")]
+mod packed;
+pub mod peak;
 mod port;
 pub mod weights;
 

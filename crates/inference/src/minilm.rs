@@ -80,6 +80,22 @@ impl MiniLm {
         self.embed_sequences(&sequences)
     }
 
+    /// The token count of each text as [`Self::embed`] runs it (special tokens included,
+    /// truncated at [`MAX_TOKENS`]).
+    pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError(e.to_string()))?;
+        Ok(encodings.iter().map(Encoding::len).collect())
+    }
+
+    /// Floating-point operations of embedding sequences of these token counts (special
+    /// tokens included): the dense products and attention, a multiply-add counting two.
+    pub fn flops(&self, token_counts: &[usize]) -> f64 {
+        self.encoder.flops(token_counts)
+    }
+
     /// The word pieces of `text` with their byte offsets: no special tokens, no
     /// truncation.
     pub fn tokenize(&self, text: &str) -> Result<Vec<(u32, Range<usize>)>, EmbedError> {

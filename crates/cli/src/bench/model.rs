@@ -1,12 +1,14 @@
-//! `offpath bench model`: throughput per batch size, start-up, memory, micro-batching,
-//! and optionally sentence-transformers on the same sentences.
+//! `offpath bench model`: the cores' measured peak, throughput per batch size (also as
+//! GFLOP/s and a fraction of that peak), 256-token windows, start-up, memory,
+//! micro-batching, and optionally sentence-transformers on the same sentences.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use offpath_core::Prepared;
-use offpath_inference::{MiniLm, Precision, weights};
+use offpath_inference::peak::Peak;
+use offpath_inference::{MAX_TOKENS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
 use super::{peak_rss_kib, round_to};
@@ -40,6 +42,10 @@ const ST_SCRIPT: &str = concat!(
 const BATCHES: [usize; 4] = [1, 8, 32, 64];
 /// Jobs in one SQS batch of the micro-batching measurement (SQS's most per receive).
 const SQS_BATCH: usize = 10;
+/// Windows per pass of the long-window measurement.
+const WINDOW_BATCHES: [usize; 3] = [1, 8, 32];
+/// How long each peak measurement runs.
+const PEAK_TIME: Duration = Duration::from_secs(2);
 
 /// Sentences of everyday length (10-22 tokens), walked in batches by [`batches`].
 pub(super) fn sentences() -> Vec<String> {
@@ -90,16 +96,71 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let model = MiniLm::load_in(&files, options.precision.unwrap_or_else(Precision::best))?;
     let corpus = sentences();
     println!("products in {}", model.precision().name());
+    let threads = rayon::current_num_threads();
+    let peak = offpath_inference::peak::measure(threads, PEAK_TIME);
+    println!(
+        "peak on {threads} threads, register-only: bfloat16 dot products {}, f32 FMA ({}) {:.0} GFLOP/s",
+        peak.bf16_gflops
+            .map_or("(none on this CPU)".to_owned(), |g| format!(
+                "{g:.0} GFLOP/s"
+            )),
+        peak.f32_kind,
+        peak.f32_gflops
+    );
+    let limit = match model.precision() {
+        Precision::Bfloat16 => peak.bf16_gflops.unwrap_or(peak.f32_gflops),
+        Precision::Float32 => peak.f32_gflops,
+    };
+    // Prints one rate with its GFLOP/s and fraction of the peak; returns its JSON row.
+    let measured = |label: String, unit: &str, batch: usize, per_second: f64, flops: f64| {
+        let gflops = per_second * flops / 1e9;
+        println!(
+            "{label}: {per_second:>7.1} {unit}/s, {gflops:>5.1} GFLOP/s, {:.0}% of peak",
+            100.0 * gflops / limit
+        );
+        json!({
+            "batch": batch,
+            format!("{unit}_per_second"): round_to(per_second, 1),
+            "gflops": round_to(gflops, 1),
+            "fraction_of_peak": round_to(gflops / limit, 3),
+        })
+    };
 
     let mut throughput = Vec::new();
     for batch in BATCHES {
         let batches = batches(&corpus, batch);
+        let flops_per_sentence = flops_per_text(&model, &batches)?;
         model.embed(&batches[0])?; // warm-up
         let (sentences, elapsed) =
             repeat(budget, &batches, |texts| model.embed(texts).map(|_| batch))?;
         let per_second = sentences as f64 / elapsed.as_secs_f64();
-        println!("batch {batch:>2}: {per_second:>7.1} sentences/s");
-        throughput.push(json!({"batch": batch, "sentences_per_second": round_to(per_second, 1)}));
+        let label = format!("batch {batch:>2}");
+        throughput.push(measured(
+            label,
+            "sentences",
+            batch,
+            per_second,
+            flops_per_sentence,
+        ));
+    }
+
+    // Documents embed windows of 256 tokens, where attention weighs more.
+    let windows = windows(&model, &corpus)?;
+    let window_flops = model.flops(&[MAX_TOKENS]);
+    let mut long = Vec::new();
+    for batch in WINDOW_BATCHES {
+        let groups: Vec<Vec<&[u32]>> = windows
+            .chunks(batch)
+            .filter(|group| group.len() == batch)
+            .map(|group| group.iter().map(Vec::as_slice).collect())
+            .collect();
+        model.embed_pieces(&groups[0])?; // warm-up
+        let (chunks, elapsed) = repeat(budget, &groups, |group| {
+            model.embed_pieces(group).map(|_| batch)
+        })?;
+        let per_second = chunks as f64 / elapsed.as_secs_f64();
+        let label = format!("256-token windows, {batch:>2} a pass");
+        long.push(measured(label, "chunks", batch, per_second, window_flops));
     }
 
     let reference = match &options.python {
@@ -137,8 +198,13 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     })?;
     let with = batched as f64 / t1.as_secs_f64();
     let without = single as f64 / t2.as_secs_f64();
+    let best = throughput
+        .iter()
+        .filter_map(|row| row["sentences_per_second"].as_f64())
+        .fold(0.0, f64::max);
     println!(
-        "jobs/s, 10 per batch: {with:.1} micro-batched, {without:.1} one pass per job ({:.2}x)",
+        "jobs/s, 10 per batch: {with:.1} micro-batched ({:.0}% of the best batch rate), {without:.1} one pass per job ({:.2}x)",
+        100.0 * with / best,
         with / without
     );
     let peak_rss_mib = peak_rss_kib()? as f64 / 1024.0;
@@ -151,10 +217,12 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
             Some(precision) => format!("offpath bench model --precision {}", precision.name()),
             None => "offpath bench model".to_owned(),
         },
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "threads": threads,
         "precision": model.precision().name(),
+        "peak": peak_json(&peak),
         "throughput": throughput,
-        "jobs_per_second": {"micro_batched": round_to(with, 1), "one_pass_per_job": round_to(without, 1), "speedup": round_to(with / without, 1)},
+        "windows_256": long,
+        "jobs_per_second": {"micro_batched": round_to(with, 1), "one_pass_per_job": round_to(without, 1), "speedup": round_to(with / without, 1), "of_best_batch_rate": round_to(with / best, 3)},
         "start_to_ready_ms": round_to(ready_ms, 1),
         "peak_rss_mib": round_to(peak_rss_mib, 1),
         "sentence_transformers": reference,
@@ -164,6 +232,44 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The mean floating-point operations of embedding one text of `batches`.
+fn flops_per_text(model: &MiniLm, batches: &[Vec<&str>]) -> anyhow::Result<f64> {
+    let texts: Vec<&str> = batches.concat();
+    let counts = model.token_counts(&texts)?;
+    Ok(model.flops(&counts) / texts.len() as f64)
+}
+
+/// Windows of `MAX_TOKENS - 2` word pieces (256 tokens with the special ones) over the
+/// corpus, repeated into one long document: 64 of them.
+fn windows(model: &MiniLm, corpus: &[String]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let document = corpus.join(" ");
+    let pieces: Vec<u32> = model
+        .tokenize(&document)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let width = MAX_TOKENS - 2;
+    Ok(pieces
+        .iter()
+        .copied()
+        .cycle()
+        .take(width * 64)
+        .collect::<Vec<_>>()
+        .chunks(width)
+        .map(<[u32]>::to_vec)
+        .collect())
+}
+
+/// The peak as the JSON report holds it.
+fn peak_json(peak: &Peak) -> Value {
+    json!({
+        "threads": peak.threads,
+        "bf16_gflops": peak.bf16_gflops.map(|g| round_to(g, 1)),
+        "f32_gflops": round_to(peak.f32_gflops, 1),
+        "f32_instructions": peak.f32_kind,
+    })
 }
 
 /// Runs the same sentences through sentence-transformers in a child Python, prints its

@@ -1,0 +1,459 @@
+//! Dense-layer products on packed weights, in two formats:
+//!
+//! - [`Bf16`], on AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire
+//!   Rapids and later): one `vdpbf16ps` does 32 multiply-adds. Weights and inputs are
+//!   rounded to bfloat16 (8 bits of mantissa); the products accumulate in `f32`. Over
+//!   all-MiniLM-L6-v2 every embedding stays within cosine 0.9999 of the `f32`
+//!   reference (tests/minilm.rs).
+//! - [`F32`], on AVX-512F: one `vfmadd` does 16 multiply-adds, in full `f32`.
+//!
+//! Which is faster depends on the core: Zen 4 issues one 512-bit FMA or one
+//! `vdpbf16ps` a cycle, so bfloat16 does twice the work; Sapphire Rapids issues two
+//! 512-bit FMAs a cycle but one `vdpbf16ps` every other, so `f32` does twice the work
+//! (`offpath bench model` measures both; [`crate::Precision::best`] compares them).
+//!
+//! The weight is packed once, at load, into panels of [`PANEL`] columns in which each
+//! word holds one column's weights for [`Format::SPAN`] consecutive inputs: the layout
+//! the kernel multiplies against a broadcast word of inputs. A product shares out
+//! blocks of rows times panels among rayon's threads; each runs its block against its
+//! panel in tiles of [`TILE`] rows whose sums stay in registers from the bias to the
+//! store.
+
+// The kernels use AVX-512 intrinsics on raw pointers; every entry point checks the CPU
+// ([`Format::available`]) and the slice lengths before it calls them.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::{
+    __m512bh, __m512i, __mmask16, _mm512_dpbf16_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+};
+
+use rayon::prelude::*;
+
+/// Columns per panel: four registers of sixteen `f32` lanes.
+const PANEL: usize = 64;
+/// Rows per tile: 6 rows of 4 registers are 24 running sums; with the panel's 4
+/// registers and a broadcast input they fit AVX-512's 32 registers.
+const TILE: usize = 6;
+/// About the bytes of packed inputs one unit of parallel work reads: a block of rows
+/// that stays in the core's L2 cache while each panel of the weight passes over it.
+const BLOCK_BYTES: usize = 128 * 1024;
+/// Words of each input row a tile takes at a time: the slice of the panel they meet,
+/// `DEPTH` x [`PANEL`] words (32 KiB), stays in the core's L1 cache while the block's
+/// tiles pass over it; the sums go to the output between slices.
+const DEPTH: usize = 128;
+
+/// How weights and inputs are packed and multiplied.
+pub(crate) trait Format: Sync + 'static {
+    /// Consecutive inputs one word holds.
+    const SPAN: usize;
+
+    /// Whether this CPU has the kernel's instructions.
+    fn available() -> bool;
+
+    /// One word from up to [`Self::SPAN`] consecutive values (fewer at a row's end:
+    /// the missing ones count as zero).
+    fn word(values: &[f32]) -> u32;
+
+    /// Runs `R` rows of a tile.
+    ///
+    /// # Safety
+    /// [`Self::available`], and the tile's pointers cover what [`Weight::product`]
+    /// says.
+    unsafe fn tile<const R: usize>(tile: &Tile);
+}
+
+/// bfloat16 pairs, multiplied by `vdpbf16ps`.
+pub(crate) struct Bf16;
+
+/// `f32` values, multiplied by 512-bit FMA.
+pub(crate) struct F32;
+
+impl Format for Bf16 {
+    const SPAN: usize = 2;
+
+    fn available() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+
+    fn word(values: &[f32]) -> u32 {
+        values
+            .iter()
+            .enumerate()
+            .fold(0, |word, (i, &v)| word | bf16(v) << (16 * i))
+    }
+
+    unsafe fn tile<const R: usize>(tile: &Tile) {
+        // SAFETY: the caller's contract.
+        unsafe { bf16_tile::<R>(tile) }
+    }
+}
+
+impl Format for F32 {
+    const SPAN: usize = 1;
+
+    fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    fn word(values: &[f32]) -> u32 {
+        values.first().map_or(0, |v| v.to_bits())
+    }
+
+    unsafe fn tile<const R: usize>(tile: &Tile) {
+        // SAFETY: the caller's contract.
+        unsafe { f32_tile::<R>(tile) }
+    }
+}
+
+/// A dense layer's weight and bias, packed for products in format `F`.
+pub(crate) struct Weight<F> {
+    inputs: usize,
+    outputs: usize,
+    /// Words per input row: `inputs / F::SPAN`, rounded up.
+    steps: usize,
+    /// Panel after panel; in each, `steps` rows of [`PANEL`] words, one per column.
+    panels: Vec<u32>,
+    /// The bias, padded with zeros to whole panels.
+    bias: Vec<f32>,
+    format: std::marker::PhantomData<F>,
+}
+
+impl<F: Format> Weight<F> {
+    /// Packs a checkpoint's `outputs x inputs` weight (row-major) and its bias.
+    pub(crate) fn pack(weight: &[f32], bias: &[f32], outputs: usize, inputs: usize) -> Self {
+        assert_eq!(weight.len(), outputs * inputs, "weight shape");
+        assert_eq!(bias.len(), outputs, "bias length");
+        assert!(inputs > 0, "a weight with no inputs");
+        let steps = inputs.div_ceil(F::SPAN);
+        let columns = outputs.div_ceil(PANEL) * PANEL;
+        let mut panels = vec![0u32; columns * steps];
+        for (column, row) in weight.chunks_exact(inputs).enumerate() {
+            let (panel, lane) = (column / PANEL, column % PANEL);
+            for (step, values) in row.chunks(F::SPAN).enumerate() {
+                panels[(panel * steps + step) * PANEL + lane] = F::word(values);
+            }
+        }
+        let mut padded = bias.to_vec();
+        padded.resize(columns, 0.0);
+        Weight {
+            inputs,
+            outputs,
+            steps,
+            panels,
+            bias: padded,
+            format: std::marker::PhantomData,
+        }
+    }
+
+    /// Outputs per row.
+    pub(crate) fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// `x W + b` for the rows of `x` (row-major, `inputs` wide), then `finish` on each
+    /// finished stretch of an output row while it is still in cache. Needs
+    /// [`Format::available`].
+    pub(crate) fn product(&self, x: &[f32], finish: fn(&mut [f32])) -> Vec<f32> {
+        assert!(F::available(), "the CPU lacks the kernel's instructions");
+        assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
+        let rows = x.len() / self.inputs;
+        let inputs: Vec<u32> = x
+            .chunks_exact(self.inputs)
+            .flat_map(|row| row.chunks(F::SPAN).map(F::word))
+            .collect();
+        let mut out = vec![0f32; rows * self.outputs];
+        let target = Target(out.as_mut_ptr());
+        let panel_words = self.steps * PANEL;
+        let panels = self.bias.len() / PANEL;
+        let block_rows = (BLOCK_BYTES / (self.steps * 4)).max(TILE) / TILE * TILE;
+        let blocks = rows.div_ceil(block_rows);
+        // Block after block, panel after panel within one: neighbouring work shares
+        // a block of inputs, which stays in cache while the panels pass through.
+        (0..blocks * panels).into_par_iter().for_each(|unit| {
+            let (block, panel) = (unit / panels, unit % panels);
+            let weights = &self.panels[panel * panel_words..(panel + 1) * panel_words];
+            let bias = &self.bias[panel * PANEL..(panel + 1) * PANEL];
+            let first_column = panel * PANEL;
+            let width = (self.outputs - first_column).min(PANEL);
+            let block = block * block_rows..rows.min((block + 1) * block_rows);
+            for first_step in (0..self.steps).step_by(DEPTH) {
+                let depth = (self.steps - first_step).min(DEPTH);
+                let last = first_step + depth == self.steps;
+                for first_row in block.clone().step_by(TILE) {
+                    let tile_rows = (rows - first_row).min(TILE);
+                    let a = &inputs[first_row * self.steps..(first_row + tile_rows) * self.steps];
+                    // SAFETY: the CPU has the kernel's instructions (asserted above); `a`
+                    // holds `tile_rows` rows of `steps` words, `weights` `steps` rows of
+                    // PANEL words and `bias` PANEL values, and the tile reads words
+                    // first_step..first_step + depth of each; it writes rows first_row..
+                    // first_row + tile_rows, columns first_column..first_column + width
+                    // of `out`, which no other unit (block, panel) writes, and `out`
+                    // outlives the parallel loop.
+                    unsafe {
+                        let out = target.at(first_row * self.outputs + first_column);
+                        let tile = Tile {
+                            inputs: a.as_ptr().add(first_step),
+                            stride_in: self.steps,
+                            depth,
+                            weights: weights.as_ptr().add(first_step * PANEL),
+                            start: if first_step == 0 {
+                                bias.as_ptr()
+                            } else {
+                                std::ptr::null()
+                            },
+                            out,
+                            stride: self.outputs,
+                            width,
+                        };
+                        match tile_rows {
+                            6 => F::tile::<6>(&tile),
+                            5 => F::tile::<5>(&tile),
+                            4 => F::tile::<4>(&tile),
+                            3 => F::tile::<3>(&tile),
+                            2 => F::tile::<2>(&tile),
+                            _ => F::tile::<1>(&tile),
+                        }
+                        if last {
+                            for row in 0..tile_rows {
+                                finish(std::slice::from_raw_parts_mut(
+                                    out.add(row * self.outputs),
+                                    width,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+}
+
+/// The output's base pointer, shared by the units of work, which write disjoint
+/// rectangles of it.
+#[derive(Clone, Copy)]
+struct Target(*mut f32);
+
+impl Target {
+    /// The element `offset` past the base.
+    ///
+    /// # Safety
+    /// `offset` is within the output.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: each unit writes only its own rows and columns (see `Weight::product`).
+unsafe impl Send for Target {}
+unsafe impl Sync for Target {}
+
+/// One tile's operands: up to [`TILE`] rows of packed inputs against a slice of one
+/// panel, `depth` words deep.
+pub(crate) struct Tile {
+    /// The first row's first word of the slice.
+    inputs: *const u32,
+    /// Distance between input rows, in words.
+    stride_in: usize,
+    /// Words of each row in the slice.
+    depth: usize,
+    /// The slice's first row of the panel.
+    weights: *const u32,
+    /// The bias of the panel's columns, for the first slice; null for the others,
+    /// whose sums start from what the slice before stored.
+    start: *const f32,
+    out: *mut f32,
+    /// Distance between output rows.
+    stride: usize,
+    /// Columns of the panel to store (the last panel may be partly padding).
+    width: usize,
+}
+
+impl Tile {
+    /// Where row `R`'s sums start: the bias, or the previous slice's sums.
+    ///
+    /// # Safety
+    /// AVX-512F, and `start` holds [`PANEL`] values or `out` covers `R` rows of
+    /// `width` columns `stride` apart.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn start<const R: usize>(&self) -> [[std::arch::x86_64::__m512; 4]; R] {
+        let mut sums = [[_mm512_setzero_ps(); 4]; R];
+        for (row, sums) in sums.iter_mut().enumerate() {
+            for (j, register) in sums.iter_mut().enumerate() {
+                let lanes = self.width.saturating_sub(16 * j).min(16);
+                let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+                // SAFETY: the caller's contract.
+                *register = unsafe {
+                    if self.start.is_null() {
+                        _mm512_maskz_loadu_ps(mask, self.out.add(row * self.stride + 16 * j))
+                    } else {
+                        _mm512_loadu_ps(self.start.add(16 * j))
+                    }
+                };
+            }
+        }
+        sums
+    }
+
+    /// Stores `R` rows of sums, the panel's last columns masked off past `width`.
+    ///
+    /// # Safety
+    /// AVX-512F, and `out` covers `R` rows of `width` columns `stride` apart.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const R: usize>(&self, sums: &[[std::arch::x86_64::__m512; 4]; R]) {
+        for (row, sums) in sums.iter().enumerate() {
+            for (j, &sum) in sums.iter().enumerate() {
+                let lanes = self.width.saturating_sub(16 * j).min(16);
+                let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+                // SAFETY: the caller's contract.
+                unsafe {
+                    _mm512_mask_storeu_ps(self.out.add(row * self.stride + 16 * j), mask, sum)
+                };
+            }
+        }
+    }
+}
+
+/// `R` rows of a bfloat16 tile: the sums start at the bias, take one `vdpbf16ps` per
+/// register and pair of inputs, and are stored once.
+///
+/// # Safety
+/// As [`Format::tile`], for [`Bf16`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_tile<const R: usize>(tile: &Tile) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut sums = tile.start::<R>();
+        for step in 0..tile.depth {
+            let w = tile.weights.add(step * PANEL);
+            let mut panel = [bh(_mm512_setzero_si512()); 4];
+            for (j, register) in panel.iter_mut().enumerate() {
+                *register = bh(_mm512_loadu_si512(w.add(16 * j).cast()));
+            }
+            for (row, sums) in sums.iter_mut().enumerate() {
+                let x = *tile.inputs.add(row * tile.stride_in + step);
+                let x = bh(_mm512_set1_epi32(x as i32));
+                for (sum, &w) in sums.iter_mut().zip(&panel) {
+                    *sum = _mm512_dpbf16_ps(*sum, x, w);
+                }
+            }
+        }
+        tile.store(&sums);
+    }
+}
+
+/// `R` rows of an `f32` tile: the sums start at the bias, take one FMA per register
+/// and input, and are stored once.
+///
+/// # Safety
+/// As [`Format::tile`], for [`F32`].
+#[target_feature(enable = "avx512f")]
+unsafe fn f32_tile<const R: usize>(tile: &Tile) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut sums = tile.start::<R>();
+        let weights = tile.weights.cast::<f32>();
+        let inputs = tile.inputs.cast::<f32>();
+        for step in 0..tile.depth {
+            let w = weights.add(step * PANEL);
+            let mut panel = [_mm512_setzero_ps(); 4];
+            for (j, register) in panel.iter_mut().enumerate() {
+                *register = _mm512_loadu_ps(w.add(16 * j));
+            }
+            for (row, sums) in sums.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*inputs.add(row * tile.stride_in + step));
+                for (sum, &w) in sums.iter_mut().zip(&panel) {
+                    *sum = _mm512_fmadd_ps(x, w, *sum);
+                }
+            }
+        }
+        tile.store(&sums);
+    }
+}
+
+/// Reads sixteen 32-bit words as thirty-two bfloat16 values.
+#[inline(always)]
+fn bh(words: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { std::mem::transmute(words) }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), in the low 16 bits.
+fn bf16(x: f32) -> u32 {
+    let bits = x.to_bits();
+    bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16(-2.5), 0xc020);
+    }
+
+    /// The product of format `F` against a plain `f32` one, within `tolerance` of the
+    /// sum of the terms' magnitudes.
+    fn product_matches<F: Format>(tolerance: f32) {
+        if !F::available() {
+            eprintln!("skipped: this CPU lacks the kernel's instructions");
+            return;
+        }
+        // An odd number of inputs, outputs that end inside a panel, and rows in several
+        // blocks whose last ends inside a tile.
+        let (rows, inputs, outputs): (usize, usize, usize) = (97, 1537, 70);
+        let block_rows = BLOCK_BYTES / (inputs.div_ceil(F::SPAN) * 4) / TILE * TILE;
+        assert!(rows.div_ceil(block_rows) >= 3 && !(rows % block_rows).is_multiple_of(TILE));
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let x: Vec<f32> = (0..rows * inputs).map(value).collect();
+        let weight: Vec<f32> = (0..outputs * inputs).map(|i| value(i + 17)).collect();
+        let bias: Vec<f32> = (0..outputs).map(|i| i as f32 / 10.0).collect();
+        let packed = Weight::<F>::pack(&weight, &bias, outputs, inputs);
+        let got = packed.product(&x, |_| {});
+        assert_eq!(got.len(), rows * outputs);
+        for r in 0..rows {
+            for c in 0..outputs {
+                let row = &x[r * inputs..(r + 1) * inputs];
+                let column = &weight[c * inputs..(c + 1) * inputs];
+                let want: f32 = bias[c] + row.iter().zip(column).map(|(a, b)| a * b).sum::<f32>();
+                let scale: f32 = row.iter().zip(column).map(|(a, b)| (a * b).abs()).sum();
+                let error = (got[r * outputs + c] - want).abs();
+                assert!(
+                    error <= scale * tolerance,
+                    "row {r} column {c}: {error} of {scale}"
+                );
+            }
+        }
+    }
+
+    /// Two roundings to 8 bits of mantissa: relative error under 2^-7.
+    #[test]
+    fn bf16_product_matches_f32_to_bfloat16_precision() {
+        product_matches::<Bf16>(1.0 / 128.0);
+    }
+
+    /// The same sums in another order: `f32` rounding only.
+    #[test]
+    fn f32_product_matches_f32() {
+        product_matches::<F32>(1e-5);
+    }
+
+    #[test]
+    fn words_pack_consecutive_inputs() {
+        assert_eq!(Bf16::word(&[1.0, -2.5]), 0xc020_3f80);
+        assert_eq!(
+            Bf16::word(&[1.0]),
+            0x3f80,
+            "a row's odd last input pairs with zero"
+        );
+        assert_eq!(F32::word(&[1.5]), 1.5f32.to_bits());
+    }
+}
