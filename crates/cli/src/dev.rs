@@ -216,10 +216,8 @@ fn webhook_keys() -> anyhow::Result<WebhookKeys> {
     let key = match std::fs::read_to_string(&path) {
         Ok(key) => key.trim().to_owned(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let key = WebhookKeys::generate();
-            keep_secret(&path, &key)
-                .with_context(|| format!("cannot keep the webhook key in {}", path.display()))?;
-            key
+            keep_secret(&path, &WebhookKeys::generate())
+                .with_context(|| format!("cannot keep the webhook key in {}", path.display()))?
         }
         Err(err) => {
             return Err(err).with_context(|| format!("cannot read {}", path.display()));
@@ -228,19 +226,36 @@ fn webhook_keys() -> anyhow::Result<WebhookKeys> {
     WebhookKeys::new(&key, None).with_context(|| format!("the webhook key in {}", path.display()))
 }
 
-/// Writes `secret` to a new file at `path` that only its owner can read.
-fn keep_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+/// Makes `path` a file only its owner can read, holding `secret`, unless another
+/// process made it first; returns the secret the file holds. The secret is written to
+/// a file of this process's own, then linked to `path`: the link either appears whole
+/// or fails because `path` exists, so two processes starting at once (a fresh cache)
+/// agree on one key, and neither reads a half-written one.
+fn keep_secret(path: &std::path::Path, secret: &str) -> std::io::Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let own = path.with_extension(format!("{}-{write}.new", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)?
-        .write_all(secret.as_bytes())
+        .open(&own)?
+        .write_all(secret.as_bytes())?;
+    let linked = std::fs::hard_link(&own, path);
+    std::fs::remove_file(&own)?;
+    match linked {
+        Ok(()) => Ok(secret.to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?.trim().to_owned())
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Creates missing resources at the configured endpoint, or uses OFFPATH_QUEUE_URL.
@@ -402,4 +417,35 @@ fn curl_example(addr: SocketAddr) -> String {
          -d '{{\"task\":\"embed\",\"input\":{{\"texts\":[\"hello world\"]}}}}' | sed -E 's/.*\"id\":\"([^\"]+)\".*/\\1/') \\\n  \
          && sleep 1 && curl -s http://{addr}/jobs/$id"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes starting at once on a fresh cache agree on one key, readable by the
+    /// owner alone.
+    #[test]
+    fn racing_starts_keep_one_secret() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let nanos = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("offpath-secret-{}-{nanos}", std::process::id()));
+        let path = dir.join("webhook.key");
+        let kept: Vec<String> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = &path;
+                    scope.spawn(move || keep_secret(path, &format!("secret-{i}")).unwrap())
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(kept.iter().all(|k| *k == kept[0]), "{kept:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), kept[0]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no leftovers");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -26,8 +26,9 @@ pub struct ModelBench {
     /// it (infra/bench/sentence_transformers_bench.py) in the same run, side by side.
     #[arg(long)]
     pub python: Option<std::path::PathBuf>,
-    /// The products' precision, `bfloat16` or `float32`; the fastest this CPU runs when
-    /// unset. `float32` measures what CPUs without AVX-512 BF16 get.
+    /// The products' precision, `bfloat16` or `float32`; when unset, the one the model's
+    /// load picks (a race of the two where the CPU has both). `float32` is what CPUs
+    /// without AVX-512 BF16 run.
     #[arg(long)]
     pub precision: Option<Precision>,
 }
