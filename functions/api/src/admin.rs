@@ -24,9 +24,9 @@ use crate::operators::Operator;
 use crate::{ApiError, AppState};
 
 /// Minutes of activity `GET /admin/queues` returns unless asked otherwise.
-const DEFAULT_MINUTES: u32 = 15;
+const DEFAULT_MINUTES: usize = 15;
 /// Most minutes of activity one request may ask for.
-const MAX_MINUTES: u32 = 60;
+const MAX_MINUTES: usize = 60;
 /// Dead letters `GET /admin/dead-letters` reads unless asked otherwise.
 const DEFAULT_LETTERS: usize = 50;
 /// Most dead letters one listing reads.
@@ -91,18 +91,12 @@ pub(crate) async fn queues(
     params: Result<Query<QueuesParams>, QueryRejection>,
 ) -> Result<Json<QueuesView>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let minutes = match params.minutes.as_deref() {
-        None => DEFAULT_MINUTES,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|m| (1..=MAX_MINUTES).contains(m))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest(format!(
-                    "minutes: must be a whole number from 1 to {MAX_MINUTES}"
-                ))
-            })?,
-    };
+    let minutes = whole_number(
+        "minutes",
+        params.minutes.as_deref(),
+        DEFAULT_MINUTES,
+        MAX_MINUTES,
+    )?;
     let named: [(&str, Option<&Arc<dyn JobQueue>>); 4] = [
         ("jobs", Some(&state.queue)),
         ("jobs_dlq", state.dlq.as_ref()),
@@ -125,7 +119,7 @@ pub(crate) async fn queues(
         });
     }
     let now = state.clock.now_epoch_ms();
-    let activity = state.store.activity(minute_of(now), minutes).await?;
+    let activity = state.store.activity(minute_of(now), minutes as u32).await?;
     Ok(Json(QueuesView {
         queues,
         activity,
@@ -180,6 +174,25 @@ pub(crate) struct LettersParams {
     limit: Option<String>,
 }
 
+/// Query parameter `name`: `default` when absent, else a whole number from 1 to `max`
+/// (a `400` naming the parameter otherwise).
+fn whole_number(
+    name: &str,
+    text: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{name}: must be a whole number from 1 to {max}"))
+        })
+}
+
 /// The jobs queue's dead letters, or a `503` naming the missing setting.
 fn dead_letters(state: &AppState) -> Result<DeadLetters, ApiError> {
     let dlq = state.dlq.as_ref().ok_or_else(|| {
@@ -212,18 +225,12 @@ pub(crate) async fn list_letters(
     params: Result<Query<LettersParams>, QueryRejection>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LETTERS,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_LETTERS).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest(format!(
-                    "limit: must be a whole number from 1 to {MAX_LETTERS}"
-                ))
-            })?,
-    };
+    let limit = whole_number(
+        "limit",
+        params.limit.as_deref(),
+        DEFAULT_LETTERS,
+        MAX_LETTERS,
+    )?;
     let dlq = dead_letters(&state)?;
     let taken = dlq.take(limit).await?;
     dlq.release(&taken).await?;
