@@ -407,7 +407,13 @@ fn recovery(
     let mut times: Vec<Duration> = in_flight
         .iter()
         .map(|id| {
-            let finished = jobs[id].finished_at_epoch_ms.expect("finished");
+            let job = &jobs[id];
+            let finished = job.finished_at_epoch_ms.unwrap_or_else(|| {
+                panic!(
+                    "job {id}, running at the kill, is still {} after the drain (attempts {}, lease until {:?}, killed at {killed_at_epoch_ms})",
+                    job.status, job.attempts, job.lease_until_epoch_ms
+                )
+            });
             Duration::from_millis(finished.saturating_sub(killed_at_epoch_ms))
         })
         .collect();

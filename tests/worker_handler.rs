@@ -31,6 +31,14 @@ async fn create(stack: &Stack, task: &str, input: Value) -> JobId {
     offpath_testkit::create(stack.ports.store.as_ref(), task, input).await
 }
 
+/// An `embed` job of `text`, created and its message sent.
+async fn queued(stack: &Stack, text: &str) -> JobId {
+    let id = create(stack, "embed", embed_input(text)).await;
+    let message = JobMessage::new(id);
+    stack.ports.queue.send(&message, OWNER).await.unwrap();
+    id
+}
+
 fn embed_input(text: &str) -> Value {
     json!({"texts": [text]})
 }
@@ -281,13 +289,7 @@ async fn throttling_releases_the_job_and_backs_the_message_off() {
     let stack = stack(fast_queue()).await;
     let model = Arc::new(TestModel::default());
     model.throttled.store(1, Ordering::SeqCst);
-    let id = create(&stack, "embed", embed_input("slow down")).await;
-    stack
-        .ports
-        .queue
-        .send(&JobMessage::new(id), OWNER)
-        .await
-        .unwrap();
+    let id = queued(&stack, "slow down").await;
     let (messages, event) = received(&stack, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
 
@@ -348,9 +350,7 @@ async fn a_slow_live_worker_keeps_its_job() {
         let stack = Stack::new(backend, fast_queue()).await;
         let model = Arc::new(TestModel::default());
         model.pass_ms.store(5_000, Ordering::SeqCst);
-        let id = create(&stack, "embed", embed_input("slow and alive")).await;
-        let message = JobMessage::new(id);
-        stack.ports.queue.send(&message, OWNER).await.unwrap();
+        let id = queued(&stack, "slow and alive").await;
         let worker = Arc::new(worker(&stack, model.clone()));
         let settings = PollSettings {
             batch_size: 10,
@@ -367,6 +367,91 @@ async fn a_slow_live_worker_keeps_its_job() {
         assert_eq!(job.status, JobStatus::Succeeded, "{}", backend.name());
         assert_eq!(job.attempts, 1, "claimed once ({})", backend.name());
         assert_eq!(model.runs_of("slow and alive"), 1, "{}", backend.name());
+    }
+}
+
+/// Hooks for a worker that dies the moment its first claim is written, on a queue
+/// whose visibility changes take a second to answer (SQS under load).
+#[derive(Default)]
+struct DiesAfterClaimOnASlowQueue {
+    died: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl offpath_testkit::Hooks for DiesAfterClaimOnASlowQueue {
+    async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
+        if call == offpath_testkit::Call::ChangeVisibility {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+
+    async fn after(&self, call: offpath_testkit::Call, _took: Duration, succeeded: bool) {
+        if succeeded && matches!(call, offpath_testkit::Call::Claim(_)) {
+            self.died.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A worker killed right after its claim, while its queue is slow, leaves the job's
+/// message hidden for one heartbeat (2 s, and a second's margin), not for the queue's
+/// visibility timeout (60 s): the messages are made short-lived before anything is
+/// claimed. On both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_its_claim_hides_the_message_one_heartbeat() {
+    let settings = offpath_core::QueueSettings {
+        visibility_timeout: Duration::from_secs(60),
+        ..fast_queue()
+    };
+    for backend in Backend::ALL {
+        let stack = Stack::new(backend, settings).await;
+        queued(&stack, "claimed, then the lights went out").await;
+        let hooks = Arc::new(DiesAfterClaimOnASlowQueue::default());
+        let ports = stack
+            .ports
+            .with_store(offpath_testkit::Hooked::store(
+                stack.ports.store.clone(),
+                hooks.clone(),
+            ))
+            .with_queue(offpath_testkit::Hooked::queue(
+                stack.ports.queue.clone(),
+                hooks.clone(),
+            ));
+        let config = WorkerConfig {
+            heartbeat: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        };
+        let model = Arc::new(TestModel::default());
+        let doomed = Worker::new(&ports, model, Stack::tasks(), config);
+        let settings = PollSettings {
+            batch_size: 10,
+            wait: Duration::from_millis(200),
+        };
+        let pool = Pool::start(Arc::new(doomed), Arc::clone(&ports.queue), settings, 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !hooks.died.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no claim within 30 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed = std::time::Instant::now();
+        pool.kill();
+        let mut back = Vec::new();
+        while back.is_empty() && killed.elapsed() < Duration::from_secs(20) {
+            back = stack
+                .ports
+                .queue
+                .receive(10, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(back.len(), 1, "the message came back ({})", backend.name());
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "back after {:?}, not one heartbeat ({})",
+            killed.elapsed(),
+            backend.name()
+        );
     }
 }
 

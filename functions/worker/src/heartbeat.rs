@@ -6,8 +6,11 @@
 //! (which stays six times the function's timeout, for the event source mapping's sake).
 //! A slow worker that is alive keeps what it holds, up to the job timeout.
 //!
-//! Leases are extended before messages, and messages are kept one second longer, so a
-//! message that comes back finds its job's lease over and is claimed at once.
+//! The messages are made short-lived before anything of the batch is claimed, so a
+//! worker that dies at any point after a claim leaves its messages hidden for one
+//! heartbeat at most. Leases are extended before messages, and messages are kept one
+//! second longer, so a message that comes back finds its job's lease over and is
+//! claimed at once.
 //!
 //! [`WorkerConfig::heartbeat`]: crate::WorkerConfig::heartbeat
 
@@ -68,14 +71,19 @@ impl Worker {
         }
     }
 
-    /// Runs `work` while beating for the messages `receipt_handles` and the claims in
-    /// `holds`; the beat stops (after the round in progress) when `work` ends.
+    /// Makes the messages `receipt_handles` short-lived, then runs `work` while
+    /// beating for them and the claims in `holds`; the beat stops (after the round in
+    /// progress) when `work` ends.
     pub(crate) async fn with_heartbeat<T>(
         &self,
         receipt_handles: &[&str],
         holds: &Holds,
         work: impl Future<Output = T>,
     ) -> T {
+        // Before `work` claims anything: otherwise a worker killed between a claim and
+        // the first beat would leave that job's message hidden for the queue's whole
+        // visibility timeout (minutes), not one heartbeat.
+        self.extend_messages(receipt_handles).await;
         let stop = Notify::new();
         let work = async {
             let output = work.await;
@@ -86,14 +94,12 @@ impl Worker {
         output
     }
 
-    /// Extends leases, then messages, at once and every third of a heartbeat, until
-    /// `stop` or the job timeout.
+    /// Extends leases, then messages, every third of a heartbeat (claims start with a
+    /// whole one), until `stop` or the job timeout.
     async fn beat(&self, receipt_handles: &[&str], holds: &Holds, stop: &Notify) {
         let timeout = Instant::now() + self.config.job_timeout;
         let period = self.config.heartbeat / 3;
         loop {
-            self.extend_leases(holds).await;
-            self.extend_messages(receipt_handles).await;
             tokio::select! {
                 () = tokio::time::sleep(period) => {}
                 () = stop.notified() => return,
@@ -106,6 +112,8 @@ impl Worker {
                 stop.notified().await;
                 return;
             }
+            self.extend_leases(holds).await;
+            self.extend_messages(receipt_handles).await;
         }
     }
 
