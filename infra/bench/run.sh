@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Reproduces every figure and plot in BENCHMARKS.md, on this machine, in one run:
-#   - the model: throughput per batch size, start-up, memory, micro-batching, and
-#     sentence-transformers on the same sentences (docs/bench/model.json), then the
-#     same with float32 products, what CPUs without AVX-512 BF16 run
+#   - the model: the cores' peak, throughput per batch size and on 256-token windows,
+#     start-up, memory, micro-batching, and the anchors (sentence-transformers, ONNX
+#     Runtime, OpenVINO) on the same sentences and windows (docs/bench/model.json),
+#     then the same with float32 products, what CPUs without AVX-512 BF16 run
 #     (docs/bench/model-float32.json);
 #   - a 1 MiB document end to end on the embedded backend with 1 and 2 pollers, and
 #     sentence-transformers on the same chunks (docs/bench/document.json);
 #   - the service on the embedded backend and on moto: responsiveness, submit
 #     overhead, pipeline throughput, cost; cold starts of the cargo-lambda bootstraps
 #     (docs/bench/service-*.json, docs/bench/*.png).
-# sentence-transformers and PyTorch go into target/bench-venv (about 6 GB), unless
-# OFFPATH_ST_PYTHON names a Python that has them. Takes about 15 minutes on 2 cores.
+# The anchors (infra/bench/requirements.txt: sentence-transformers, PyTorch, ONNX
+# Runtime, OpenVINO) go into target/bench-venv (about 6 GB), unless OFFPATH_ST_PYTHON
+# names a Python that has them. Takes about 25 minutes on 2 cores.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -20,7 +22,7 @@ infra/venv.sh
 python="${OFFPATH_ST_PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ ! -x "$target/bench-venv/bin/python" ]]; then
-    echo "==> installing sentence-transformers into $target/bench-venv" >&2
+    echo "==> installing the anchors into $target/bench-venv" >&2
     python3 -m venv "$target/bench-venv"
     "$target/bench-venv/bin/pip" install --quiet -r infra/bench/requirements.txt >&2
   fi

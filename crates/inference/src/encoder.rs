@@ -9,8 +9,9 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::attention::Attention;
 use crate::dense::{Activation, Dense, Precision};
-use crate::kernels::{Attention, ResidualNorm};
+use crate::kernels::ResidualNorm;
 
 /// The parts of the model's `config.json` the encoder reads.
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,9 @@
-//! The encoder's CPU kernels as candle custom ops: bias, GELU, residual + layer norm,
-//! and self-attention over unpadded sequences. Each is one pass over rows of `f32`,
+//! The encoder's CPU kernels as candle custom ops: bias, GELU, residual + layer norm
+//! (attention has its own module). Each is one pass over rows of `f32`,
 //! in place where it can be, written as plain loops over slices that the compiler
 //! vectorises; candle's stock ops would take a pass (and an allocation) per step.
 
-use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Result, Shape, bail};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, bail};
 
 /// Adds a bias to every row, in place.
 pub(crate) struct AddBias<'a>(pub(crate) &'a [f32]);
@@ -81,79 +81,6 @@ impl InplaceOp2 for ResidualNorm {
     }
 }
 
-/// Multi-head self-attention over the fused query/key/value projection of unpadded
-/// sequences: rows `[q | k | v]`, one per token, the sequences one
-/// after the other. Each sequence attends only to itself, so there is no padding and no
-/// mask. Returns one row of `heads * head_size` per token.
-pub(crate) struct Attention<'a> {
-    /// Tokens per sequence, in row order.
-    pub(crate) lengths: &'a [usize],
-    /// Attention heads.
-    pub(crate) heads: usize,
-}
-
-impl CustomOp1 for Attention<'_> {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = elements(storage, layout)?;
-        let tokens: usize = self.lengths.iter().sum();
-        let width = layout.dims().last().copied().unwrap_or(0);
-        let hidden = width / 3;
-        if width % 3 != 0 || hidden % self.heads != 0 || qkv.len() != tokens * width {
-            bail!(
-                "attention: {tokens} tokens do not fit the shape {:?}",
-                layout.dims()
-            );
-        }
-        let head_size = hidden / self.heads;
-        let scale = (head_size as f32).sqrt().recip();
-        let mut out = vec![0f32; tokens * hidden];
-        // One sequence's keys and values for one head, gathered contiguous.
-        let longest = self.lengths.iter().copied().max().unwrap_or(0);
-        let mut keys = vec![0f32; longest * head_size];
-        let mut values = vec![0f32; longest * head_size];
-        let mut weights = vec![0f32; longest];
-        let mut first = 0;
-        for &length in self.lengths {
-            let rows = &qkv[first * width..(first + length) * width];
-            let out_rows = &mut out[first * hidden..(first + length) * hidden];
-            for head in 0..self.heads {
-                let [q, k, v] = [0, 1, 2].map(|part| part * hidden + head * head_size);
-                for ((row, key), value) in rows
-                    .chunks_exact(width)
-                    .zip(keys.chunks_exact_mut(head_size))
-                    .zip(values.chunks_exact_mut(head_size))
-                {
-                    key.copy_from_slice(&row[k..k + head_size]);
-                    value.copy_from_slice(&row[v..v + head_size]);
-                }
-                for (row, out_row) in rows
-                    .chunks_exact(width)
-                    .zip(out_rows.chunks_exact_mut(hidden))
-                {
-                    let query = &row[q..q + head_size];
-                    let weights = &mut weights[..length];
-                    for (w, key) in weights.iter_mut().zip(keys.chunks_exact(head_size)) {
-                        *w = dot(query, key) * scale;
-                    }
-                    softmax(weights);
-                    let context = &mut out_row[head * head_size..(head + 1) * head_size];
-                    for (w, value) in weights.iter().zip(values.chunks_exact(head_size)) {
-                        for (c, x) in context.iter_mut().zip(value) {
-                            *c += w * x;
-                        }
-                    }
-                }
-            }
-            first += length;
-        }
-        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
-    }
-}
-
 /// The elements of a contiguous `f32` tensor.
 pub(crate) fn elements<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
@@ -193,36 +120,6 @@ fn sum(values: impl Iterator<Item = f32>) -> f32 {
         lanes[i % LANES] += x;
     }
     lanes.iter().sum()
-}
-
-/// The dot product of two equally long slices, in [`LANES`] partial sums.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (a_body, b_body) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_body
-        .remainder()
-        .iter()
-        .zip(b_body.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_body.zip(b_body) {
-        for lane in 0..LANES {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Softmax in place, shifted by the maximum so that `exp` cannot overflow.
-fn softmax(weights: &mut [f32]) {
-    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for w in weights.iter_mut() {
-        *w = (*w - max).exp();
-    }
-    let total = weights.iter().sum::<f32>().recip();
-    for w in weights.iter_mut() {
-        *w *= total;
-    }
 }
 
 /// [`gelu`] over `values`, in place.
@@ -308,22 +205,5 @@ mod tests {
                 assert!((got[row * 3 + c] - want).abs() < 1e-5, "{got:?}");
             }
         }
-    }
-
-    #[test]
-    fn attention_stays_within_each_sequence() {
-        // Two heads of size 1; with zero queries every key weighs the same, so each
-        // token's context is the mean of its own sequence's values.
-        let qkv: Vec<f32> = [0.0f32, 10.0, 20.0]
-            .iter()
-            .flat_map(|&value| [0.0, 0.0, 1.0, 2.0, value, -value])
-            .collect();
-        let op = Attention {
-            lengths: &[2, 1],
-            heads: 2,
-        };
-        let qkv = Tensor::from_vec(qkv, (3, 6), &Device::Cpu).unwrap();
-        let out = qkv.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(out, [[5.0, -5.0], [5.0, -5.0], [20.0, -20.0]]);
     }
 }

@@ -5,6 +5,7 @@
 //! [`MiniLm`] implements the `Model` port: one batched pass over the texts of many
 //! jobs.
 
+mod attention;
 mod dense;
 mod encoder;
 mod error;
@@ -14,6 +15,7 @@ mod minilm;
 mod packed;
 pub mod peak;
 mod port;
+mod target;
 pub mod weights;
 
 pub use dense::Precision;

@@ -31,6 +31,8 @@ use std::arch::x86_64::{
 
 use rayon::prelude::*;
 
+use crate::target::Target;
+
 /// Columns per panel: four registers of sixteen `f32` lanes.
 const PANEL: usize = 64;
 /// Rows per tile: 6 rows of 4 registers are 24 running sums; with the panel's 4
@@ -164,7 +166,7 @@ impl<F: Format> Weight<F> {
             .flat_map(|row| row.chunks(F::SPAN).map(F::word))
             .collect();
         let mut out = vec![0f32; rows * self.outputs];
-        let target = Target(out.as_mut_ptr());
+        let target = Target::new(&mut out);
         let panel_words = self.steps * PANEL;
         let panels = self.bias.len() / PANEL;
         let block_rows = (BLOCK_BYTES / (self.steps * 4)).max(TILE) / TILE * TILE;
@@ -230,26 +232,6 @@ impl<F: Format> Weight<F> {
         out
     }
 }
-
-/// The output's base pointer, shared by the units of work, which write disjoint
-/// rectangles of it.
-#[derive(Clone, Copy)]
-struct Target(*mut f32);
-
-impl Target {
-    /// The element `offset` past the base.
-    ///
-    /// # Safety
-    /// `offset` is within the output.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.add(offset) }
-    }
-}
-
-// SAFETY: each unit writes only its own rows and columns (see `Weight::product`).
-unsafe impl Send for Target {}
-unsafe impl Sync for Target {}
 
 /// One tile's operands: up to [`TILE`] rows of packed inputs against a slice of one
 /// panel, `depth` words deep.

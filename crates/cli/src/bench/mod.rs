@@ -1,5 +1,6 @@
 //! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
 
+mod anchors;
 mod document;
 mod fairness;
 mod model;
@@ -108,8 +109,8 @@ impl Percentiles {
     }
 }
 
-/// Runs `script` with `args` in the Python at `python` (a sentence-transformers bench
-/// script) and returns the JSON it prints; its stderr passes through.
+/// Runs `script` with `args` in the Python at `python` (an infra/bench script) and
+/// returns the JSON it prints; its stderr passes through.
 fn python_report(python: &Path, script: &str, args: &[&OsStr]) -> anyhow::Result<Value> {
     let output = Command::new(python)
         .arg(script)
@@ -119,7 +120,7 @@ fn python_report(python: &Path, script: &str, args: &[&OsStr]) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
     anyhow::ensure!(
         output.status.success(),
-        "{} {script} failed ({}); does it have sentence-transformers and torch?",
+        "{} {script} failed ({}); does it have infra/bench/requirements.txt?",
         python.display(),
         output.status
     );

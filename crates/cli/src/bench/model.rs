@@ -1,6 +1,7 @@
 //! `offpath bench model`: the cores' measured peak, throughput per batch size (also as
 //! GFLOP/s and a fraction of that peak), 256-token windows, start-up, memory,
-//! micro-batching, and optionally sentence-transformers on the same sentences.
+//! micro-batching, and optionally the anchors (sentence-transformers, ONNX Runtime,
+//! OpenVINO) on the same sentences and windows.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use offpath_inference::peak::Peak;
 use offpath_inference::{MAX_TOKENS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
-use super::{peak_rss_kib, round_to};
+use super::{anchors, peak_rss_kib, round_to};
 
 /// `offpath bench model` options.
 #[derive(Debug, Clone, Args)]
@@ -22,8 +23,9 @@ pub struct ModelBench {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// A Python with sentence-transformers and torch: runs the same sentences through
-    /// it (infra/bench/sentence_transformers_bench.py) in the same run, side by side.
+    /// A Python with sentence-transformers, torch, ONNX Runtime and OpenVINO
+    /// (infra/bench/requirements.txt): runs the same sentences and windows through
+    /// each of them (infra/bench/anchors_bench.py) in the same run, side by side.
     #[arg(long)]
     pub python: Option<std::path::PathBuf>,
     /// The products' precision, `bfloat16` or `float32`; when unset, the one the model's
@@ -32,12 +34,6 @@ pub struct ModelBench {
     #[arg(long)]
     pub precision: Option<Precision>,
 }
-
-/// The sentence-transformers side of `bench model --python`.
-const ST_SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../infra/bench/sentence_transformers_bench.py"
-);
 
 /// Batch sizes the model benchmark measures.
 const BATCHES: [usize; 4] = [1, 8, 32, 64];
@@ -164,10 +160,25 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         long.push(measured(label, "chunks", batch, per_second, window_flops));
     }
 
-    let reference = match &options.python {
-        Some(python) => Some(sentence_transformers(
-            python, &files.dir, &corpus, &options,
-        )?),
+    let anchors = match &options.python {
+        Some(python) => {
+            let measured = anchors::Measured {
+                corpus: &corpus,
+                batches: &BATCHES,
+                windows: &windows,
+                window_batches: &WINDOW_BATCHES,
+                throughput: &throughput,
+                windows_256: &long,
+            };
+            Some(anchors::run(
+                python,
+                &files.dir,
+                &model,
+                &measured,
+                &peak,
+                options.seconds,
+            )?)
+        }
         None => None,
     };
 
@@ -226,7 +237,7 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         "jobs_per_second": {"micro_batched": round_to(with, 1), "one_pass_per_job": round_to(without, 1), "speedup": round_to(with / without, 1), "of_best_batch_rate": round_to(with / best, 3)},
         "start_to_ready_ms": round_to(ready_ms, 1),
         "peak_rss_mib": round_to(peak_rss_mib, 1),
-        "sentence_transformers": reference,
+        "anchors": anchors,
     });
     if let Some(path) = options.json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
@@ -273,39 +284,9 @@ fn peak_json(peak: &Peak) -> Value {
     })
 }
 
-/// Runs the same sentences through sentence-transformers in a child Python, prints its
-/// figures beside ours and returns its JSON report.
-fn sentence_transformers(
-    python: &std::path::Path,
-    model_dir: &std::path::Path,
-    corpus: &[String],
-    options: &ModelBench,
-) -> anyhow::Result<Value> {
-    let sentences = std::env::temp_dir().join(format!("offpath-bench-{}.json", std::process::id()));
-    std::fs::write(&sentences, serde_json::to_vec(corpus)?)?;
-    let numbers: Vec<String> = std::iter::once(options.seconds.to_string())
-        .chain(BATCHES.map(|b| b.to_string()))
-        .collect();
-    let mut args = vec![model_dir.as_os_str(), sentences.as_os_str()];
-    args.extend(numbers.iter().map(std::ffi::OsStr::new));
-    let report = super::python_report(python, ST_SCRIPT, &args);
-    std::fs::remove_file(&sentences)?;
-    let report = report?;
-    for (key, precision) in [("throughput", "float32"), ("throughput_bf16", "bfloat16")] {
-        for row in report[key].as_array().into_iter().flatten() {
-            println!(
-                "sentence-transformers {precision} batch {:>2}: {:>7.1} sentences/s",
-                row["batch"],
-                row["sentences_per_second"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
-    Ok(report)
-}
-
 /// Consecutive batches of `size` sentences that together walk the corpus whole (the
 /// last wraps round to its start), so that every batch size measures the same mix of
-/// lengths. sentence_transformers_bench.py batches the same way.
+/// lengths. anchors_bench.py batches the same way.
 fn batches(corpus: &[String], size: usize) -> Vec<Vec<&str>> {
     let count = corpus.len().div_ceil(size);
     (0..count)

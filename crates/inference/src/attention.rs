@@ -1,0 +1,247 @@
+//! Multi-head self-attention over unpadded sequences, as a candle custom op. Each
+//! sequence and head is one unit of work on rayon's threads: its scores `Q Kᵀ` and
+//! its context `softmax(scores) V` are two matrix products of gemm (the crate candle's
+//! own products use, with AVX-512 or AVX2 and FMA kernels chosen at run time, NEON
+//! on arm64) read straight from the fused query/key/value rows, and written straight
+//! into the head's columns of the output.
+
+// gemm takes raw pointers and strides; `Attention::cpu_fwd` checks every shape first.
+#![allow(unsafe_code)]
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::kernels::elements;
+use crate::target::Target;
+
+/// Multi-head self-attention over the fused query/key/value projection of unpadded
+/// sequences: rows `[q | k | v]`, one per token, the sequences one after the other.
+/// Each sequence attends only to itself, so there is no padding and no mask. Returns
+/// one row of `heads * head_size` per token.
+pub(crate) struct Attention<'a> {
+    /// Tokens per sequence, in row order.
+    pub(crate) lengths: &'a [usize],
+    /// Attention heads.
+    pub(crate) heads: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = elements(storage, layout)?;
+        let tokens: usize = self.lengths.iter().sum();
+        let width = layout.dims().last().copied().unwrap_or(0);
+        let hidden = width / 3;
+        if width % 3 != 0 || hidden % self.heads != 0 || qkv.len() != tokens * width {
+            bail!(
+                "attention: {tokens} tokens do not fit the shape {:?}",
+                layout.dims()
+            );
+        }
+        let head = Head {
+            size: hidden / self.heads,
+            width,
+            hidden,
+        };
+        let firsts: Vec<usize> = self
+            .lengths
+            .iter()
+            .scan(0, |next, &length| {
+                let first = *next;
+                *next += length;
+                Some(first)
+            })
+            .collect();
+        let mut out = vec![0f32; tokens * hidden];
+        let target = Target::new(&mut out);
+        (0..self.lengths.len() * self.heads)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scores, unit| {
+                let (sequence, index) = (unit / self.heads, unit % self.heads);
+                let (first, length) = (firsts[sequence], self.lengths[sequence]);
+                let rows = &qkv[first * width..(first + length) * width];
+                scores.resize(length * length, 0.0);
+                // SAFETY: `rows` holds `length` rows of `width` (checked above: the
+                // sequences tile the `tokens` rows); the unit writes rows first..first +
+                // length, columns index * size.. (index + 1) * size of `out`, which no
+                // other unit writes, and `out` outlives the parallel loop.
+                unsafe {
+                    let out = target.at(first * hidden + index * head.size);
+                    head.attend(rows, index, scores, out);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+    }
+}
+
+/// The shape of one head's work.
+struct Head {
+    /// Values per head.
+    size: usize,
+    /// Width of a `[q | k | v]` row.
+    width: usize,
+    /// Width of an output row.
+    hidden: usize,
+}
+
+impl Head {
+    /// Head `index` of one sequence: `rows` are its `[q | k | v]` rows, `scores` room
+    /// for `rows x rows` weights, `out` its first output row's first column of the
+    /// head.
+    ///
+    /// # Safety
+    /// `rows` holds whole rows of `width`, `scores` one weight per pair of them, and
+    /// `out` covers as many rows of `hidden` as `rows` has, `size` columns each.
+    unsafe fn attend(&self, rows: &[f32], index: usize, scores: &mut [f32], out: *mut f32) {
+        let length = rows.len() / self.width;
+        let (size, width) = (self.size, self.width as isize);
+        let [q, k, v] = [0, 1, 2].map(|part| part * self.hidden + index * size);
+        let scale = (size as f32).sqrt().recip();
+        // SAFETY: the caller's contract: every matrix lies within `rows`, `scores` or
+        // the caller's stretch of `out`.
+        unsafe {
+            // scores = scale · Q Kᵀ: the keys, read down their rows, are Kᵀ's columns.
+            gemm::gemm(
+                length,
+                length,
+                size,
+                scores.as_mut_ptr(),
+                1,
+                length as isize,
+                false,
+                rows.as_ptr().add(q),
+                1,
+                width,
+                rows.as_ptr().add(k),
+                width,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(length) {
+            softmax(row);
+        }
+        // SAFETY: as above.
+        unsafe {
+            // context = weights · V, into the head's columns of the output rows.
+            gemm::gemm(
+                length,
+                size,
+                length,
+                out,
+                1,
+                self.hidden as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                length as isize,
+                rows.as_ptr().add(v),
+                1,
+                width,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+/// Softmax in place, shifted by the maximum so that `exp` cannot overflow.
+fn softmax(weights: &mut [f32]) {
+    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for w in weights.iter_mut() {
+        *w = (*w - max).exp();
+    }
+    let total = weights.iter().sum::<f32>().recip();
+    for w in weights.iter_mut() {
+        *w *= total;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn attention_stays_within_each_sequence() {
+        // Two heads of size 1; with zero queries every key weighs the same, so each
+        // token's context is the mean of its own sequence's values.
+        let qkv: Vec<f32> = [0.0f32, 10.0, 20.0]
+            .iter()
+            .flat_map(|&value| [0.0, 0.0, 1.0, 2.0, value, -value])
+            .collect();
+        let op = Attention {
+            lengths: &[2, 1],
+            heads: 2,
+        };
+        let qkv = Tensor::from_vec(qkv, (3, 6), &Device::Cpu).unwrap();
+        let out = qkv.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(out, [[5.0, -5.0], [5.0, -5.0], [20.0, -20.0]]);
+    }
+
+    #[test]
+    fn attention_matches_the_textbook_formula() {
+        // Two sequences (3 and 5 tokens), two heads of four: softmax(q·k / 2) · v.
+        let (heads, size, lengths) = (2, 4, [3usize, 5]);
+        let hidden = heads * size;
+        let tokens: usize = lengths.iter().sum();
+        let qkv: Vec<f32> = (0..tokens * 3 * hidden)
+            .map(|i| ((i * 7919 % 997) as f32 / 498.5) - 1.0)
+            .collect();
+        let op = Attention {
+            lengths: &lengths,
+            heads,
+        };
+        let tensor = Tensor::from_vec(qkv.clone(), (tokens, 3 * hidden), &Device::Cpu).unwrap();
+        let got = tensor
+            .apply_op1_no_bwd(&op)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let at = |row: usize, part: usize, head: usize, d: usize| {
+            qkv[row * 3 * hidden + part * hidden + head * size + d]
+        };
+        let mut first = 0;
+        for &length in &lengths {
+            for head in 0..heads {
+                for i in first..first + length {
+                    let scores: Vec<f32> = (first..first + length)
+                        .map(|j| {
+                            (0..size)
+                                .map(|d| at(i, 0, head, d) * at(j, 1, head, d))
+                                .sum::<f32>()
+                                / 2.0
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let total: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..size {
+                        let want: f32 = (first..first + length)
+                            .zip(&scores)
+                            .map(|(j, s)| (s - max).exp() / total * at(j, 2, head, d))
+                            .sum();
+                        let got = got[i][head * size + d];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "token {i} head {head}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            first += length;
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! [`Target`]: an output buffer's base pointer, shared by parallel units of work that
+//! write disjoint parts of it (the packed products' tiles, attention's heads).
+
+// Sharing a raw pointer across threads; each user proves its units' writes disjoint.
+#![allow(unsafe_code)]
+
+/// The base pointer of an `f32` output that units of work on several threads write,
+/// each its own elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Target(*mut f32);
+
+impl Target {
+    /// The base of `out`, which must outlive every unit that writes through it.
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Target(out.as_mut_ptr())
+    }
+
+    /// The element `offset` past the base.
+    ///
+    /// # Safety
+    /// `offset` is within the output, and no other unit writes what the caller does.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: a `Target` only hands out pointers through `at`, whose callers write
+// disjoint elements (see `packed::Weight::product` and `attention::Attention`).
+unsafe impl Send for Target {}
+unsafe impl Sync for Target {}
