@@ -136,10 +136,15 @@ impl MiniLm {
     fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
         let passes = passes(&lengths, rayon::current_num_threads());
-        let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = passes
-            .into_par_iter()
-            .map(|pass| self.pass(&sequences[pass.clone()], &lengths[pass]))
-            .collect();
+        // Inside rayon's pool: a single pass would otherwise run on the caller's
+        // thread, which hands each of its ~30 parallel regions (products, attention)
+        // to the pool and sleeps until it ends; a worker keeps working instead.
+        let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = rayon::scope(|_| {
+            passes
+                .into_par_iter()
+                .map(|pass| self.pass(&sequences[pass.clone()], &lengths[pass]))
+                .collect()
+        });
         let mut vectors = Vec::with_capacity(sequences.len());
         for pass in results {
             vectors.extend(pass?);
