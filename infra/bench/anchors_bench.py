@@ -252,7 +252,21 @@ class Tokenized:
         return framed(windows, self.cls, self.sep)
 
 
-class OnnxRuntime:
+class OnnxGraph:
+    """A runtime of the exported graph: tokenised as `Tokenized` says, run by
+    `self.run`, mean pooled and normalised."""
+
+    def run(self, ids, mask, types) -> np.ndarray:
+        raise NotImplementedError
+
+    def texts(self, texts: list) -> np.ndarray:
+        return self.run(*self.tokenized.texts(texts))
+
+    def pieces(self, windows: list) -> np.ndarray:
+        return self.run(*self.tokenized.pieces(windows))
+
+
+class OnnxRuntime(OnnxGraph):
     """An ONNX Runtime CPU session over `path`, with all its graph optimisations."""
 
     def __init__(self, model_dir: str, path: str, threads: int):
@@ -269,14 +283,8 @@ class OnnxRuntime:
         (hidden,) = self.session.run(["last_hidden_state"], feed)
         return mean_pool(hidden, mask)
 
-    def texts(self, texts: list) -> np.ndarray:
-        return self.run(*self.tokenized.texts(texts))
 
-    def pieces(self, windows: list) -> np.ndarray:
-        return self.run(*self.tokenized.pieces(windows))
-
-
-class OpenVino(OnnxRuntime):
+class OpenVino(OnnxGraph):
     """OpenVINO's CPU plugin over the ONNX graph, at inference precision `hint`."""
 
     def __init__(self, model_dir: str, path: str, threads: int, hint: str):

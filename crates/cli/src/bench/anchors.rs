@@ -165,19 +165,18 @@ fn compare(anchor: &Value, measured: &Measured, peak: &Peak) -> Value {
     };
     let throughput = rows("throughput", "sentences", measured.throughput);
     let windows = rows("windows_256", "chunks", measured.windows_256);
-    let list = |rows: &[Value], unit: &str, key: &str| {
+    // "rate (offpath's ratio)" for each row.
+    let list = |rows: &[Value], unit: &str| {
         rows.iter()
             .map(|r| {
+                let rate = r[format!("{unit}_per_second")].as_f64();
+                let ratio = r["offpath_ratio"].as_f64();
                 format!(
-                    "{:.0}",
-                    r[format!("{unit}_per_second")].as_f64().unwrap_or(f64::NAN)
+                    "{:.0} ({:.2})",
+                    rate.unwrap_or(f64::NAN),
+                    ratio.unwrap_or(f64::NAN)
                 )
             })
-            .zip(
-                rows.iter()
-                    .map(|r| format!("{:.2}", r[key].as_f64().unwrap_or(f64::NAN))),
-            )
-            .map(|(rate, other)| format!("{rate} ({other})"))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -187,9 +186,9 @@ fn compare(anchor: &Value, measured: &Measured, peak: &Peak) -> Value {
         anchor["cosine"]["sentences"],
         anchor["cosine"]["windows"],
         measured.batches,
-        list(&throughput, "sentences", "offpath_ratio"),
+        list(&throughput, "sentences"),
         measured.window_batches,
-        list(&windows, "chunks", "offpath_ratio"),
+        list(&windows, "chunks"),
         throughput
             .iter()
             .chain(&windows)
