@@ -76,8 +76,15 @@ class Console:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 
     def text(self, css):
-        found = self.find_all(css)
-        return found[0].text if found else ""
+        """The first match's text ("" if none), read again if the console re-renders
+        the element between finding and reading it."""
+        for _ in range(10):
+            found = self.find_all(css)
+            try:
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{css} kept being re-rendered")
 
     def go(self, fragment):
         self.driver.execute_script("location.hash = arguments[0]", fragment)
@@ -144,8 +151,11 @@ class Console:
             element.send_keys(value)
         previous = self.text("#try-job")
         self.find("#try-submit").click()
-        self.wait("the submitted job", lambda: self.text("#try-job") not in ("", previous))
-        return self.text("#try-job")
+        def submitted():
+            job = self.text("#try-job")
+            return job if job not in ("", previous) else None
+
+        return self.wait("the submitted job", submitted)
 
     def tab_to(self, what, matches, limit=40):
         """Presses Tab until the focused element matches; returns it."""
@@ -173,9 +183,15 @@ class Console:
 
 
 def job_rows(console):
-    return [(row.get_attribute("data-job"), row.find_element(By.CSS_SELECTOR, ".chip").text,
-             row.find_elements(By.TAG_NAME, "td")[1].text)
-            for row in console.find_all("tbody tr[data-job]")]
+    """(id, status, task) of each row of the job list, read in one script: the list
+    re-renders every 3 s, so elements found first and read after could be gone."""
+    return [tuple(row) for row in console.driver.execute_script("""
+        return [...document.querySelectorAll("tbody tr[data-job]")].map((row) => [
+          row.dataset.job,
+          row.querySelector(".chip").innerText,
+          row.querySelectorAll("td")[1].innerText,
+        ]);
+    """)]
 
 
 def wait_for_letter(console, job):
