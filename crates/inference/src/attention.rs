@@ -10,10 +10,14 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
-use crate::kernels::elements;
+use crate::kernels::{elements, softmax};
 use crate::target::Target;
+
+thread_local! {
+    /// Room for one head's `length x length` scores, kept between units.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Multi-head self-attention over the fused query/key/value projection of unpadded
 /// sequences: rows `[q | k | v]`, one per token, the sequences one after the other.
@@ -58,12 +62,11 @@ impl CustomOp1 for Attention<'_> {
             .collect();
         let mut out = vec![0f32; tokens * hidden];
         let target = Target::new(&mut out);
-        (0..self.lengths.len() * self.heads)
-            .into_par_iter()
-            .for_each_init(Vec::new, |scores, unit| {
-                let (sequence, index) = (unit / self.heads, unit % self.heads);
-                let (first, length) = (firsts[sequence], self.lengths[sequence]);
-                let rows = &qkv[first * width..(first + length) * width];
+        crate::team::for_each(self.lengths.len() * self.heads, |unit| {
+            let (sequence, index) = (unit / self.heads, unit % self.heads);
+            let (first, length) = (firsts[sequence], self.lengths[sequence]);
+            let rows = &qkv[first * width..(first + length) * width];
+            SCORES.with_borrow_mut(|scores| {
                 scores.resize(length * length, 0.0);
                 // SAFETY: `rows` holds `length` rows of `width` (checked above: the
                 // sequences tile the `tokens` rows); the unit writes rows first..first +
@@ -74,6 +77,7 @@ impl CustomOp1 for Attention<'_> {
                     head.attend(rows, index, scores, out);
                 }
             });
+        });
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
@@ -155,18 +159,6 @@ impl Head {
                 Parallelism::None,
             );
         }
-    }
-}
-
-/// Softmax in place, shifted by the maximum so that `exp` cannot overflow.
-fn softmax(weights: &mut [f32]) {
-    let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for w in weights.iter_mut() {
-        *w = (*w - max).exp();
-    }
-    let total = weights.iter().sum::<f32>().recip();
-    for w in weights.iter_mut() {
-        *w *= total;
     }
 }
 

@@ -105,12 +105,13 @@ enum Product {
     },
 }
 
-/// The most rows of a pass the packed `f32` kernel runs: about two sentences. It beats
-/// candle's product there (a single sentence: 226 against 175 sentences/s on two
-/// Sapphire Rapids cores) and loses to it on larger passes, whose blocking candle's
-/// does better (BENCHMARKS.md). Both sum in `f32`, so results agree to rounding.
+/// The most rows of a pass the packed `f32` kernel runs: about nine sentences. It beats
+/// candle's product there (on two Sapphire Rapids cores, batches of 8 in passes of
+/// about 55 rows: 721 against 666 sentences/s) and loses to it on larger passes
+/// (one 256-token window: 31-32 against 37 chunks/s; BENCHMARKS.md). Both sum in `f32`, so
+/// results agree to rounding.
 #[cfg(target_arch = "x86_64")]
-const SMALL_PASS: usize = 32;
+const SMALL_PASS: usize = 128;
 
 impl Dense {
     /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias, with

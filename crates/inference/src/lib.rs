@@ -16,6 +16,7 @@ mod packed;
 pub mod peak;
 mod port;
 mod target;
+mod team;
 pub mod weights;
 
 pub use dense::Precision;

@@ -135,14 +135,25 @@ impl MiniLm {
     /// token counts run in parallel.
     fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
-        let passes = passes(&lengths, rayon::current_num_threads());
+        let threads = rayon::current_num_threads();
+        let passes = passes(&lengths, threads);
         // Inside rayon's pool: a single pass would otherwise run on the caller's
-        // thread, which hands each of its ~30 parallel regions (products, attention)
-        // to the pool and sleeps until it ends; a worker keeps working instead.
+        // thread, which hands each of its ~30 parallel loops (products, attention) to
+        // the pool and sleeps until it ends. Fewer passes than threads (one sentence,
+        // one window) run with the idle threads as their team (`crate::team`), which
+        // spin between loops rather than park.
         let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = rayon::scope(|_| {
+            let team_size = threads.div_ceil(passes.len().max(1));
             passes
                 .into_par_iter()
-                .map(|pass| self.pass(&sequences[pass.clone()], &lengths[pass]))
+                .map(|pass| {
+                    let run = || self.pass(&sequences[pass.clone()], &lengths[pass.clone()]);
+                    if team_size > 1 {
+                        crate::team::lead(team_size, run)
+                    } else {
+                        run()
+                    }
+                })
                 .collect()
         });
         let mut vectors = Vec::with_capacity(sequences.len());
