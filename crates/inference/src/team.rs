@@ -30,7 +30,9 @@ type Work<'a> = &'a (dyn Fn(usize) + Sync);
 const UNIT_BITS: u32 = 24;
 /// Most units one loop of a team may have.
 const MAX_UNITS: usize = (1 << UNIT_BITS) - 1;
-/// Spins between two looks for other rayon work while a helper waits for a loop.
+/// Spins between two yields while a helper waits for a loop: to other rayon work if
+/// there is some, else to the operating system, so that on a busy machine a helper
+/// does not hold the core its leader waits for.
 const SPINS_PER_YIELD: u32 = 64;
 
 thread_local! {
@@ -118,7 +120,7 @@ impl Team {
     }
 
     /// A helper's part: takes units of each loop until the pass ends; between loops,
-    /// spins, now and then running other rayon work.
+    /// spins, now and then yielding ([`SPINS_PER_YIELD`]).
     fn help(&self) {
         let mut idle = 0u32;
         while !self.finished.load(Ordering::Acquire) {
@@ -128,7 +130,9 @@ impl Team {
             }
             idle += 1;
             if idle.is_multiple_of(SPINS_PER_YIELD) {
-                rayon::yield_now();
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::yield_now();
+                }
             } else {
                 std::hint::spin_loop();
             }
