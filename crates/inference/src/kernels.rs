@@ -1,7 +1,8 @@
-//! The encoder's CPU kernels as candle custom ops: bias, GELU, residual + layer norm
-//! (attention has its own module). Each is one pass over rows of `f32`,
-//! in place where it can be, written as plain loops over slices that the compiler
-//! vectorises; candle's stock ops would take a pass (and an allocation) per step.
+//! The encoder's CPU kernels as candle custom ops: bias, GELU, residual + layer norm;
+//! and attention's softmax (attention itself has its own module). Each is one pass
+//! over rows of `f32`, in place where it can be, written as plain loops over slices
+//! that the compiler vectorises; candle's stock ops would take a pass (and an
+//! allocation) per step.
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, bail};
 
@@ -114,7 +115,7 @@ fn rows_mut<'a>(
 const LANES: usize = 8;
 
 /// The sum of `values`, in [`LANES`] partial sums.
-pub(crate) fn sum(values: impl Iterator<Item = f32>) -> f32 {
+fn sum(values: impl Iterator<Item = f32>) -> f32 {
     let mut lanes = [0f32; LANES];
     for (i, x) in values.enumerate() {
         lanes[i % LANES] += x;

@@ -195,10 +195,10 @@ impl<F: Format> Weight<F> {
         let blocks = rows.div_ceil(block_rows);
         // Block after block, panel after panel within one: neighbouring work shares
         // a block of inputs, which stays in cache while the panels pass through.
+        let words = Line::words(&self.panels);
         crate::team::for_each(blocks * panels, |unit| {
             let (block, panel) = (unit / panels, unit % panels);
-            let weights =
-                &Line::words(&self.panels)[panel * panel_words..(panel + 1) * panel_words];
+            let weights = &words[panel * panel_words..(panel + 1) * panel_words];
             let bias = &self.bias[panel * PANEL..(panel + 1) * PANEL];
             let first_column = panel * PANEL;
             let width = (self.outputs - first_column).min(PANEL);
