@@ -94,24 +94,16 @@ enum Product {
     /// Packed bfloat16 pairs.
     #[cfg(target_arch = "x86_64")]
     Bf16(crate::packed::Weight<crate::packed::Bf16>),
-    /// candle's `f32` product: `weight` is `inputs x outputs`, the layout candle's
-    /// matrix product reads fastest; on AVX-512, also packed for FMA, which small
-    /// passes (at most [`SMALL_PASS`] rows) run instead.
-    F32 {
-        weight: Tensor,
-        bias: Vec<f32>,
-        #[cfg(target_arch = "x86_64")]
-        packed: Option<crate::packed::Weight<crate::packed::F32>>,
-    },
+    /// Packed `f32`, on AVX-512: faster than candle's product at every size (on two
+    /// Sapphire Rapids cores, 905-915 against 860-886 sentences/s in batches of 64,
+    /// and level on 256-token windows). Both sum in `f32`, so results agree to
+    /// rounding.
+    #[cfg(target_arch = "x86_64")]
+    F32(crate::packed::Weight<crate::packed::F32>),
+    /// candle's `f32` product, on every other CPU: `weight` is `inputs x outputs`, the
+    /// layout candle's matrix product reads fastest.
+    Candle { weight: Tensor, bias: Vec<f32> },
 }
-
-/// The most rows of a pass the packed `f32` kernel runs: about nine sentences. It beats
-/// candle's product there (on two Sapphire Rapids cores, batches of 8 in passes of
-/// about 55 rows: 721 against 666 sentences/s) and loses to it on larger passes
-/// (one 256-token window: 31-32 against 37 chunks/s; BENCHMARKS.md). Both sum in `f32`, so
-/// results agree to rounding.
-#[cfg(target_arch = "x86_64")]
-const SMALL_PASS: usize = 128;
 
 impl Dense {
     /// A dense layer from a checkpoint's `outputs x inputs` weight and its bias, with
@@ -135,20 +127,25 @@ impl Dense {
         }
     }
 
-    /// A dense layer on candle's `f32` product (and, on AVX-512, the packed one).
+    /// A dense layer with `f32` products: packed on AVX-512, candle's elsewhere.
     fn f32(weight: &Tensor, bias: &Tensor, activation: Activation) -> Result<Self> {
-        let product = Product::F32 {
-            weight: weight.t()?.contiguous()?,
-            bias: bias.to_vec1()?,
-            #[cfg(target_arch = "x86_64")]
-            packed: if <crate::packed::F32 as crate::packed::Format>::available() {
-                Some(pack(weight, bias)?)
-            } else {
-                None
-            },
-        };
+        #[cfg(target_arch = "x86_64")]
+        if <crate::packed::F32 as crate::packed::Format>::available() {
+            return Ok(Dense {
+                product: Product::F32(pack(weight, bias)?),
+                activation,
+            });
+        }
+        Self::candle(weight, bias, activation)
+    }
+
+    /// A dense layer on candle's `f32` product.
+    fn candle(weight: &Tensor, bias: &Tensor, activation: Activation) -> Result<Self> {
         Ok(Dense {
-            product,
+            product: Product::Candle {
+                weight: weight.t()?.contiguous()?,
+                bias: bias.to_vec1()?,
+            },
             activation,
         })
     }
@@ -162,16 +159,11 @@ impl Dense {
                 activation: self.activation,
             }),
             #[cfg(target_arch = "x86_64")]
-            Product::F32 {
-                packed: Some(weight),
-                ..
-            } if x.dims().first().is_some_and(|&rows| rows <= SMALL_PASS) => {
-                x.apply_op1_no_bwd(&PackedProduct {
-                    weight,
-                    activation: self.activation,
-                })
-            }
-            Product::F32 { weight, bias, .. } => {
+            Product::F32(weight) => x.apply_op1_no_bwd(&PackedProduct {
+                weight,
+                activation: self.activation,
+            }),
+            Product::Candle { weight, bias } => {
                 let product = x.matmul(weight)?;
                 product.inplace_op1(&AddBias(bias))?;
                 if self.activation == Activation::Gelu {
@@ -241,21 +233,8 @@ mod tests {
         Precision::supported()
             .into_iter()
             .map(|p| (p.name(), Dense::new(weight, bias, activation, p).unwrap()))
-            .chain([("candle", candle_only(weight, bias, activation))])
+            .chain([("candle", Dense::candle(weight, bias, activation).unwrap())])
             .collect()
-    }
-
-    /// A layer on candle's product alone, as CPUs without AVX-512 run it.
-    fn candle_only(weight: &Tensor, bias: &Tensor, activation: Activation) -> Dense {
-        Dense {
-            product: Product::F32 {
-                weight: weight.t().unwrap().contiguous().unwrap(),
-                bias: bias.to_vec1().unwrap(),
-                #[cfg(target_arch = "x86_64")]
-                packed: None,
-            },
-            activation,
-        }
     }
 
     #[test]

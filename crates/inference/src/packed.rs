@@ -53,11 +53,20 @@ const BLOCK_BYTES: usize = 512 * 1024;
 /// `DEPTH` x [`PANEL`] words (32 KiB), stays in the core's L1 cache while the block's
 /// tiles pass over it; the sums go to the output between slices.
 const DEPTH: usize = 256;
+/// Steps of the panel ahead of the one a tile multiplies that it asks the cache for
+/// (2 KiB). Hardware prefetchers lose the stream at each new unit; fetching ahead
+/// hides the latency of the L3 cache and memory, where the weights of a small pass
+/// come from: one sentence on two Sapphire Rapids cores went from 388 to 443
+/// sentences/s (8 to 16 steps ahead: same; 32 and more: slower).
+const AHEAD: usize = 16;
 
 /// How weights and inputs are packed and multiplied.
 pub(crate) trait Format: Sync + 'static {
     /// Consecutive inputs one word holds.
     const SPAN: usize;
+    /// Whether a product packs its inputs into words, tile by tile; if not, a word
+    /// is an input's own `f32` bits and the tiles read the rows where they lie.
+    const PACKS_INPUTS: bool;
 
     /// Whether this CPU has the kernel's instructions.
     fn available() -> bool;
@@ -82,6 +91,7 @@ pub(crate) struct F32;
 
 impl Format for Bf16 {
     const SPAN: usize = 2;
+    const PACKS_INPUTS: bool = true;
 
     fn available() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
@@ -102,6 +112,7 @@ impl Format for Bf16 {
 
 impl Format for F32 {
     const SPAN: usize = 1;
+    const PACKS_INPUTS: bool = false;
 
     fn available() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -159,16 +170,29 @@ impl<F: Format> Weight<F> {
         }
     }
 
-    /// The rows of `x` as words, tile after tile ([`TILE`] rows, the last padded
-    /// with zeros); in a tile, step after step, the tile's rows' words at that step:
-    /// the order the kernel reads them in, one stream.
+    /// Rows of the blocks a product shares out: as many whole tiles as fit
+    /// [`BLOCK_BYTES`] of inputs, at least one.
+    fn block_rows(&self) -> usize {
+        (BLOCK_BYTES / (self.steps * 4)).max(TILE) / TILE * TILE
+    }
+
+    /// The rows of `x` as words, tile after tile ([`tiles`] of each block); in a
+    /// tile, step after step, the tile's rows' words at that step: the order the
+    /// kernel reads them in, one stream. A tile starts at its first row's row of words.
     fn pack_inputs(&self, x: &[f32]) -> Vec<u32> {
         let rows = x.len() / self.inputs;
-        let mut inputs = vec![0u32; rows.div_ceil(TILE) * TILE * self.steps];
-        for (r, row) in x.chunks_exact(self.inputs).enumerate() {
-            let first = (r / TILE) * TILE * self.steps + r % TILE;
-            for (step, values) in row.chunks(F::SPAN).enumerate() {
-                inputs[first + step * TILE] = F::word(values);
+        let mut inputs = vec![0u32; rows * self.steps];
+        for block in (0..rows).step_by(self.block_rows()) {
+            for tile in tiles(block..rows.min(block + self.block_rows())) {
+                for (r, row) in x[tile.start * self.inputs..tile.end * self.inputs]
+                    .chunks_exact(self.inputs)
+                    .enumerate()
+                {
+                    let first = tile.start * self.steps + r;
+                    for (step, values) in row.chunks(F::SPAN).enumerate() {
+                        inputs[first + step * tile.len()] = F::word(values);
+                    }
+                }
             }
         }
         inputs
@@ -186,12 +210,20 @@ impl<F: Format> Weight<F> {
         assert!(F::available(), "the CPU lacks the kernel's instructions");
         assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
         let rows = x.len() / self.inputs;
-        let inputs = self.pack_inputs(x);
-        let mut out = vec![0f32; rows * self.outputs];
-        let target = Target::new(&mut out);
+        let packed;
+        let inputs: &[u32] = if F::PACKS_INPUTS {
+            packed = self.pack_inputs(x);
+            &packed
+        } else {
+            // SAFETY: `f32` and `u32` have one size and alignment, and every bit
+            // pattern is a `u32`.
+            unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
+        };
+        let mut out = Vec::with_capacity(rows * self.outputs);
+        let target = Target::spare(&mut out);
         let panel_words = self.steps * PANEL;
         let panels = self.bias.len() / PANEL;
-        let block_rows = (BLOCK_BYTES / (self.steps * 4)).max(TILE) / TILE * TILE;
+        let block_rows = self.block_rows();
         let blocks = rows.div_ceil(block_rows);
         // Block after block, panel after panel within one: neighbouring work shares
         // a block of inputs, which stays in cache while the panels pass through.
@@ -206,11 +238,16 @@ impl<F: Format> Weight<F> {
             for first_step in (0..self.steps).step_by(DEPTH) {
                 let depth = (self.steps - first_step).min(DEPTH);
                 let last = first_step + depth == self.steps;
-                for first_row in block.clone().step_by(TILE) {
-                    let tile_rows = (rows - first_row).min(TILE);
-                    let a = &inputs[first_row * self.steps..(first_row + TILE) * self.steps];
+                for tile in tiles(block.clone()) {
+                    let (first_row, tile_rows) = (tile.start, tile.len());
+                    let a = &inputs[first_row * self.steps..tile.end * self.steps];
+                    let (row_stride, step_stride) = if F::PACKS_INPUTS {
+                        (1, tile_rows)
+                    } else {
+                        (self.steps, 1)
+                    };
                     // SAFETY: the CPU has the kernel's instructions (asserted above); `a`
-                    // holds the tile's `steps` x TILE words, `weights` `steps` rows of
+                    // holds the tile's `steps` x `tile_rows` words, `weights` `steps` rows of
                     // PANEL words and `bias` PANEL values, and the tile reads steps
                     // first_step..first_step + depth of each; it writes rows first_row..
                     // first_row + tile_rows, columns first_column..first_column + width
@@ -219,7 +256,9 @@ impl<F: Format> Weight<F> {
                     unsafe {
                         let out = target.at(first_row * self.outputs + first_column);
                         let tile = Tile {
-                            inputs: a.as_ptr().add(first_step * TILE),
+                            inputs: a.as_ptr().add(first_step * step_stride),
+                            row_stride,
+                            step_stride,
                             depth,
                             weights: weights.as_ptr().add(first_step * PANEL),
                             start: if first_step == 0 {
@@ -244,8 +283,22 @@ impl<F: Format> Weight<F> {
                 }
             }
         });
+        // SAFETY: the units wrote every element: each (block, panel) all the block's
+        // rows in the panel's columns, its first slice from the bias.
+        unsafe { out.set_len(rows * self.outputs) };
         out
     }
+}
+
+/// The tiles of a block of rows: as few as hold [`TILE`] rows each, of sizes that
+/// differ by at most one (a 15-token sentence is tiles of 7 and 8 rows, not 14 and 1:
+/// a tile of few rows has too few running sums to keep the FMA units busy).
+fn tiles(rows: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = rows.len().div_ceil(TILE);
+    (0..count).map(move |i| {
+        let at = |i: usize| rows.start + rows.len() * i / count;
+        at(i)..at(i + 1)
+    })
 }
 
 /// Words in a cache line.
@@ -273,8 +326,12 @@ impl Line {
 /// One tile's operands: up to [`TILE`] rows of packed inputs against a slice of one
 /// panel, `depth` words deep.
 pub(crate) struct Tile {
-    /// The slice's first step of the tile's packed inputs: [`TILE`] words a step.
+    /// The tile's first row's word at the slice's first step.
     inputs: *const u32,
+    /// Words from one row's word to the next row's at the same step.
+    row_stride: usize,
+    /// Words from one step's word to the next step's in a row.
+    step_stride: usize,
     /// Words of each row in the slice.
     depth: usize,
     /// The slice's first row of the panel.
@@ -363,12 +420,15 @@ unsafe fn bf16_tile<const R: usize>(tile: &Tile) {
         let mut sums = tile.start::<R>();
         for step in 0..tile.depth {
             let w = tile.weights.add(step * PANEL);
+            prefetch(w.cast());
             let mut panel = [bh(_mm512_setzero_si512()); REGISTERS];
             for (j, register) in panel.iter_mut().enumerate() {
                 *register = bh(_mm512_loadu_si512(w.add(16 * j).cast()));
             }
             for (row, sums) in sums.iter_mut().enumerate() {
-                let x = *tile.inputs.add(step * TILE + row);
+                let x = *tile
+                    .inputs
+                    .add(step * tile.step_stride + row * tile.row_stride);
                 let x = bh(_mm512_set1_epi32(x as i32));
                 for (sum, &w) in sums.iter_mut().zip(&panel) {
                     *sum = _mm512_dpbf16_ps(*sum, x, w);
@@ -393,18 +453,33 @@ unsafe fn f32_tile<const R: usize>(tile: &Tile) {
         let inputs = tile.inputs.cast::<f32>();
         for step in 0..tile.depth {
             let w = weights.add(step * PANEL);
+            prefetch(w.cast());
             let mut panel = [_mm512_setzero_ps(); REGISTERS];
             for (j, register) in panel.iter_mut().enumerate() {
                 *register = _mm512_loadu_ps(w.add(16 * j));
             }
             for (row, sums) in sums.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*inputs.add(step * TILE + row));
+                let x =
+                    _mm512_set1_ps(*inputs.add(step * tile.step_stride + row * tile.row_stride));
                 for (sum, &w) in sums.iter_mut().zip(&panel) {
                     *sum = _mm512_fmadd_ps(x, w, *sum);
                 }
             }
         }
         tile.store(&sums);
+    }
+}
+
+/// Asks for the panel row [`AHEAD`] steps past `row` to be brought into the L1 cache.
+/// A prefetch never faults: past the panel's end it fetches a neighbour's words or
+/// nothing.
+#[inline(always)]
+fn prefetch(row: *const u32) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let ahead = row.wrapping_add(AHEAD * PANEL).cast::<i8>();
+    for line in 0..PANEL / LINE {
+        // SAFETY: a prefetch reads nothing into the program and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64)) };
     }
 }
 
@@ -478,6 +553,17 @@ mod tests {
     #[test]
     fn f32_product_matches_f32() {
         product_matches::<F32>(1e-5);
+    }
+
+    #[test]
+    fn tiles_split_a_block_evenly() {
+        let sizes = |rows: std::ops::Range<usize>| tiles(rows).map(|t| t.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(0..14), [14]);
+        assert_eq!(sizes(0..15), [7, 8]);
+        assert_eq!(sizes(84..113), [9, 10, 10]);
+        assert_eq!(sizes(5..5), [0usize; 0]);
+        let covered: Vec<usize> = tiles(3..50).flatten().collect();
+        assert_eq!(covered, (3..50).collect::<Vec<_>>());
     }
 
     #[test]
