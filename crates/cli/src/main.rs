@@ -50,6 +50,11 @@ enum Command {
     Model(offpath::model::ModelCommand),
 }
 
+/// Large buffers on cache lines, for the model's parallel products
+/// ([`offpath_inference::LineAligned`]).
+#[global_allocator]
+static ALLOCATOR: offpath_inference::LineAligned = offpath_inference::LineAligned;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -5,6 +5,7 @@
 //! [`MiniLm`] implements the `Model` port: one batched pass over the texts of many
 //! jobs.
 
+mod alloc;
 mod attention;
 mod dense;
 mod encoder;
@@ -19,6 +20,7 @@ mod target;
 mod team;
 pub mod weights;
 
+pub use alloc::LineAligned;
 pub use dense::Precision;
 pub use error::LoadError;
 pub use minilm::{DIMENSIONS, MAX_TOKENS, MODEL_NAME, MiniLm};

@@ -6,8 +6,12 @@ use std::sync::Arc;
 use lambda_runtime::{LambdaEvent, service_fn};
 use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
 use offpath_aws::lambda::{metrics, ports_from_env, run_function};
-use offpath_inference::{MiniLm, weights};
+use offpath_inference::{LineAligned, MiniLm, weights};
 use offpath_worker::{Worker, WorkerConfig};
+
+/// Large buffers on cache lines, for the model's parallel products ([`LineAligned`]).
+#[global_allocator]
+static ALLOCATOR: LineAligned = LineAligned;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
