@@ -9,7 +9,8 @@
 //! ([`multiversion`]), and runs the widest this CPU has. The versions do the same
 //! operations in the same order (no fused multiply-adds: Rust never contracts
 //! `a * b + c`), so every CPU gets the same bits. On two Sapphire Rapids cores GELU
-//! went from 7.6% of a batch of 64 sentences to ...
+//! went from 7.6% of a batch of 64 sentences' time to 3.5%, and with the reductions
+//! in sixteen lanes one 256-token window from 35 to 45 chunks/s.
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, bail};
 use multiversion::multiversion;

@@ -15,11 +15,12 @@
 //! The weight is packed once, at load, into panels of [`PANEL`] columns in which each
 //! word holds one column's weights for [`Format::SPAN`] consecutive inputs: the layout
 //! the kernel multiplies against a broadcast word of inputs; each panel row starts a
-//! cache line. A product packs its inputs likewise, tile by tile, so that a tile reads
-//! them as one stream, then shares out blocks of rows times panels among rayon's
-//! threads (or the pass's team, [`crate::team`]); each runs its block against its
-//! panel in tiles of [`TILE`] rows whose sums stay in registers from the bias to the
-//! store.
+//! cache line. A bfloat16 product packs its inputs likewise, tile by tile, so that a
+//! tile reads them as one stream (an `f32` product reads them where they lie: packing
+//! them was slower at every size once the weights were prefetched), then shares out
+//! blocks of rows times panels among rayon's threads (or the pass's team,
+//! [`crate::team`]); each runs its block against its panel in tiles of at most
+//! [`TILE`] rows whose sums stay in registers from the bias to the store.
 
 // The kernels use AVX-512 intrinsics on raw pointers; every entry point checks the CPU
 // ([`Format::available`]) and the slice lengths before it calls them.
@@ -182,8 +183,9 @@ impl<F: Format> Weight<F> {
     fn pack_inputs(&self, x: &[f32]) -> Vec<u32> {
         let rows = x.len() / self.inputs;
         let mut inputs = vec![0u32; rows * self.steps];
-        for block in (0..rows).step_by(self.block_rows()) {
-            for tile in tiles(block..rows.min(block + self.block_rows())) {
+        let block_rows = self.block_rows();
+        for block in (0..rows).step_by(block_rows) {
+            for tile in tiles(block..rows.min(block + block_rows)) {
                 for (r, row) in x[tile.start * self.inputs..tile.end * self.inputs]
                     .chunks_exact(self.inputs)
                     .enumerate()
