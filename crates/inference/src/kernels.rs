@@ -147,37 +147,44 @@ fn rows_mut<'a>(
 /// the compiler keeps in SIMD registers (one running result would force strict order).
 const LANES: usize = 16;
 
-/// The largest of `values` (negative infinity for none), in [`LANES`] partial maxima.
+/// `term` of each of `values`, combined with `combine` (associative and commutative,
+/// `identity` its identity) in [`LANES`] partial results, then across them.
 #[inline(always)]
-fn max(values: &[f32]) -> f32 {
-    let larger = |a: f32, b: f32| if b > a { b } else { a };
-    let mut lanes = [f32::NEG_INFINITY; LANES];
+fn reduce(
+    values: &[f32],
+    identity: f32,
+    term: impl Fn(f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut lanes = [identity; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks
         .remainder()
         .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, larger);
+        .fold(identity, |acc, &x| combine(acc, term(x)));
     for chunk in chunks {
         for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = larger(*lane, x);
+            *lane = combine(*lane, term(x));
         }
     }
-    lanes.into_iter().fold(rest, larger)
+    lanes.into_iter().fold(rest, combine)
 }
 
 /// The sum of `term` over `values`, in [`LANES`] partial sums.
 #[inline(always)]
 fn sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().map(|&x| term(x)).sum();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += term(x);
-        }
-    }
-    lanes.into_iter().fold(rest, |total, lane| total + lane)
+    reduce(values, 0.0, term, |a, b| a + b)
+}
+
+/// The largest of `values` (negative infinity for none), in [`LANES`] partial maxima.
+#[inline(always)]
+fn max(values: &[f32]) -> f32 {
+    reduce(
+        values,
+        f32::NEG_INFINITY,
+        |x| x,
+        |a, b| if b > a { b } else { a },
+    )
 }
 
 wide! {
