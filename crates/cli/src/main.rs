@@ -57,6 +57,7 @@ static ALLOCATOR: offpath_inference::LineAligned = offpath_inference::LineAligne
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    offpath_inference::LineAligned::keep_freed_blocks();
     let cli = Cli::parse();
     // Benchmarks log warnings only: a line per job would cost time and bury the figures.
     let default_filter = match cli.command {

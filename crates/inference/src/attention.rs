@@ -11,12 +11,38 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
 use gemm::Parallelism;
 
+#[cfg(target_arch = "x86_64")]
+use crate::amx;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::exp_shifted;
 use crate::kernels::{elements, softmax};
 use crate::target::Target;
 
 thread_local! {
     /// Room for one head's `length x length` scores, kept between units.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Room for one head's operands on tiles, kept between units.
+    static TILE_ROOM: std::cell::RefCell<TileRoom> = std::cell::RefCell::new(TileRoom::default());
+}
+
+/// One head's operands on AMX tiles, each starting a cache line.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct TileRoom {
+    /// The queries, scaled, as bfloat16 pairs: a row of 16 words each.
+    queries: amx::Room,
+    /// The keys, packed as the columns of panels ([`amx::pack_columns`]).
+    keys: amx::Room,
+    /// The values, packed as the steps of panels ([`amx::pack_rows`]).
+    values: amx::Room,
+    /// The scores, `f32`, a row of whole panels of keys each.
+    scores: amx::Room,
+    /// The weights (the scores' softmax) as bfloat16 pairs.
+    weights: amx::Room,
 }
 
 /// Multi-head self-attention over the fused query/key/value projection of unpadded
@@ -28,6 +54,10 @@ pub(crate) struct Attention<'a> {
     pub(crate) lengths: &'a [usize],
     /// Attention heads.
     pub(crate) heads: usize,
+    /// Whether the products run on AMX tiles in bfloat16 ([`crate::amx`]; the
+    /// bfloat16 precision, where the CPU and the system offer them, for heads of up
+    /// to 32 values) or in `f32`.
+    pub(crate) tiles: bool,
 }
 
 impl CustomOp1 for Attention<'_> {
@@ -62,10 +92,24 @@ impl CustomOp1 for Attention<'_> {
             .collect();
         let mut out = Vec::with_capacity(tokens * hidden);
         let target = Target::spare(&mut out);
+        #[cfg(target_arch = "x86_64")]
+        let tiles = self.tiles && head.size <= 2 * amx::STEPS;
         crate::team::for_each(self.lengths.len() * self.heads, |unit| {
             let (sequence, index) = (unit / self.heads, unit % self.heads);
             let (first, length) = (firsts[sequence], self.lengths[sequence]);
             let rows = &qkv[first * width..(first + length) * width];
+            #[cfg(target_arch = "x86_64")]
+            if tiles {
+                TILE_ROOM.with_borrow_mut(|room| {
+                    // SAFETY: as below; the tiles are available (the caller's word)
+                    // and the head no wider than one step of a tile.
+                    unsafe {
+                        let out = target.at(first * hidden + index * head.size);
+                        head.attend_tiles(rows, index, room, out);
+                    }
+                });
+                return;
+            }
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(length * length, 0.0);
                 // SAFETY: `rows` holds `length` rows of `width` (checked above: the
@@ -165,6 +209,89 @@ impl Head {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Head {
+    /// [`Head::attend`] on AMX tiles: queries (scaled), keys and values rounded to
+    /// bfloat16 and packed, the scores summed in `f32` by the tiles, softmax in
+    /// `f32`, the weights rounded to bfloat16 and multiplied by the values on the
+    /// tiles; padding (queries to whole tiles, keys to whole panels) is zeros, so
+    /// padded keys weigh nothing.
+    ///
+    /// # Safety
+    /// As [`Head::attend`], and [`amx::available`], `size <= 32`.
+    unsafe fn attend_tiles(&self, rows: &[f32], index: usize, room: &mut TileRoom, out: *mut f32) {
+        let length = rows.len() / self.width;
+        let (size, width, hidden) = (self.size, self.width, self.hidden);
+        let [q, k, v] = [0, 1, 2].map(|part| part * hidden + index * size);
+        let scale = (size as f32).sqrt().recip();
+        let query_rows = length.next_multiple_of(amx::ROWS);
+        let keys = length.next_multiple_of(32);
+        let key_steps = keys / 2;
+        let groups = length.div_ceil(amx::GROUP);
+        let group_rows = |group: usize| (length - group * amx::GROUP).min(amx::GROUP);
+        // SAFETY: the caller's contract; every buffer is sized here for what is
+        // written to it and read from it: queries and weights in whole tiles of rows,
+        // keys and values in whole panels.
+        unsafe {
+            let queries = room.queries.words(query_rows * amx::STEPS);
+            for r in 0..length {
+                let query = &rows[r * width + q..r * width + q + size];
+                amx::round_row(query, scale, amx::STEPS, queries.add(r * amx::STEPS));
+            }
+            queries
+                .add(length * amx::STEPS)
+                .write_bytes(0, (query_rows - length) * amx::STEPS);
+            let key_panels = room.keys.words(keys * amx::STEPS);
+            amx::pack_columns(&rows[k..], length, width, size, key_panels);
+            let value_panels = room.values.words(size.div_ceil(32) * key_steps * 32);
+            amx::pack_rows(&rows[v..], length, width, size, key_steps, value_panels);
+            // scores = (scale · Q) Kᵀ
+            let scores = room.scores.words(length * keys).cast::<f32>();
+            for group in 0..groups {
+                for panel in 0..keys / 32 {
+                    amx::Panel {
+                        inputs: queries.add(group * amx::GROUP * amx::STEPS),
+                        input_stride: amx::STEPS * 4,
+                        steps: amx::STEPS,
+                        weights: key_panels.add(panel * amx::STEPS * 32),
+                        out: scores.add(group * amx::GROUP * keys + panel * 32),
+                        out_stride: keys,
+                        rows: group_rows(group),
+                        width: (length - panel * 32).min(32),
+                    }
+                    .run();
+                }
+            }
+            let weights = room.weights.words(query_rows * key_steps);
+            for r in 0..length {
+                let row = std::slice::from_raw_parts_mut(scores.add(r * keys), length);
+                // softmax, its division done in the rounding: the same operations.
+                let total = exp_shifted(row).recip();
+                amx::round_row(row, total, key_steps, weights.add(r * key_steps));
+            }
+            weights
+                .add(length * key_steps)
+                .write_bytes(0, (query_rows - length) * key_steps);
+            // context = weights · V, into the head's columns of the output rows.
+            for group in 0..groups {
+                for panel in 0..size.div_ceil(32) {
+                    amx::Panel {
+                        inputs: weights.add(group * amx::GROUP * key_steps),
+                        input_stride: key_steps * 4,
+                        steps: key_steps,
+                        weights: value_panels.add(panel * key_steps * 32),
+                        out: out.add(group * amx::GROUP * hidden + panel * 32),
+                        out_stride: hidden,
+                        rows: group_rows(group),
+                        width: (size - panel * 32).min(32),
+                    }
+                    .run();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +308,7 @@ mod tests {
         let op = Attention {
             lengths: &[2, 1],
             heads: 2,
+            tiles: false,
         };
         let qkv = Tensor::from_vec(qkv, (3, 6), &Device::Cpu).unwrap();
         let out = qkv.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
@@ -199,6 +327,7 @@ mod tests {
         let op = Attention {
             lengths: &lengths,
             heads,
+            tiles: false,
         };
         let tensor = Tensor::from_vec(qkv.clone(), (tokens, 3 * hidden), &Device::Cpu).unwrap();
         let got = tensor
@@ -238,5 +367,42 @@ mod tests {
             }
             first += length;
         }
+    }
+
+    /// On tiles, in bfloat16: within bfloat16's precision of the `f32` products, over
+    /// sequences that span several tiles of queries and panels of keys (and end inside
+    /// both), heads of 32 values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn attention_on_tiles_matches_f32() {
+        if !amx::available() {
+            eprintln!("skipped: this CPU or system lacks AMX tiles");
+            return;
+        }
+        let (heads, size, lengths) = (3, 32, [70usize, 1, 33]);
+        let hidden = heads * size;
+        let tokens: usize = lengths.iter().sum();
+        let qkv: Vec<f32> = (0..tokens * 3 * hidden)
+            .map(|i| ((i * 7919 % 997) as f32 / 249.0) - 2.0)
+            .collect();
+        let tensor = Tensor::from_vec(qkv, (tokens, 3 * hidden), &Device::Cpu).unwrap();
+        let run = |tiles| {
+            let op = Attention {
+                lengths: &lengths,
+                heads,
+                tiles,
+            };
+            let out = tensor.apply_op1_no_bwd(&op).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (want, got) = (run(false), run(true));
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        // Values lie in [-2, 2]; a context is a weighted mean of them.
+        assert!(worst < 0.05, "largest difference {worst}");
+        assert!(worst > 0.0, "the tiles ran in f32?");
     }
 }

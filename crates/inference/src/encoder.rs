@@ -47,6 +47,9 @@ struct Layer {
     up: Dense,
     down: Dense,
     output_norm: ResidualNorm,
+    /// Whether attention runs on AMX tiles: in the bfloat16 precision, where the
+    /// dense products do.
+    tiles: bool,
 }
 
 impl Encoder {
@@ -166,21 +169,30 @@ impl Layer {
             up: dense("intermediate.dense", intermediate, hidden, Activation::Gelu)?,
             down: dense("output.dense", hidden, intermediate, Activation::Identity)?,
             output_norm: norm(&vb.pp("output.LayerNorm"), hidden, eps)?,
+            tiles: precision == Precision::Bfloat16 && tiles_available(),
         })
     }
 
     fn forward(&self, x: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
-        let context = self
-            .qkv
-            .forward(x)?
-            .apply_op1_no_bwd(&Attention { lengths, heads })?;
+        let context = self.qkv.forward(x)?.apply_op1_no_bwd(&Attention {
+            lengths,
+            heads,
+            tiles: self.tiles,
+        })?;
         let attended = self.output.forward(&context)?;
         attended.inplace_op2(x, &self.attention_norm)?;
-        let inner = self.up.forward(&attended)?;
-        let out = self.down.forward(&inner)?;
+        let out = self.down.forward_after(&self.up, &attended)?;
         out.inplace_op2(&attended, &self.output_norm)?;
         Ok(out)
     }
+}
+
+/// Whether the CPU and the system offer AMX tiles.
+fn tiles_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A layer norm's scale and shift.

@@ -87,7 +87,7 @@ impl InplaceOp2 for ResidualNorm {
 
 wide! {
 /// Adds `bias` to every row of `rows` (as wide as `bias`).
-fn add_bias(rows: &mut [f32], bias: &[f32]) {
+pub(crate) fn add_bias(rows: &mut [f32], bias: &[f32]) {
     for row in rows.chunks_exact_mut(bias.len()) {
         for (x, b) in row.iter_mut().zip(bias) {
             *x += b;
@@ -235,14 +235,23 @@ wide! {
 /// [`exp`] so that the loops vectorise (libm's `expf` took 12% of a 256-token
 /// window's time).
 pub(crate) fn softmax(weights: &mut [f32]) {
+    let total = exp_shifted(weights).recip();
+    for w in weights.iter_mut() {
+        *w *= total;
+    }
+}
+}
+
+wide! {
+/// Softmax's first half, in place: each score becomes `e^(score - max)`; returns
+/// their sum, by which softmax divides (attention on tiles folds the division into
+/// its rounding to bfloat16).
+pub(crate) fn exp_shifted(weights: &mut [f32]) -> f32 {
     let max = max(weights);
     for w in weights.iter_mut() {
         *w = exp(*w - max);
     }
-    let total = sum(weights, |w| w).recip();
-    for w in weights.iter_mut() {
-        *w *= total;
-    }
+    sum(weights, |w| w)
 }
 }
 

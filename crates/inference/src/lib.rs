@@ -6,6 +6,8 @@
 //! jobs.
 
 mod alloc;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 mod dense;
 mod encoder;

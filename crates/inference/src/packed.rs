@@ -7,7 +7,11 @@
 //!   reference (tests/minilm.rs).
 //! - [`F32`], on AVX-512F: one `vfmadd` does 16 multiply-adds, in full `f32`.
 //!
-//! Which is faster depends on the core: Zen 4 issues one 512-bit FMA or one
+//! On CPUs with AMX (Sapphire Rapids and later) a [`Bf16`] weight is multiplied by
+//! tiles instead ([`Weight::tile_product`], [`crate::amx`]): its panels are already
+//! what a tile of weights loads, 16 steps of 16 columns.
+//!
+//! Without tiles, which is faster depends on the core: Zen 4 issues one 512-bit FMA or one
 //! `vdpbf16ps` a cycle, so bfloat16 does twice the work; Sapphire Rapids issues two
 //! 512-bit FMAs a cycle but one `vdpbf16ps` every other, so `f32` does twice the work
 //! (`offpath bench model` measures both; [`crate::Precision::best`] compares them).
@@ -32,6 +36,7 @@ use std::arch::x86_64::{
     _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
 };
 
+use crate::amx;
 use crate::target::Target;
 
 /// Registers of sixteen `f32` lanes across a panel.
@@ -54,6 +59,11 @@ const BLOCK_BYTES: usize = 512 * 1024;
 /// `DEPTH` x [`PANEL`] words (32 KiB), stays in the core's L1 cache while the block's
 /// tiles pass over it; the sums go to the output between slices.
 const DEPTH: usize = 256;
+/// Units of work an AMX product is cut into at least, where it has rows enough: a
+/// unit that spans many panels keeps its group's inputs in cache and calls the
+/// bias and `finish` once a row, but a small pass needs several units for its
+/// threads.
+const AMX_UNITS: usize = 16;
 /// Steps of the panel ahead of the one a tile multiplies that it asks the cache for
 /// (2 KiB). Hardware prefetchers lose the stream at each new unit; fetching ahead
 /// hides the latency of the L3 cache and memory, where the weights of a small pass
@@ -68,6 +78,8 @@ pub(crate) trait Format: Sync + 'static {
     /// Whether a product packs its inputs into words, tile by tile; if not, a word
     /// is an input's own `f32` bits and the tiles read the rows where they lie.
     const PACKS_INPUTS: bool;
+    /// What the steps of a packed weight round up to (zeros past the inputs).
+    const STEP_MULTIPLE: usize;
 
     /// Whether this CPU has the kernel's instructions.
     fn available() -> bool;
@@ -93,6 +105,8 @@ pub(crate) struct F32;
 impl Format for Bf16 {
     const SPAN: usize = 2;
     const PACKS_INPUTS: bool = true;
+    /// AMX tiles take 16 steps at a time ([`crate::amx`]).
+    const STEP_MULTIPLE: usize = crate::amx::STEPS;
 
     fn available() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
@@ -114,6 +128,7 @@ impl Format for Bf16 {
 impl Format for F32 {
     const SPAN: usize = 1;
     const PACKS_INPUTS: bool = false;
+    const STEP_MULTIPLE: usize = 1;
 
     fn available() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -133,7 +148,7 @@ impl Format for F32 {
 pub(crate) struct Weight<F> {
     inputs: usize,
     outputs: usize,
-    /// Words per input row: `inputs / F::SPAN`, rounded up.
+    /// Words per input row: `inputs / F::SPAN`, rounded up to [`Format::STEP_MULTIPLE`].
     steps: usize,
     /// Panel after panel; in each, `steps` rows of [`PANEL`] words, one per column.
     /// Each row starts a cache line, so that the kernel's loads never straddle two.
@@ -149,7 +164,7 @@ impl<F: Format> Weight<F> {
         assert_eq!(weight.len(), outputs * inputs, "weight shape");
         assert_eq!(bias.len(), outputs, "bias length");
         assert!(inputs > 0, "a weight with no inputs");
-        let steps = inputs.div_ceil(F::SPAN);
+        let steps = inputs.div_ceil(F::SPAN).next_multiple_of(F::STEP_MULTIPLE);
         let columns = outputs.div_ceil(PANEL) * PANEL;
         let mut panels = vec![Line([0; LINE]); columns * steps / LINE];
         let words = Line::words_mut(&mut panels);
@@ -289,6 +304,224 @@ impl<F: Format> Weight<F> {
         // rows in the panel's columns, its first slice from the bias.
         unsafe { out.set_len(rows * self.outputs) };
         out
+    }
+}
+
+/// Rows rounded to bfloat16 pairs for a tile product: each row `steps` words from a
+/// cache line (a tile row that straddles two lines loads about six times slower: 51
+/// cycles a tile against 9 on Sapphire Rapids), zero rows to whole tiles.
+pub(crate) struct Words {
+    lines: Vec<Line>,
+    rows: usize,
+    steps: usize,
+}
+
+/// Where the units of a tile product put each row's finished stretch.
+enum Sink {
+    /// `f32` rows of the product's outputs: the tiles store there.
+    Rows(Target),
+    /// Rows of bfloat16 pairs, `steps` words each, for a next product: the tiles store
+    /// into a scratch block, which is then rounded.
+    Words(Target<u32>, usize),
+}
+
+thread_local! {
+    /// A unit's sums on their way to bfloat16 ([`Sink::Words`]), kept between units.
+    static SUMS: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Weight<Bf16> {
+    /// The product of [`Weight::product`] on AMX tiles ([`crate::amx`]): the rows of
+    /// `x` rounded to bfloat16 pairs, then groups of up to [`amx::GROUP`] rows times
+    /// runs of panels shared out among the threads. Needs [`amx::available`].
+    pub(crate) fn tile_product(&self, x: &[f32], finish: fn(&mut [f32])) -> Vec<f32> {
+        self.tile_product_of(&self.round_rows(x), finish)
+    }
+
+    /// [`Weight::tile_product`] of rows already rounded (by
+    /// [`Weight::tile_product_words`] of the layer before).
+    pub(crate) fn tile_product_of(&self, words: &Words, finish: fn(&mut [f32])) -> Vec<f32> {
+        assert_eq!(words.steps, self.steps, "words of another width");
+        let mut out = Vec::with_capacity(words.rows * self.outputs);
+        self.tile_units(words, &Sink::Rows(Target::spare(&mut out)), finish);
+        // SAFETY: the units wrote every element: each (group, run) all the group's
+        // rows in the run's panels' columns.
+        unsafe { out.set_len(words.rows * self.outputs) };
+        out
+    }
+
+    /// [`Weight::tile_product`] with `finish`, rounded to bfloat16 pairs for `next`
+    /// (whose inputs are this product's outputs) as each unit finishes: the `f32`
+    /// rows never leave the unit's cache.
+    pub(crate) fn tile_product_words(
+        &self,
+        x: &[f32],
+        finish: fn(&mut [f32]),
+        next: &Weight<Bf16>,
+    ) -> Words {
+        assert_eq!(next.inputs, self.outputs, "the next layer's inputs");
+        let rows = x.len() / self.inputs;
+        let mut words = Words::room(rows, next.steps);
+        let target = Target::spare(&mut words.lines).cast::<u32>();
+        self.tile_units(
+            &self.round_rows(x),
+            &Sink::Words(target, next.steps),
+            finish,
+        );
+        // SAFETY: the units wrote every row's words, the padding rows included.
+        unsafe { words.lines.set_len(words.padded_rows() * next.steps / LINE) };
+        words
+    }
+
+    /// The units of a tile product of `words`: each multiplies a group of rows by a
+    /// run of panels, then adds the bias and applies `finish` to each row's stretch
+    /// of the run (one call a row where there are groups enough to share, not one a
+    /// row and panel) and puts it in `sink`.
+    fn tile_units(&self, words: &Words, sink: &Sink, finish: fn(&mut [f32])) {
+        assert!(amx::available(), "the CPU lacks AMX tiles");
+        let rows = words.rows;
+        let inputs = Line::words(&words.lines);
+        let panel_words = self.steps * PANEL;
+        let panels = self.bias.len() / PANEL;
+        let groups = rows.div_ceil(amx::GROUP);
+        // A unit is a group times a run of panels: all of them where there are groups
+        // enough to share out, fewer where there are not.
+        let runs = panels.min(AMX_UNITS.div_ceil(groups));
+        let weights = Line::words(&self.panels);
+        crate::team::for_each(groups * runs, |unit| {
+            let (group, run) = (unit / runs, unit % runs);
+            let first_row = group * amx::GROUP;
+            let group_rows = (rows - first_row).min(amx::GROUP);
+            let run = panels * run / runs..panels * (run + 1) / runs;
+            let columns = run.start * PANEL..self.outputs.min(run.end * PANEL);
+            SUMS.with_borrow_mut(|scratch| {
+                // Where the unit's first row's first column goes, and the row stride.
+                let (base, stride) = match sink {
+                    // SAFETY: within the output (the rows and columns are the unit's).
+                    Sink::Rows(target) => (
+                        unsafe { target.at(first_row * self.outputs + columns.start) },
+                        self.outputs,
+                    ),
+                    Sink::Words(..) => {
+                        let stride = (run.end - run.start) * PANEL;
+                        let lines = amx::GROUP * stride / LINE;
+                        if scratch.len() < lines {
+                            scratch.resize(lines, Line([0; LINE]));
+                        }
+                        (scratch.as_mut_ptr().cast::<f32>(), stride)
+                    }
+                };
+                for panel in run.clone() {
+                    let first_column = panel * PANEL;
+                    // SAFETY: the CPU has the tiles (asserted above); `inputs` holds
+                    // whole tiles of rows (zeros past `rows`: a group of more than one
+                    // tile's rows ends on a tile), `steps` a row, a multiple of
+                    // amx::STEPS; the panel holds `steps` rows of PANEL words; the unit
+                    // writes its rows and columns of the output, which no other unit
+                    // writes and which outlives the parallel loop, or of its scratch.
+                    unsafe {
+                        amx::Panel {
+                            inputs: inputs.as_ptr().add(first_row * self.steps),
+                            input_stride: self.steps * 4,
+                            steps: self.steps,
+                            weights: weights.as_ptr().add(panel * panel_words),
+                            out: base.add(first_column - columns.start),
+                            out_stride: stride,
+                            rows: group_rows,
+                            width: (self.outputs - first_column).min(PANEL),
+                        }
+                        .run();
+                    }
+                }
+                for row in 0..group_rows {
+                    // SAFETY: the unit wrote these rows and columns.
+                    let stretch = unsafe {
+                        std::slice::from_raw_parts_mut(base.add(row * stride), columns.len())
+                    };
+                    crate::kernels::add_bias(stretch, &self.bias[columns.clone()]);
+                    finish(stretch);
+                    if let &Sink::Words(ref target, steps) = sink {
+                        // The run's words: from its first column's (a multiple of 32),
+                        // to the row's end if the run is the last.
+                        let first = columns.start / 2;
+                        let last = if run.end == panels {
+                            steps
+                        } else {
+                            columns.end / 2
+                        };
+                        // SAFETY: the CPU has AVX-512 BF16 (every AMX CPU does); the
+                        // words are the unit's own, within the row of `steps`.
+                        unsafe {
+                            let to = target.at((first_row + row) * steps + first);
+                            amx::round_row(stretch, 1.0, last - first, to);
+                        }
+                    }
+                }
+                if let &Sink::Words(ref target, steps) = sink
+                    && first_row + group_rows == rows
+                    && run.start == 0
+                {
+                    let padded = rows.next_multiple_of(amx::ROWS);
+                    // SAFETY: the padding rows, which only this unit writes.
+                    unsafe {
+                        target
+                            .at(rows * steps)
+                            .write_bytes(0, (padded - rows) * steps)
+                    };
+                }
+            });
+        });
+    }
+
+    /// The rows of `x` as bfloat16 pairs ([`Words`]), rounded in parallel, a group of
+    /// rows a unit.
+    fn round_rows(&self, x: &[f32]) -> Words {
+        assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
+        let rows = x.len() / self.inputs;
+        let mut words = Words::room(rows, self.steps);
+        let padded = words.padded_rows();
+        let target = Target::spare(&mut words.lines).cast::<u32>();
+        crate::team::for_each(rows.div_ceil(amx::GROUP), |group| {
+            let first = group * amx::GROUP;
+            let last = rows.min(first + amx::GROUP);
+            // SAFETY: the CPU has AVX-512 BF16 (every AMX CPU does); the unit writes
+            // rows first..last of `words` and, if they are the last, the padding rows
+            // after them, which no other unit writes.
+            unsafe {
+                amx::round_rows(
+                    &x[first * self.inputs..last * self.inputs],
+                    self.inputs,
+                    self.steps,
+                    target.at(first * self.steps),
+                );
+                if last == rows {
+                    target
+                        .at(rows * self.steps)
+                        .write_bytes(0, (padded - rows) * self.steps);
+                }
+            }
+        });
+        // SAFETY: the units wrote every row, the padding included.
+        unsafe { words.lines.set_len(padded * self.steps / LINE) };
+        words
+    }
+}
+
+impl Words {
+    /// Room (no length yet) for `rows` rows of `steps` words, a multiple of a cache
+    /// line of them, and the zero rows after them.
+    fn room(rows: usize, steps: usize) -> Words {
+        let padded = rows.next_multiple_of(amx::ROWS);
+        Words {
+            lines: Vec::with_capacity(padded * steps / LINE),
+            rows,
+            steps,
+        }
+    }
+
+    /// Rows with the padding.
+    fn padded_rows(&self) -> usize {
+        self.rows.next_multiple_of(amx::ROWS)
     }
 }
 
@@ -511,24 +744,22 @@ mod tests {
         assert_eq!(bf16(-2.5), 0xc020);
     }
 
-    /// The product of format `F` against a plain `f32` one, within `tolerance` of the
-    /// sum of the terms' magnitudes.
-    fn product_matches<F: Format>(tolerance: f32) {
-        if !F::available() {
-            eprintln!("skipped: this CPU lacks the kernel's instructions");
-            return;
-        }
+    /// The product of format `F` (`product`) against a plain `f32` one, within
+    /// `tolerance` of the sum of the terms' magnitudes.
+    fn product_matches<F: Format>(tolerance: f32, product: fn(&Weight<F>, &[f32]) -> Vec<f32>) {
         // An odd number of inputs, outputs that end inside a panel, and rows in several
-        // blocks whose last ends inside a tile.
+        // blocks whose last ends inside a tile (and in groups of AMX tiles whose last
+        // is one row).
         let (rows, inputs, outputs): (usize, usize, usize) = (353, 1537, 70);
-        let block_rows = BLOCK_BYTES / (inputs.div_ceil(F::SPAN) * 4) / TILE * TILE;
-        assert!(rows.div_ceil(block_rows) >= 3 && !(rows % block_rows).is_multiple_of(TILE));
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let x: Vec<f32> = (0..rows * inputs).map(value).collect();
         let weight: Vec<f32> = (0..outputs * inputs).map(|i| value(i + 17)).collect();
         let bias: Vec<f32> = (0..outputs).map(|i| i as f32 / 10.0).collect();
         let packed = Weight::<F>::pack(&weight, &bias, outputs, inputs);
-        let got = packed.product(&x, |_| {});
+        let block_rows = packed.block_rows();
+        assert!(rows.div_ceil(block_rows) >= 3 && !(rows % block_rows).is_multiple_of(TILE));
+        assert_eq!(rows % amx::GROUP, 1);
+        let got = product(&packed, &x);
         assert_eq!(got.len(), rows * outputs);
         for r in 0..rows {
             for c in 0..outputs {
@@ -548,13 +779,65 @@ mod tests {
     /// Two roundings to 8 bits of mantissa: relative error under 2^-7.
     #[test]
     fn bf16_product_matches_f32_to_bfloat16_precision() {
-        product_matches::<Bf16>(1.0 / 128.0);
+        if !Bf16::available() {
+            eprintln!("skipped: this CPU lacks AVX-512 BF16");
+            return;
+        }
+        product_matches::<Bf16>(1.0 / 128.0, |w, x| w.product(x, |_| {}));
+    }
+
+    /// The same roundings and products on AMX tiles.
+    #[test]
+    fn tile_product_matches_f32_to_bfloat16_precision() {
+        if !amx::available() {
+            eprintln!("skipped: this CPU or system lacks AMX tiles");
+            return;
+        }
+        product_matches::<Bf16>(1.0 / 128.0, |w, x| w.tile_product(x, |_| {}));
+    }
+
+    /// Two tile products in a row, the rows between them rounded as each unit
+    /// finishes: the same bits as the second product of the first's `f32` rows, whether
+    /// a unit spans every panel (many rows) or a run of them (few rows).
+    #[test]
+    fn chained_tile_products_match_two_products() {
+        if !amx::available() {
+            eprintln!("skipped: this CPU or system lacks AMX tiles");
+            return;
+        }
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let (inputs, middle, outputs) = (77, 70, 40);
+        let first = Weight::<Bf16>::pack(
+            &(0..middle * inputs).map(value).collect::<Vec<_>>(),
+            &(0..middle).map(|i| value(i + 3)).collect::<Vec<_>>(),
+            middle,
+            inputs,
+        );
+        let second = Weight::<Bf16>::pack(
+            &(0..outputs * middle)
+                .map(|i| value(i + 5))
+                .collect::<Vec<_>>(),
+            &(0..outputs).map(|i| value(i + 7)).collect::<Vec<_>>(),
+            outputs,
+            middle,
+        );
+        let halve = |row: &mut [f32]| row.iter_mut().for_each(|x| *x *= 0.5);
+        for rows in [5, 353] {
+            let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 11)).collect();
+            let want = second.tile_product(&first.tile_product(&x, halve), |_| {});
+            let got = second.tile_product_of(&first.tile_product_words(&x, halve, &second), |_| {});
+            assert_eq!(got, want, "{rows} rows");
+        }
     }
 
     /// The same sums in another order: `f32` rounding only.
     #[test]
     fn f32_product_matches_f32() {
-        product_matches::<F32>(1e-5);
+        if !F32::available() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        product_matches::<F32>(1e-5, |w, x| w.product(x, |_| {}));
     }
 
     #[test]

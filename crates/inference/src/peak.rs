@@ -1,9 +1,11 @@
 //! The cores' arithmetic peak, measured rather than computed from a data sheet: each
 //! thread runs independent chains of multiply-adds on values held in registers (no
 //! loads, no stores), long enough for the clock to settle, and the figure is the
-//! multiply-adds done, twice (a multiply and an add), per second. bfloat16 dot products
-//! (`vdpbf16ps`, AVX-512 BF16) and `f32` FMA at the widest vectors the CPU has
-//! (AVX-512, AVX2, NEON). `offpath bench model` divides its throughput by it.
+//! multiply-adds done, twice (a multiply and an add), per second. bfloat16 tile
+//! products (AMX `tdpbf16ps`; also fed from L1, since tiles take their operands only
+//! from memory), bfloat16 dot products (`vdpbf16ps`, AVX-512 BF16) and `f32` FMA at
+//! the widest vectors the CPU has (AVX-512, AVX2, NEON). `offpath bench model`
+//! divides its throughput by it.
 
 // The loops use SIMD intrinsics; each is called only after its CPU feature was detected.
 #![allow(unsafe_code)]
@@ -18,6 +20,12 @@ pub struct Peak {
     pub threads: usize,
     /// bfloat16 dot products, GFLOP/s; `None` where the CPU has no AVX-512 BF16.
     pub bf16_gflops: Option<f64>,
+    /// bfloat16 tile products (AMX `tdpbf16ps`), GFLOP/s; `None` where the CPU or
+    /// the system offers no AMX tiles.
+    pub tile_gflops: Option<f64>,
+    /// The tile products of `tile_gflops`, each round loading its four operand tiles
+    /// from the L1 cache first: what a tile kernel fed from memory can reach.
+    pub fed_tile_gflops: Option<f64>,
     /// `f32` FMA, GFLOP/s.
     pub f32_gflops: f64,
     /// The instructions the `f32` figure used (`avx512`, `avx2`, `neon`, `scalar`).
@@ -32,11 +40,26 @@ const CHAINS: usize = 16;
 pub fn measure(threads: usize, time: Duration) -> Peak {
     let threads = threads.max(1);
     let (kind, f32_step) = f32_kernel();
+    let [tile, fed_tile] = tile_kernels().map_or([None, None], |steps| {
+        steps.map(|step| Some(gflops(threads, time, step)))
+    });
     Peak {
         threads,
         bf16_gflops: bf16_kernel().map(|step| gflops(threads, time, step)),
+        tile_gflops: tile,
+        fed_tile_gflops: fed_tile,
         f32_gflops: gflops(threads, time, f32_step),
         f32_kind: kind,
+    }
+}
+
+impl Peak {
+    /// The peak of the fastest bfloat16 instructions the CPU has: tiles, dot
+    /// products, or `f32` FMA where it has neither.
+    pub fn bf16_limit(&self) -> f64 {
+        self.tile_gflops
+            .or(self.bf16_gflops)
+            .unwrap_or(self.f32_gflops)
     }
 }
 
@@ -103,6 +126,17 @@ fn bf16_kernel() -> Option<Step> {
     None
 }
 
+/// The tile kernels: register-only, then fed from L1 ([`crate::amx`]).
+#[cfg(target_arch = "x86_64")]
+fn tile_kernels() -> Option<[Step; 2]> {
+    crate::amx::available().then_some([x86::tile_rounds as Step, x86::fed_tile_rounds])
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tile_kernels() -> Option<[Step; 2]> {
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 fn f32_kernel() -> (&'static str, Step) {
     if is_x86_feature_detected!("avx512f") {
@@ -147,6 +181,18 @@ mod x86 {
     use std::hint::black_box;
 
     use super::CHAINS;
+
+    /// `tdpbf16ps` on tile registers.
+    pub(super) fn tile_rounds(rounds: u64) -> f64 {
+        // SAFETY: chosen only when the tiles are available.
+        unsafe { crate::amx::register_rounds(rounds) }
+    }
+
+    /// `tdpbf16ps` on tiles loaded from L1 first.
+    pub(super) fn fed_tile_rounds(rounds: u64) -> f64 {
+        // SAFETY: chosen only when the tiles are available.
+        unsafe { crate::amx::fed_rounds(rounds) }
+    }
 
     /// `vdpbf16ps` chains: each instruction is 16 lanes x 2 products, added to the lane.
     pub(super) fn bf16_rounds(rounds: u64) -> f64 {
@@ -261,11 +307,17 @@ mod tests {
         if let Some(step) = bf16_kernel() {
             assert_eq!(step(3), 3.0 * CHAINS as f64 * 16.0 * 4.0);
         }
+        // Four tile products a round, each 16 x 16 sums of 32 products.
+        for step in tile_kernels().into_iter().flatten() {
+            assert_eq!(step(3), 3.0 * 4.0 * 16.0 * 16.0 * 32.0 * 2.0);
+        }
         let peak = measure(1, Duration::from_millis(30));
         assert!(
             peak.f32_gflops.is_finite() && peak.f32_gflops > 0.0,
             "{peak:?}"
         );
         assert_eq!(peak.bf16_gflops.is_some(), bf16_kernel().is_some());
+        assert_eq!(peak.tile_gflops.is_some(), tile_kernels().is_some());
+        assert!(peak.bf16_limit() > 0.0);
     }
 }

@@ -15,6 +15,7 @@ static ALLOCATOR: LineAligned = LineAligned;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    LineAligned::keep_freed_blocks();
     run_function("offpath-worker", run()).await
 }
 

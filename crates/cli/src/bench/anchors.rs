@@ -137,7 +137,7 @@ fn lowest_cosine(embeddings: &[Vec<f32>], reference: &Value) -> anyhow::Result<f
 fn compare(anchor: &Value, measured: &Measured, peak: &Peak) -> Value {
     let precision = anchor["precision"].as_str().unwrap_or("float32");
     let limit = match precision {
-        "bfloat16" => peak.bf16_gflops.unwrap_or(peak.f32_gflops),
+        "bfloat16" => peak.bf16_limit(),
         _ => peak.f32_gflops,
     };
     let rows = |key: &str, unit: &str, ours: &[Value]| -> Vec<Value> {

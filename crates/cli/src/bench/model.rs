@@ -95,17 +95,18 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     println!("products in {}", model.precision().name());
     let threads = rayon::current_num_threads();
     let peak = offpath_inference::peak::measure(threads, PEAK_TIME);
+    let rate = |gflops: Option<f64>| gflops.map_or("(none here)".to_owned(), |g| format!("{g:.0}"));
     println!(
-        "peak on {threads} threads, register-only: bfloat16 dot products {}, f32 FMA ({}) {:.0} GFLOP/s",
-        peak.bf16_gflops
-            .map_or("(none on this CPU)".to_owned(), |g| format!(
-                "{g:.0} GFLOP/s"
-            )),
+        "peak on {threads} threads, GFLOP/s: bfloat16 tiles {} register-only, {} fed from L1; \
+         bfloat16 dot products {}; f32 FMA ({}) {:.0}",
+        rate(peak.tile_gflops),
+        rate(peak.fed_tile_gflops),
+        rate(peak.bf16_gflops),
         peak.f32_kind,
         peak.f32_gflops
     );
     let limit = match model.precision() {
-        Precision::Bfloat16 => peak.bf16_gflops.unwrap_or(peak.f32_gflops),
+        Precision::Bfloat16 => peak.bf16_limit(),
         Precision::Float32 => peak.f32_gflops,
     };
     // Prints one rate with its GFLOP/s and fraction of the peak; returns its JSON row.
@@ -278,6 +279,8 @@ fn windows(model: &MiniLm, corpus: &[String]) -> anyhow::Result<Vec<Vec<u32>>> {
 fn peak_json(peak: &Peak) -> Value {
     json!({
         "threads": peak.threads,
+        "tile_gflops": peak.tile_gflops.map(|g| round_to(g, 1)),
+        "fed_tile_gflops": peak.fed_tile_gflops.map(|g| round_to(g, 1)),
         "bf16_gflops": peak.bf16_gflops.map(|g| round_to(g, 1)),
         "f32_gflops": round_to(peak.f32_gflops, 1),
         "f32_instructions": peak.f32_kind,
