@@ -386,7 +386,7 @@ impl Weight<Bf16> {
         let groups = rows.div_ceil(amx::GROUP);
         // A unit is a group times a run of panels: all of them where there are groups
         // enough to share out, fewer where there are not.
-        let runs = panels.min(AMX_UNITS.div_ceil(groups));
+        let runs = panels.min(AMX_UNITS.div_ceil(groups.max(1)));
         let weights = Line::words(&self.panels);
         crate::team::for_each(groups * runs, |unit| {
             let (group, run) = (unit / runs, unit % runs);
@@ -822,7 +822,7 @@ mod tests {
             middle,
         );
         let halve = |row: &mut [f32]| row.iter_mut().for_each(|x| *x *= 0.5);
-        for rows in [5, 353] {
+        for rows in [0, 5, 353] {
             let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 11)).collect();
             let want = second.tile_product(&first.tile_product(&x, halve), |_| {});
             let got = second.tile_product_of(&first.tile_product_words(&x, halve, &second), |_| {});
