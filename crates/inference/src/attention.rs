@@ -94,6 +94,8 @@ impl CustomOp1 for Attention<'_> {
         let target = Target::spare(&mut out);
         #[cfg(target_arch = "x86_64")]
         let tiles = self.tiles && head.size <= 2 * amx::STEPS;
+        #[cfg(not(target_arch = "x86_64"))]
+        debug_assert!(!self.tiles, "AMX tiles exist only on x86-64");
         crate::team::for_each(self.lengths.len() * self.heads, |unit| {
             let (sequence, index) = (unit / self.heads, unit % self.heads);
             let (first, length) = (firsts[sequence], self.lengths[sequence]);
