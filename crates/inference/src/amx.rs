@@ -401,12 +401,12 @@ fn load(row: &[f32], at: usize) -> __m512 {
 /// Packs the first `width` values of `count` rows of `x` (`stride` apart) as the
 /// columns of panels of 32, the layout [`Panel::run`] multiplies: in panel `c / 32`,
 /// step row `p` holds at lane `c % 32` row `c`'s values `2p` and `2p + 1` as a
-/// bfloat16 pair. Each panel has `steps` step rows; columns past `count` and steps
+/// bfloat16 pair. Each panel has [`STEPS`] step rows; columns past `count` and steps
 /// past the values are zeros. Attention packs its keys so, to multiply by `Kᵀ`.
 ///
 /// # Safety
 /// AVX-512F and AVX-512 BF16; `x` holds the rows, `panels` `count.div_ceil(32)`
-/// panels of `steps` x 32 words, `steps` is 16 and `steps * 2 >= width`.
+/// panels of [`STEPS`] x 32 words, and `width <= 2 * STEPS`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(crate) unsafe fn pack_columns(
     x: &[f32],
