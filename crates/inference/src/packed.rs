@@ -368,9 +368,8 @@ impl Weight<Bf16> {
             &Sink::Words(target, next.steps),
             finish,
         );
-        // SAFETY: the units wrote every row's words, the padding rows included.
-        unsafe { words.lines.set_len(words.padded_rows() * next.steps / LINE) };
-        words
+        // SAFETY: the units wrote every row's words.
+        unsafe { words.filled() }
     }
 
     /// The units of a tile product of `words`: each multiplies a group of rows by a
@@ -457,18 +456,6 @@ impl Weight<Bf16> {
                         }
                     }
                 }
-                if let &Sink::Words(ref target, steps) = sink
-                    && first_row + group_rows == rows
-                    && run.start == 0
-                {
-                    let padded = rows.next_multiple_of(amx::ROWS);
-                    // SAFETY: the padding rows, which only this unit writes.
-                    unsafe {
-                        target
-                            .at(rows * steps)
-                            .write_bytes(0, (padded - rows) * steps)
-                    };
-                }
             });
         });
     }
@@ -479,49 +466,48 @@ impl Weight<Bf16> {
         assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
         let rows = x.len() / self.inputs;
         let mut words = Words::room(rows, self.steps);
-        let padded = words.padded_rows();
         let target = Target::spare(&mut words.lines).cast::<u32>();
         crate::team::for_each(rows.div_ceil(amx::GROUP), |group| {
             let first = group * amx::GROUP;
             let last = rows.min(first + amx::GROUP);
             // SAFETY: the CPU has AVX-512 BF16 (every AMX CPU does); the unit writes
-            // rows first..last of `words` and, if they are the last, the padding rows
-            // after them, which no other unit writes.
+            // rows first..last of `words`, which no other unit writes.
             unsafe {
                 amx::round_rows(
                     &x[first * self.inputs..last * self.inputs],
                     self.inputs,
                     self.steps,
                     target.at(first * self.steps),
-                );
-                if last == rows {
-                    target
-                        .at(rows * self.steps)
-                        .write_bytes(0, (padded - rows) * self.steps);
-                }
+                )
             }
         });
-        // SAFETY: the units wrote every row, the padding included.
-        unsafe { words.lines.set_len(padded * self.steps / LINE) };
-        words
+        // SAFETY: the units wrote every row.
+        unsafe { words.filled() }
     }
 }
 
 impl Words {
-    /// Room (no length yet) for `rows` rows of `steps` words, a multiple of a cache
-    /// line of them, and the zero rows after them.
+    /// Room for `rows` rows of `steps` words, a multiple of a cache line of them, in
+    /// its spare capacity, the zero rows after them to whole tiles already written:
+    /// the caller's units write the rows, then [`Words::filled`].
     fn room(rows: usize, steps: usize) -> Words {
         let padded = rows.next_multiple_of(amx::ROWS);
-        Words {
-            lines: Vec::with_capacity(padded * steps / LINE),
-            rows,
-            steps,
+        let mut lines = Vec::with_capacity(padded * steps / LINE);
+        for line in &mut lines.spare_capacity_mut()[rows * steps / LINE..] {
+            line.write(Line([0; LINE]));
         }
+        Words { lines, rows, steps }
     }
 
-    /// Rows with the padding.
-    fn padded_rows(&self) -> usize {
-        self.rows.next_multiple_of(amx::ROWS)
+    /// The words, once every row is written.
+    ///
+    /// # Safety
+    /// The units wrote every one of the `rows` rows.
+    unsafe fn filled(mut self) -> Words {
+        let padded = self.rows.next_multiple_of(amx::ROWS);
+        // SAFETY: the rows by the caller's contract, the padding by `room`.
+        unsafe { self.lines.set_len(padded * self.steps / LINE) };
+        self
     }
 }
 
