@@ -189,10 +189,9 @@ impl Panel {
             zero_sums();
             let mut inputs = self.inputs.cast::<u8>();
             let mut weights = self.weights.cast::<u8>();
-            let second = inputs.add(ROWS * self.input_stride);
             let end = weights.add(self.steps * weight_stride);
             if self.rows > ROWS {
-                let mut second = second;
+                let mut second = inputs.add(ROWS * self.input_stride);
                 while weights < end {
                     asm!(
                         two_by_two!(),

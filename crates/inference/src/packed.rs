@@ -730,9 +730,18 @@ mod tests {
         assert_eq!(bf16(-2.5), 0xc020);
     }
 
-    /// The product of format `F` (`product`) against a plain `f32` one, within
-    /// `tolerance` of the sum of the terms' magnitudes.
-    fn product_matches<F: Format>(tolerance: f32, product: fn(&Weight<F>, &[f32]) -> Vec<f32>) {
+    /// The product of format `F` (`product`, which needs what `available` says this
+    /// CPU has) against a plain `f32` one, within `tolerance` of the sum of the terms'
+    /// magnitudes.
+    fn product_matches<F: Format>(
+        available: bool,
+        tolerance: f32,
+        product: fn(&Weight<F>, &[f32]) -> Vec<f32>,
+    ) {
+        if !available {
+            eprintln!("skipped: this CPU or system lacks the kernel's instructions");
+            return;
+        }
         // An odd number of inputs, outputs that end inside a panel, and rows in several
         // blocks whose last ends inside a tile (and in groups of AMX tiles whose last
         // is one row).
@@ -765,21 +774,15 @@ mod tests {
     /// Two roundings to 8 bits of mantissa: relative error under 2^-7.
     #[test]
     fn bf16_product_matches_f32_to_bfloat16_precision() {
-        if !Bf16::available() {
-            eprintln!("skipped: this CPU lacks AVX-512 BF16");
-            return;
-        }
-        product_matches::<Bf16>(1.0 / 128.0, |w, x| w.product(x, |_| {}));
+        product_matches::<Bf16>(Bf16::available(), 1.0 / 128.0, |w, x| w.product(x, |_| {}));
     }
 
     /// The same roundings and products on AMX tiles.
     #[test]
     fn tile_product_matches_f32_to_bfloat16_precision() {
-        if !amx::available() {
-            eprintln!("skipped: this CPU or system lacks AMX tiles");
-            return;
-        }
-        product_matches::<Bf16>(1.0 / 128.0, |w, x| w.tile_product(x, |_| {}));
+        product_matches::<Bf16>(amx::available(), 1.0 / 128.0, |w, x| {
+            w.tile_product(x, |_| {})
+        });
     }
 
     /// Two tile products in a row, the rows between them rounded as each unit
@@ -819,11 +822,7 @@ mod tests {
     /// The same sums in another order: `f32` rounding only.
     #[test]
     fn f32_product_matches_f32() {
-        if !F32::available() {
-            eprintln!("skipped: this CPU lacks AVX-512");
-            return;
-        }
-        product_matches::<F32>(1e-5, |w, x| w.product(x, |_| {}));
+        product_matches::<F32>(F32::available(), 1e-5, |w, x| w.product(x, |_| {}));
     }
 
     #[test]
