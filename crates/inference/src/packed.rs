@@ -19,9 +19,8 @@
 //! The weight is packed once, at load, into panels of [`PANEL`] columns in which each
 //! word holds one column's weights for [`Format::SPAN`] consecutive inputs: the layout
 //! the kernel multiplies against a broadcast word of inputs; each panel row starts a
-//! cache line. A bfloat16 product packs its inputs likewise, tile by tile, so that a
-//! tile reads them as one stream (an `f32` product reads them where they lie: packing
-//! them was slower at every size once the weights were prefetched), then shares out
+//! cache line. A bfloat16 product first rounds its input rows to words, in parallel
+//! ([`round_rows`]; an `f32` product reads them where they lie), then shares out
 //! blocks of rows times panels among rayon's threads (or the pass's team,
 //! [`crate::team`]); each runs its block against its panel in tiles of at most
 //! [`TILE`] rows whose sums stay in registers from the bias to the store.
@@ -75,9 +74,10 @@ const AHEAD: usize = 16;
 pub(crate) trait Format: Sync + 'static {
     /// Consecutive inputs one word holds.
     const SPAN: usize;
-    /// Whether a product packs its inputs into words, tile by tile; if not, a word
-    /// is an input's own `f32` bits and the tiles read the rows where they lie.
-    const PACKS_INPUTS: bool;
+    /// Whether a product rounds its input rows to words first ([`round_rows`]); if
+    /// not, a word is an input's own `f32` bits and the tiles read the rows where
+    /// they lie.
+    const ROUNDS: bool;
     /// What the steps of a packed weight round up to (zeros past the inputs).
     const STEP_MULTIPLE: usize;
 
@@ -104,7 +104,7 @@ pub(crate) struct F32;
 
 impl Format for Bf16 {
     const SPAN: usize = 2;
-    const PACKS_INPUTS: bool = true;
+    const ROUNDS: bool = true;
     /// AMX tiles take 16 steps at a time ([`crate::amx`]).
     const STEP_MULTIPLE: usize = crate::amx::STEPS;
 
@@ -127,7 +127,7 @@ impl Format for Bf16 {
 
 impl Format for F32 {
     const SPAN: usize = 1;
-    const PACKS_INPUTS: bool = false;
+    const ROUNDS: bool = false;
     const STEP_MULTIPLE: usize = 1;
 
     fn available() -> bool {
@@ -192,29 +192,6 @@ impl<F: Format> Weight<F> {
         (BLOCK_BYTES / (self.steps * 4)).max(TILE) / TILE * TILE
     }
 
-    /// The rows of `x` as words, tile after tile ([`tiles`] of each block); in a
-    /// tile, step after step, the tile's rows' words at that step: the order the
-    /// kernel reads them in, one stream. A tile starts at its first row's row of words.
-    fn pack_inputs(&self, x: &[f32]) -> Vec<u32> {
-        let rows = x.len() / self.inputs;
-        let mut inputs = vec![0u32; rows * self.steps];
-        let block_rows = self.block_rows();
-        for block in (0..rows).step_by(block_rows) {
-            for tile in tiles(block..rows.min(block + block_rows)) {
-                for (r, row) in x[tile.start * self.inputs..tile.end * self.inputs]
-                    .chunks_exact(self.inputs)
-                    .enumerate()
-                {
-                    let first = tile.start * self.steps + r;
-                    for (step, values) in row.chunks(F::SPAN).enumerate() {
-                        inputs[first + step * tile.len()] = F::word(values);
-                    }
-                }
-            }
-        }
-        inputs
-    }
-
     /// Outputs per row.
     pub(crate) fn outputs(&self) -> usize {
         self.outputs
@@ -227,10 +204,10 @@ impl<F: Format> Weight<F> {
         assert!(F::available(), "the CPU lacks the kernel's instructions");
         assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
         let rows = x.len() / self.inputs;
-        let packed;
-        let inputs: &[u32] = if F::PACKS_INPUTS {
-            packed = self.pack_inputs(x);
-            &packed
+        let rounded;
+        let inputs: &[u32] = if F::ROUNDS {
+            rounded = round_rows(x, self.inputs, self.steps);
+            Line::words(&rounded.lines)
         } else {
             // SAFETY: `f32` and `u32` have one size and alignment, and every bit
             // pattern is a `u32`.
@@ -258,11 +235,6 @@ impl<F: Format> Weight<F> {
                 for tile in tiles(block.clone()) {
                     let (first_row, tile_rows) = (tile.start, tile.len());
                     let a = &inputs[first_row * self.steps..tile.end * self.steps];
-                    let (row_stride, step_stride) = if F::PACKS_INPUTS {
-                        (1, tile_rows)
-                    } else {
-                        (self.steps, 1)
-                    };
                     // SAFETY: the CPU has the kernel's instructions (asserted above); `a`
                     // holds the tile's `steps` x `tile_rows` words, `weights` `steps` rows of
                     // PANEL words and `bias` PANEL values, and the tile reads steps
@@ -273,9 +245,8 @@ impl<F: Format> Weight<F> {
                     unsafe {
                         let out = target.at(first_row * self.outputs + first_column);
                         let tile = Tile {
-                            inputs: a.as_ptr().add(first_step * step_stride),
-                            row_stride,
-                            step_stride,
+                            inputs: a.as_ptr().add(first_step),
+                            row_stride: self.steps,
                             depth,
                             weights: weights.as_ptr().add(first_step * PANEL),
                             start: if first_step == 0 {
@@ -335,7 +306,7 @@ impl Weight<Bf16> {
     /// `x` rounded to bfloat16 pairs, then groups of up to [`amx::GROUP`] rows times
     /// runs of panels shared out among the threads. Needs [`amx::available`].
     pub(crate) fn tile_product(&self, x: &[f32], finish: fn(&mut [f32])) -> Vec<f32> {
-        self.tile_product_of(&self.round_rows(x), finish)
+        self.tile_product_of(&round_rows(x, self.inputs, self.steps), finish)
     }
 
     /// [`Weight::tile_product`] of rows already rounded (by
@@ -364,7 +335,7 @@ impl Weight<Bf16> {
         let mut words = Words::room(rows, next.steps);
         let target = Target::spare(&mut words.lines).cast::<u32>();
         self.tile_units(
-            &self.round_rows(x),
+            &round_rows(x, self.inputs, self.steps),
             &Sink::Words(target, next.steps),
             finish,
         );
@@ -459,31 +430,32 @@ impl Weight<Bf16> {
             });
         });
     }
+}
 
-    /// The rows of `x` as bfloat16 pairs ([`Words`]), rounded in parallel, a group of
-    /// rows a unit.
-    fn round_rows(&self, x: &[f32]) -> Words {
-        assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
-        let rows = x.len() / self.inputs;
-        let mut words = Words::room(rows, self.steps);
-        let target = Target::spare(&mut words.lines).cast::<u32>();
-        crate::team::for_each(rows.div_ceil(amx::GROUP), |group| {
-            let first = group * amx::GROUP;
-            let last = rows.min(first + amx::GROUP);
-            // SAFETY: the CPU has AVX-512 BF16 (every AMX CPU does); the unit writes
-            // rows first..last of `words`, which no other unit writes.
-            unsafe {
-                amx::round_rows(
-                    &x[first * self.inputs..last * self.inputs],
-                    self.inputs,
-                    self.steps,
-                    target.at(first * self.steps),
-                )
-            }
-        });
-        // SAFETY: the units wrote every row.
-        unsafe { words.filled() }
-    }
+/// The rows of `x` (`inputs` wide) as bfloat16 pairs ([`Words`], `steps` a row),
+/// rounded in parallel, a group of rows a unit. Needs AVX-512 BF16.
+fn round_rows(x: &[f32], inputs: usize, steps: usize) -> Words {
+    assert!(Bf16::available(), "the CPU lacks AVX-512 BF16");
+    assert_eq!(x.len() % inputs, 0, "input rows of {inputs}");
+    let rows = x.len() / inputs;
+    let mut words = Words::room(rows, steps);
+    let target = Target::spare(&mut words.lines).cast::<u32>();
+    crate::team::for_each(rows.div_ceil(amx::GROUP), |group| {
+        let first = group * amx::GROUP;
+        let last = rows.min(first + amx::GROUP);
+        // SAFETY: the CPU has AVX-512 BF16 (asserted above); the unit writes rows
+        // first..last of `words`, which no other unit writes.
+        unsafe {
+            amx::round_rows(
+                &x[first * inputs..last * inputs],
+                inputs,
+                steps,
+                target.at(first * steps),
+            )
+        }
+    });
+    // SAFETY: the units wrote every row.
+    unsafe { words.filled() }
 }
 
 impl Words {
@@ -549,10 +521,9 @@ impl Line {
 pub(crate) struct Tile {
     /// The tile's first row's word at the slice's first step.
     inputs: *const u32,
-    /// Words from one row's word to the next row's at the same step.
+    /// Words from one row's word to the next row's at the same step (a row's steps
+    /// are consecutive words).
     row_stride: usize,
-    /// Words from one step's word to the next step's in a row.
-    step_stride: usize,
     /// Words of each row in the slice.
     depth: usize,
     /// The slice's first row of the panel.
@@ -647,9 +618,7 @@ unsafe fn bf16_tile<const R: usize>(tile: &Tile) {
                 *register = bh(_mm512_loadu_si512(w.add(16 * j).cast()));
             }
             for (row, sums) in sums.iter_mut().enumerate() {
-                let x = *tile
-                    .inputs
-                    .add(step * tile.step_stride + row * tile.row_stride);
+                let x = *tile.inputs.add(row * tile.row_stride + step);
                 let x = bh(_mm512_set1_epi32(x as i32));
                 for (sum, &w) in sums.iter_mut().zip(&panel) {
                     *sum = _mm512_dpbf16_ps(*sum, x, w);
@@ -680,8 +649,7 @@ unsafe fn f32_tile<const R: usize>(tile: &Tile) {
                 *register = _mm512_loadu_ps(w.add(16 * j));
             }
             for (row, sums) in sums.iter_mut().enumerate() {
-                let x =
-                    _mm512_set1_ps(*inputs.add(step * tile.step_stride + row * tile.row_stride));
+                let x = _mm512_set1_ps(*inputs.add(row * tile.row_stride + step));
                 for (sum, &w) in sums.iter_mut().zip(&panel) {
                     *sum = _mm512_fmadd_ps(x, w, *sum);
                 }
