@@ -348,7 +348,9 @@ const PEAK_OPERAND: f32 = f32::from_bits(0x3380_3f80);
 struct Scratch([f32; ROWS * ROWS]);
 
 /// Rounds the rows of `x` (`inputs` wide) to bfloat16 pairs (ties to even), row
-/// after row, `steps` words a row (zeros past the inputs), into `words`.
+/// after row, `steps` words a row (zeros past the inputs), into `words`. Needs no
+/// tiles: the `vdpbf16ps` products round their inputs with it too
+/// ([`crate::packed`]).
 ///
 /// # Safety
 /// AVX-512F and AVX-512 BF16; `words` holds a row of `steps` words for each row of

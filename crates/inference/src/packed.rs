@@ -278,9 +278,10 @@ impl<F: Format> Weight<F> {
     }
 }
 
-/// Rows rounded to bfloat16 pairs for a tile product: each row `steps` words from a
-/// cache line (a tile row that straddles two lines loads about six times slower: 51
-/// cycles a tile against 9 on Sapphire Rapids), zero rows to whole tiles.
+/// Rows rounded to bfloat16 pairs for a bfloat16 product, on `vdpbf16ps` or AMX tiles:
+/// each row `steps` words from a cache line (a tile row that straddles two lines loads
+/// about six times slower: 51 cycles a tile against 9 on Sapphire Rapids), zero rows
+/// to whole AMX tiles (which the `vdpbf16ps` tiles never read).
 pub(crate) struct Words {
     lines: Vec<Line>,
     rows: usize,
