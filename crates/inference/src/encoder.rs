@@ -47,9 +47,8 @@ struct Layer {
     up: Dense,
     down: Dense,
     output_norm: ResidualNorm,
-    /// Whether attention runs on AMX tiles: in the bfloat16 precision, where the
-    /// dense products do.
-    tiles: bool,
+    /// Whether attention's products run in bfloat16: in the bfloat16 precision.
+    bfloat16: bool,
 }
 
 impl Encoder {
@@ -169,7 +168,7 @@ impl Layer {
             up: dense("intermediate.dense", intermediate, hidden, Activation::Gelu)?,
             down: dense("output.dense", hidden, intermediate, Activation::Identity)?,
             output_norm: norm(&vb.pp("output.LayerNorm"), hidden, eps)?,
-            tiles: precision == Precision::Bfloat16 && tiles_available(),
+            bfloat16: precision == Precision::Bfloat16,
         })
     }
 
@@ -177,7 +176,7 @@ impl Layer {
         let context = self.qkv.forward(x)?.apply_op1_no_bwd(&Attention {
             lengths,
             heads,
-            tiles: self.tiles,
+            bfloat16: self.bfloat16,
         })?;
         let attended = self.output.forward(&context)?;
         attended.inplace_op2(x, &self.attention_norm)?;
@@ -185,14 +184,6 @@ impl Layer {
         out.inplace_op2(&attended, &self.output_norm)?;
         Ok(out)
     }
-}
-
-/// Whether the CPU and the system offer AMX tiles.
-fn tiles_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return crate::amx::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// A layer norm's scale and shift.

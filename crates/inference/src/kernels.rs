@@ -201,9 +201,50 @@ pub(crate) fn gelu_in_place(values: &mut [f32]) {
 }
 }
 
+#[cfg(target_arch = "x86_64")]
+wide! {
+/// [`gelu_bf16`] over `values`, in place.
+pub(crate) fn gelu_bf16_in_place(values: &mut [f32]) {
+    for x in values {
+        *x = gelu_bf16(*x);
+    }
+}
+}
+
+/// GELU to within 1.3e-4 of [`gelu`], for outputs that are rounded to bfloat16 next
+/// (a relative error of up to 2^-9): `x/2 + x erf(x/√2)/2`, its second half an even
+/// polynomial fit on [-4, 4] (`x²` times a degree-7 polynomial in `x²`); beyond,
+/// `max(x, 0)`. Half the exact GELU's operations and no division: on the two EPYC
+/// cores, as a pass of its own, 3.1% of a batch of 32 sentences' time in bfloat16
+/// against the exact GELU's 4.0% (the `vdpbf16ps` products now apply it in their
+/// tiles' stores, [`crate::packed`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn gelu_bf16(x: f32) -> f32 {
+    let t = (x * x).min(16.0);
+    let p = GELU_BF16[1..]
+        .iter()
+        .fold(GELU_BF16[0], |acc, &c| acc.mul_add(t, c));
+    let y = 0.5f32.mul_add(x, p * t);
+    if x.abs() > 4.0 { x.max(0.0) } else { y }
+}
+
+/// [`gelu_bf16`]'s polynomial in `x²`, highest power first.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const GELU_BF16: [f32; 8] = [
+    -1.301_279_6e-9,
+    1.041_951_1e-7,
+    -3.657_109e-6,
+    7.485_473e-5,
+    -1.006_488_1e-3,
+    9.505_389e-3,
+    -6.588_782e-2,
+    0.398_673_4,
+];
+
 /// The exact GELU, `x * Φ(x)`, as BERT and sentence-transformers compute it.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
@@ -212,28 +253,34 @@ fn gelu(x: f32) -> f32 {
 /// Branch-free, so that a loop of it vectorises, unlike libm's `erff`.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
-    const ALPHA: [f32; 7] = [
-        -2.726_142_3e-10,
-        2.770_681_4e-8,
-        -2.101_024e-6,
-        -5.692_506_4e-5,
-        -7.349_906_3e-4,
-        -2.954_6e-3,
-        -1.609_603_3e-2,
-    ];
-    const BETA: [f32; 5] = [
-        -1.456_607_2e-5,
-        -2.133_740_6e-4,
-        -1.682_827e-3,
-        -7.373_329_3e-3,
-        -1.426_474e-2,
-    ];
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let p = ALPHA.iter().fold(0.0, |acc: f32, &c| acc.mul_add(x2, c));
-    let q = BETA.iter().fold(0.0, |acc: f32, &c| acc.mul_add(x2, c));
+    let p = ERF_ALPHA
+        .iter()
+        .fold(0.0, |acc: f32, &c| acc.mul_add(x2, c));
+    let q = ERF_BETA.iter().fold(0.0, |acc: f32, &c| acc.mul_add(x2, c));
     x * p / q
 }
+
+/// [`erf`]'s numerator, a polynomial in `x²` times `x`, highest power first.
+pub(crate) const ERF_ALPHA: [f32; 7] = [
+    -2.726_142_3e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906_3e-4,
+    -2.954_6e-3,
+    -1.609_603_3e-2,
+];
+
+/// [`erf`]'s denominator, a polynomial in `x²`, highest power first.
+pub(crate) const ERF_BETA: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329_3e-3,
+    -1.426_474e-2,
+];
 
 wide! {
 /// Softmax in place: shifted by the maximum so that `exp` cannot overflow, with
@@ -302,6 +349,20 @@ mod tests {
             .map(|x| (erf(x as f32) as f64 - libm::erf(x)).abs())
             .fold(0.0, f64::max);
         assert!(worst < 1e-6, "worst error {worst}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_gelu_is_within_its_bound_of_the_exact_gelu() {
+        let exact = |x: f64| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        let worst = (-8000..=8000)
+            .map(|i| i as f64 / 1000.0)
+            .map(|x| (gelu_bf16(x as f32) as f64 - exact(x)).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1.3e-4, "worst error {worst}");
+        assert_eq!(gelu_bf16(0.0), 0.0);
+        assert_eq!(gelu_bf16(10.0), 10.0);
+        assert_eq!(gelu_bf16(-10.0), 0.0);
     }
 
     #[test]

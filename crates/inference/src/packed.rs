@@ -23,16 +23,24 @@
 //! ([`round_rows`]; an `f32` product reads them where they lie), then shares out
 //! blocks of rows times panels among rayon's threads (or the pass's team,
 //! [`crate::team`]); each runs its block against its panel in tiles of at most
-//! [`TILE`] rows whose sums stay in registers from the bias to the store.
+//! [`TILE`] rows whose sums stay in registers from the bias to the store, where a
+//! GELU layer's go through GELU and, where the next product takes them, are rounded
+//! to its words ([`Weight::product_words`]). On the two EPYC cores that took a batch
+//! of 32 sentences in bfloat16 from 868-892 to 929-966 sentences/s (best of four
+//! runs), 256-token windows from 47-50 to 53-56 chunks/s (with attention by
+//! `vdpbf16ps`, [`crate::attention`]): GELU and rounding had been passes of their own,
+//! each row's stretch of a panel read back from memory.
 
 // The kernels use AVX-512 intrinsics on raw pointers; every entry point checks the CPU
 // ([`Format::available`]) and the slice lengths before it calls them.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512bh, __m512i, __mmask16, _mm512_dpbf16_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
-    _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32,
-    _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+    __m512, __m512bh, __m512i, __mmask16, _CMP_GT_OQ, _mm512_abs_ps, _mm512_add_ps,
+    _mm512_cmp_ps_mask, _mm512_cvtne2ps_pbh, _mm512_div_ps, _mm512_dpbf16_ps, _mm512_fmadd_ps,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_max_ps, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_set1_epi32,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_si512,
 };
 
 use crate::amx;
@@ -88,6 +96,14 @@ pub(crate) trait Format: Sync + 'static {
     /// the missing ones count as zero).
     fn word(values: &[f32]) -> u32;
 
+    /// The GELU of a GELU layer's sums, on sixteen lanes: exact in `f32`
+    /// ([`crate::kernels::gelu`]), within 1.3e-4 of it in bfloat16, whose next
+    /// product rounds it to 8 bits of mantissa ([`crate::kernels::gelu_bf16`]).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    unsafe fn gelu(x: __m512) -> __m512;
+
     /// Runs `R` rows of a tile.
     ///
     /// # Safety
@@ -119,6 +135,12 @@ impl Format for Bf16 {
             .fold(0, |word, (i, &v)| word | bf16(v) << (16 * i))
     }
 
+    #[inline(always)]
+    unsafe fn gelu(x: __m512) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { gelu_bf16_lanes(x) }
+    }
+
     unsafe fn tile<const R: usize>(tile: &Tile) {
         // SAFETY: the caller's contract.
         unsafe { bf16_tile::<R>(tile) }
@@ -136,6 +158,12 @@ impl Format for F32 {
 
     fn word(values: &[f32]) -> u32 {
         values.first().map_or(0, |v| v.to_bits())
+    }
+
+    #[inline(always)]
+    unsafe fn gelu(x: __m512) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { gelu_lanes(x) }
     }
 
     unsafe fn tile<const R: usize>(tile: &Tile) {
@@ -197,24 +225,38 @@ impl<F: Format> Weight<F> {
         self.outputs
     }
 
-    /// `x W + b` for the rows of `x` (row-major, `inputs` wide), then `finish` on each
-    /// finished stretch of an output row while it is still in cache. Needs
-    /// [`Format::available`].
-    pub(crate) fn product(&self, x: &[f32], finish: fn(&mut [f32])) -> Vec<f32> {
+    /// `x W + b` for the rows of `x` (row-major, `inputs` wide), through
+    /// [`Format::gelu`] if `gelu`. Needs [`Format::available`].
+    pub(crate) fn product(&self, x: &[f32], gelu: bool) -> Vec<f32> {
         assert!(F::available(), "the CPU lacks the kernel's instructions");
         assert_eq!(x.len() % self.inputs, 0, "input rows of {}", self.inputs);
-        let rows = x.len() / self.inputs;
-        let rounded;
-        let inputs: &[u32] = if F::ROUNDS {
-            rounded = round_rows(x, self.inputs, self.steps);
-            Line::words(&rounded.lines)
-        } else {
-            // SAFETY: `f32` and `u32` have one size and alignment, and every bit
-            // pattern is a `u32`.
-            unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
-        };
+        if F::ROUNDS {
+            let words = round_rows(x, self.inputs, self.steps);
+            return self.rows_product(Line::words(&words.lines), words.rows, gelu);
+        }
+        // SAFETY: `f32` and `u32` have one size and alignment, and every bit pattern
+        // is a `u32`.
+        let words = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
+        self.rows_product(words, x.len() / self.inputs, gelu)
+    }
+
+    /// [`Weight::product`] of `rows` rows of words, `steps` a row.
+    fn rows_product(&self, inputs: &[u32], rows: usize, gelu: bool) -> Vec<f32> {
         let mut out = Vec::with_capacity(rows * self.outputs);
-        let target = Target::spare(&mut out);
+        self.units(inputs, rows, &Sink::Rows(Target::spare(&mut out)), gelu);
+        // SAFETY: the units wrote every element: each (block, panel) all the block's
+        // rows in the panel's columns.
+        unsafe { out.set_len(rows * self.outputs) };
+        out
+    }
+
+    /// The units of a product of `rows` rows of `inputs` (`steps` words each), into
+    /// `sink`: blocks of rows times panels, shared out among rayon's threads (or the
+    /// pass's team); each runs its block against its panel in tiles, slice by slice
+    /// of [`DEPTH`] steps, its sums from the bias.
+    fn units(&self, inputs: &[u32], rows: usize, sink: &Sink, gelu: bool) {
+        assert!(F::available(), "the CPU lacks the kernel's instructions");
+        assert!(inputs.len() >= rows * self.steps, "input rows");
         let panel_words = self.steps * PANEL;
         let panels = self.bias.len() / PANEL;
         let block_rows = self.block_rows();
@@ -229,52 +271,96 @@ impl<F: Format> Weight<F> {
             let first_column = panel * PANEL;
             let width = (self.outputs - first_column).min(PANEL);
             let block = block * block_rows..rows.min((block + 1) * block_rows);
-            for first_step in (0..self.steps).step_by(DEPTH) {
-                let depth = (self.steps - first_step).min(DEPTH);
-                let last = first_step + depth == self.steps;
-                for tile in tiles(block.clone()) {
-                    let (first_row, tile_rows) = (tile.start, tile.len());
-                    let a = &inputs[first_row * self.steps..tile.end * self.steps];
-                    // SAFETY: the CPU has the kernel's instructions (asserted above); `a`
-                    // holds the tile's `steps` x `tile_rows` words, `weights` `steps` rows of
-                    // PANEL words and `bias` PANEL values, and the tile reads steps
-                    // first_step..first_step + depth of each; it writes rows first_row..
-                    // first_row + tile_rows, columns first_column..first_column + width
-                    // of `out`, which no other unit (block, panel) writes, and `out`
-                    // outlives the parallel loop.
-                    unsafe {
-                        let out = target.at(first_row * self.outputs + first_column);
-                        let tile = Tile {
-                            inputs: a.as_ptr().add(first_step),
-                            row_stride: self.steps,
-                            depth,
-                            weights: weights.as_ptr().add(first_step * PANEL),
-                            start: if first_step == 0 {
-                                bias.as_ptr()
-                            } else {
-                                std::ptr::null()
-                            },
-                            out,
-                            stride: self.outputs,
-                            width,
+            SUMS.with_borrow_mut(|scratch| {
+                // Where the block's first row's sums go between slices, and the row
+                // stride: the output's rows, or for words the unit's scratch.
+                let (base, stride) = match sink {
+                    // SAFETY: within the output (the rows and columns are the unit's).
+                    Sink::Rows(target) => (
+                        unsafe { target.at(block.start * self.outputs + first_column) },
+                        self.outputs,
+                    ),
+                    Sink::Words(..) => {
+                        let lines = block.len() * PANEL / LINE;
+                        if scratch.len() < lines {
+                            scratch.resize(lines, Line([0; LINE]));
+                        }
+                        (scratch.as_mut_ptr().cast::<f32>(), PANEL)
+                    }
+                };
+                for first_step in (0..self.steps).step_by(DEPTH) {
+                    let depth = (self.steps - first_step).min(DEPTH);
+                    let last = first_step + depth == self.steps;
+                    for tile in tiles(block.clone()) {
+                        let a = &inputs[tile.start * self.steps..tile.end * self.steps];
+                        let (words, words_stride) = match sink {
+                            // SAFETY: the tile's rows, the panel's words of each.
+                            &Sink::Words(ref target, steps) if last => (
+                                unsafe { target.at(tile.start * steps + panel * PANEL / 2) },
+                                steps,
+                            ),
+                            _ => (std::ptr::null_mut(), 0),
                         };
-                        tile.run::<F>(tile_rows);
-                        if last {
-                            for row in 0..tile_rows {
-                                finish(std::slice::from_raw_parts_mut(
-                                    out.add(row * self.outputs),
-                                    width,
-                                ));
+                        // SAFETY: the CPU has the kernel's instructions (asserted
+                        // above); `a` holds the tile's `steps` x `tile.len()` words,
+                        // `weights` `steps` rows of PANEL words and `bias` PANEL values,
+                        // and the tile reads steps first_step..first_step + depth of
+                        // each; it writes its rows in the panel's columns of `out` (or
+                        // of the unit's scratch) or of `words`, which no other unit
+                        // (block, panel) writes, and both outlive the parallel loop.
+                        unsafe {
+                            Tile {
+                                inputs: a.as_ptr().add(first_step),
+                                row_stride: self.steps,
+                                depth,
+                                weights: weights.as_ptr().add(first_step * PANEL),
+                                start: if first_step == 0 {
+                                    bias.as_ptr()
+                                } else {
+                                    std::ptr::null()
+                                },
+                                out: base.add((tile.start - block.start) * stride),
+                                stride,
+                                width,
+                                gelu: gelu && last,
+                                words,
+                                words_stride,
                             }
+                            .run::<F>(tile.len());
                         }
                     }
                 }
-            }
+            });
         });
-        // SAFETY: the units wrote every element: each (block, panel) all the block's
-        // rows in the panel's columns, its first slice from the bias.
-        unsafe { out.set_len(rows * self.outputs) };
-        out
+    }
+}
+
+impl Weight<Bf16> {
+    /// [`Weight::product`] of rows already rounded (by [`Weight::product_words`] of
+    /// the layer before).
+    pub(crate) fn product_of(&self, words: &Words, gelu: bool) -> Vec<f32> {
+        assert_eq!(words.steps, self.steps, "words of another width");
+        self.rows_product(Line::words(&words.lines), words.rows, gelu)
+    }
+
+    /// [`Weight::product`], rounded to bfloat16 pairs for `next` (whose inputs are
+    /// this product's outputs) by the tiles as they store their sums: the `f32` rows
+    /// are never stored.
+    pub(crate) fn product_words(&self, x: &[f32], gelu: bool, next: &Weight<Bf16>) -> Words {
+        assert_eq!(next.inputs, self.outputs, "the next layer's inputs");
+        assert_eq!(next.steps, self.bias.len() / 2, "a panel's words per row");
+        let inputs = round_rows(x, self.inputs, self.steps);
+        let mut words = Words::room(inputs.rows, next.steps);
+        let target = Target::spare(&mut words.lines).cast::<u32>();
+        self.units(
+            Line::words(&inputs.lines),
+            inputs.rows,
+            &Sink::Words(target, next.steps),
+            gelu,
+        );
+        // SAFETY: the units wrote every row's words: each panel's sixteen, and the
+        // panels' words are the next layer's steps (both round the outputs up to 32).
+        unsafe { words.filled() }
     }
 }
 
@@ -292,8 +378,9 @@ pub(crate) struct Words {
 enum Sink {
     /// `f32` rows of the product's outputs: the tiles store there.
     Rows(Target),
-    /// Rows of bfloat16 pairs, `steps` words each, for a next product: the tiles store
-    /// into a scratch block, which is then rounded.
+    /// Rows of bfloat16 pairs, `steps` words each, for a next product: AMX tiles
+    /// store into a scratch block, which is then rounded; `vdpbf16ps` tiles round
+    /// their sums in registers (and keep them in a scratch block between slices).
     Words(Target<u32>, usize),
 }
 
@@ -484,6 +571,38 @@ impl Words {
     }
 }
 
+/// Runs the operands of an AMX kernel call ([`amx::Panel`]: rows of bfloat16 pairs
+/// against a panel of 32 columns, the layout of a [`Weight`]'s panels) on `vdpbf16ps`
+/// instead, in tiles of at most [`TILE`] rows, the sums from zero: attention's
+/// products where the CPU has AVX-512 BF16 but no AMX tiles.
+///
+/// # Safety
+/// [`Bf16::available`], and the pointers cover what the fields say.
+pub(crate) unsafe fn panel_dots(panel: &amx::Panel) {
+    static ZEROS: [f32; PANEL] = [0.0; PANEL];
+    let row_stride = panel.input_stride / 4;
+    for rows in tiles(0..panel.rows) {
+        // SAFETY: the caller's contract: each tile's rows are the panel's, its sums
+        // start from PANEL zeros.
+        unsafe {
+            Tile {
+                inputs: panel.inputs.add(rows.start * row_stride),
+                row_stride,
+                depth: panel.steps,
+                weights: panel.weights,
+                start: ZEROS.as_ptr(),
+                out: panel.out.add(rows.start * panel.out_stride),
+                stride: panel.out_stride,
+                width: panel.width,
+                gelu: false,
+                words: std::ptr::null_mut(),
+                words_stride: 0,
+            }
+            .run::<Bf16>(rows.len())
+        };
+    }
+}
+
 /// The tiles of a block of rows: as few as hold [`TILE`] rows each, of sizes that
 /// differ by at most one (a 15-token sentence is tiles of 7 and 8 rows, not 14 and 1:
 /// a tile of few rows has too few running sums to keep the FMA units busy).
@@ -537,6 +656,15 @@ pub(crate) struct Tile {
     stride: usize,
     /// Columns of the panel to store (the last panel may be partly padding).
     width: usize,
+    /// Whether the sums go through [`Format::gelu`] before they are stored: the last
+    /// slice of a GELU layer's product.
+    gelu: bool,
+    /// Where the last slice of a product into [`Words`] stores each row's sums,
+    /// rounded to bfloat16 pairs, in place of `out`: the panel's sixteen words of the
+    /// first row, the others `words_stride` words apart (padding columns are zeros:
+    /// their weights and bias are). Null elsewhere.
+    words: *mut u32,
+    words_stride: usize,
 }
 
 impl Tile {
@@ -563,7 +691,7 @@ impl Tile {
     /// AVX-512F, and `start` holds [`PANEL`] values or `out` covers `R` rows of
     /// `width` columns `stride` apart.
     #[target_feature(enable = "avx512f")]
-    unsafe fn start<const R: usize>(&self) -> [[std::arch::x86_64::__m512; REGISTERS]; R] {
+    unsafe fn start<const R: usize>(&self) -> [[__m512; REGISTERS]; R] {
         let mut sums = [[_mm512_setzero_ps(); REGISTERS]; R];
         for (row, sums) in sums.iter_mut().enumerate() {
             for (j, register) in sums.iter_mut().enumerate() {
@@ -582,14 +710,20 @@ impl Tile {
         sums
     }
 
-    /// Stores `R` rows of sums, the panel's last columns masked off past `width`.
+    /// Stores `R` rows of sums, through [`Format::gelu`] if `GELU`, the panel's
+    /// last columns masked off past `width`.
     ///
     /// # Safety
     /// AVX-512F, and `out` covers `R` rows of `width` columns `stride` apart.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const R: usize>(&self, sums: &[[std::arch::x86_64::__m512; REGISTERS]; R]) {
+    unsafe fn store<F: Format, const R: usize, const GELU: bool>(
+        &self,
+        sums: &[[__m512; REGISTERS]; R],
+    ) {
         for (row, sums) in sums.iter().enumerate() {
             for (j, &sum) in sums.iter().enumerate() {
+                // SAFETY: AVX-512F.
+                let sum = if GELU { unsafe { F::gelu(sum) } } else { sum };
                 let lanes = self.width.saturating_sub(16 * j).min(16);
                 let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
                 // SAFETY: the caller's contract.
@@ -599,10 +733,55 @@ impl Tile {
             }
         }
     }
+
+    /// [`Tile::store`] through [`Format::gelu`], out of the tile's code: inlined,
+    /// GELU's constants crowd the sums out of the registers in the tile's loop (a
+    /// batch of 32 sentences in bfloat16 ran at 402 against 851 sentences/s). The
+    /// sums come by value: by reference they would live in memory through the loop
+    /// (350 sentences/s).
+    ///
+    /// # Safety
+    /// As [`Tile::store`].
+    #[inline(never)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_gelu<F: Format, const R: usize>(&self, sums: [[__m512; REGISTERS]; R]) {
+        // SAFETY: the caller's contract.
+        unsafe { self.store::<F, R, true>(&sums) }
+    }
+
+    /// Stores `R` rows of sums through [`Format::gelu`] if [`Tile::gelu`], rounded
+    /// to bfloat16 pairs, into [`Tile::words`]; out of the tile's code, as
+    /// [`Tile::store_gelu`].
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16, and `words` covers `R` rows of sixteen words
+    /// `words_stride` apart.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn store_words<const R: usize>(&self, sums: [[__m512; REGISTERS]; R]) {
+        for (row, [low, high]) in sums.into_iter().enumerate() {
+            // SAFETY: AVX-512F.
+            let [low, high] = [low, high].map(|sum| {
+                if self.gelu {
+                    unsafe { Bf16::gelu(sum) }
+                } else {
+                    sum
+                }
+            });
+            let pairs = _mm512_cvtne2ps_pbh(high, low);
+            // SAFETY: the caller's contract.
+            unsafe {
+                _mm512_storeu_si512(
+                    self.words.add(row * self.words_stride).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(pairs),
+                )
+            };
+        }
+    }
 }
 
 /// `R` rows of a bfloat16 tile: the sums start at the bias, take one `vdpbf16ps` per
-/// register and pair of inputs, and are stored once.
+/// register and pair of inputs, and are stored once (as words if [`Tile::words`]).
 ///
 /// # Safety
 /// As [`Format::tile`], for [`Bf16`].
@@ -626,7 +805,13 @@ unsafe fn bf16_tile<const R: usize>(tile: &Tile) {
                 }
             }
         }
-        tile.store(&sums);
+        if !tile.words.is_null() {
+            tile.store_words(sums);
+        } else if tile.gelu {
+            tile.store_gelu::<Bf16, R>(sums);
+        } else {
+            tile.store::<Bf16, R, false>(&sums);
+        }
     }
 }
 
@@ -656,8 +841,48 @@ unsafe fn f32_tile<const R: usize>(tile: &Tile) {
                 }
             }
         }
-        tile.store(&sums);
+        if tile.gelu {
+            tile.store_gelu::<F32, R>(sums);
+        } else {
+            tile.store::<F32, R, false>(&sums);
+        }
     }
+}
+
+/// [`crate::kernels::gelu`] on sixteen lanes: the same operations in the same order,
+/// so the same bits.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn gelu_lanes(x: __m512) -> __m512 {
+    use crate::kernels::{ERF_ALPHA, ERF_BETA};
+    let e = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let e = _mm512_min_ps(_mm512_max_ps(e, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
+    let e2 = _mm512_mul_ps(e, e);
+    let horner = |coefficients: &[f32]| {
+        coefficients.iter().fold(_mm512_setzero_ps(), |acc, &c| {
+            _mm512_fmadd_ps(acc, e2, _mm512_set1_ps(c))
+        })
+    };
+    let erf = _mm512_div_ps(_mm512_mul_ps(e, horner(&ERF_ALPHA)), horner(&ERF_BETA));
+    let half = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
+    _mm512_mul_ps(half, _mm512_add_ps(_mm512_set1_ps(1.0), erf))
+}
+
+/// [`crate::kernels::gelu_bf16`] on sixteen lanes: the same operations in the same
+/// order, so the same bits.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn gelu_bf16_lanes(x: __m512) -> __m512 {
+    use crate::kernels::GELU_BF16;
+    let t = _mm512_min_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(16.0));
+    let p = GELU_BF16[1..]
+        .iter()
+        .fold(_mm512_set1_ps(GELU_BF16[0]), |acc, &c| {
+            _mm512_fmadd_ps(acc, t, _mm512_set1_ps(c))
+        });
+    let y = _mm512_fmadd_ps(_mm512_set1_ps(0.5), x, _mm512_mul_ps(p, t));
+    let beyond = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(x), _mm512_set1_ps(4.0));
+    _mm512_mask_max_ps(y, beyond, x, _mm512_setzero_ps())
 }
 
 /// Asks for the panel row [`AHEAD`] steps past `row` to be brought into the L1 cache.
@@ -743,7 +968,7 @@ mod tests {
     /// Two roundings to 8 bits of mantissa: relative error under 2^-7.
     #[test]
     fn bf16_product_matches_f32_to_bfloat16_precision() {
-        product_matches::<Bf16>(Bf16::available(), 1.0 / 128.0, |w, x| w.product(x, |_| {}));
+        product_matches::<Bf16>(Bf16::available(), 1.0 / 128.0, |w, x| w.product(x, false));
     }
 
     /// The same roundings and products on AMX tiles.
@@ -763,35 +988,84 @@ mod tests {
             eprintln!("skipped: this CPU or system lacks AMX tiles");
             return;
         }
-        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-        let (inputs, middle, outputs) = (77, 70, 40);
-        let first = Weight::<Bf16>::pack(
-            &(0..middle * inputs).map(value).collect::<Vec<_>>(),
-            &(0..middle).map(|i| value(i + 3)).collect::<Vec<_>>(),
-            middle,
-            inputs,
-        );
-        let second = Weight::<Bf16>::pack(
-            &(0..outputs * middle)
-                .map(|i| value(i + 5))
-                .collect::<Vec<_>>(),
-            &(0..outputs).map(|i| value(i + 7)).collect::<Vec<_>>(),
-            outputs,
-            middle,
-        );
+        let (first, second) = (weight(70, 77, 3), weight(40, 70, 5));
         let halve = |row: &mut [f32]| row.iter_mut().for_each(|x| *x *= 0.5);
         for rows in [0, 5, 353] {
-            let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 11)).collect();
+            let x: Vec<f32> = (0..rows * 77).map(|i| value(i + 11)).collect();
             let want = second.tile_product(&first.tile_product(&x, halve), |_| {});
             let got = second.tile_product_of(&first.tile_product_words(&x, halve, &second), |_| {});
             assert_eq!(got, want, "{rows} rows");
         }
     }
 
+    /// Two `vdpbf16ps` products in a row, the first's sums (through its GELU) rounded
+    /// to words by its tiles: the same bits as the second product of the first's `f32`
+    /// rows, over several slices of the first's inputs and blocks of its rows.
+    #[test]
+    fn chained_products_match_two_products() {
+        if !Bf16::available() {
+            eprintln!("skipped: this CPU lacks AVX-512 BF16");
+            return;
+        }
+        let (inputs, middle) = (1100, 70);
+        let (first, second) = (weight(middle, inputs, 3), weight(40, middle, 5));
+        assert!(first.steps > 2 * DEPTH && 353 > first.block_rows());
+        for rows in [0, 5, 353] {
+            let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 11)).collect();
+            let want = second.product(&first.product(&x, true), false);
+            let got = second.product_of(&first.product_words(&x, true, &second), false);
+            assert_eq!(got, want, "{rows} rows");
+        }
+    }
+
+    /// Test values in [-1, 1).
+    fn value(i: usize) -> f32 {
+        ((i * 7919 % 1000) as f32 / 500.0) - 1.0
+    }
+
+    /// A packed bfloat16 weight of test values, `seed` telling it from others.
+    fn weight(outputs: usize, inputs: usize, seed: usize) -> Weight<Bf16> {
+        Weight::pack(
+            &(0..outputs * inputs)
+                .map(|i| value(i + seed))
+                .collect::<Vec<_>>(),
+            &(0..outputs)
+                .map(|i| value(i + seed + 2))
+                .collect::<Vec<_>>(),
+            outputs,
+            inputs,
+        )
+    }
+
     /// The same sums in another order: `f32` rounding only.
     #[test]
     fn f32_product_matches_f32() {
-        product_matches::<F32>(F32::available(), 1e-5, |w, x| w.product(x, |_| {}));
+        product_matches::<F32>(F32::available(), 1e-5, |w, x| w.product(x, false));
+    }
+
+    /// The GELUs on sixteen lanes give the bits of their one-value versions.
+    #[test]
+    fn gelus_on_lanes_match_one_value_at_a_time() {
+        if !F32::available() {
+            eprintln!("skipped: this CPU lacks AVX-512F");
+            return;
+        }
+        let xs: Vec<f32> = (-9000..9000).map(|i| i as f32 / 1000.0).collect();
+        for chunk in xs.chunks_exact(16) {
+            let lanes = |gelu: unsafe fn(__m512) -> __m512| -> [f32; 16] {
+                // SAFETY: AVX-512F (checked above); sixteen values either way.
+                unsafe { std::mem::transmute(gelu(_mm512_loadu_ps(chunk.as_ptr()))) }
+            };
+            let (exact, bf16) = (lanes(F32::gelu), lanes(Bf16::gelu));
+            for (i, &x) in chunk.iter().enumerate() {
+                assert_eq!(exact[i].to_bits(), crate::kernels::gelu(x).to_bits(), "{x}");
+                assert_eq!(
+                    bf16[i].to_bits(),
+                    crate::kernels::gelu_bf16(x).to_bits(),
+                    "{x}"
+                );
+            }
+        }
     }
 
     #[test]
