@@ -229,7 +229,9 @@ pub(crate) fn gelu_bf16(x: f32) -> f32 {
     if x.abs() > 4.0 { x.max(0.0) } else { y }
 }
 
-/// [`gelu_bf16`]'s polynomial in `x²`, highest power first.
+/// [`gelu_bf16`]'s polynomial in `x²`, highest power first: half of `x erf(x/√2) / x²`
+/// fit on [0, 16] in `x²` (least squares on 4,000 Chebyshev points, reweighted towards
+/// the largest errors until they level, then rounded to `f32`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) const GELU_BF16: [f32; 8] = [
     -1.301_279_6e-9,
