@@ -3,8 +3,9 @@
 //! its context `softmax(scores) V` are two matrix products, written straight into the
 //! head's columns of the output. In `f32` they are gemm's (the crate candle's own
 //! products use, with AVX-512 or AVX2 and FMA kernels chosen at run time, NEON on
-//! arm64), read straight from the fused query/key/value rows; in bfloat16 the
-//! operands are rounded and packed once per head and multiplied on AMX tiles or,
+//! arm64), read straight from the fused query/key/value rows; on AVX-512 a sequence
+//! of up to 64 tokens runs in registers instead ([`crate::short_attention`]). In
+//! bfloat16 the operands are rounded and packed once per head and multiplied on AMX tiles or,
 //! without them, by `vdpbf16ps` ([`crate::packed::panel_dots`], for sequences of
 //! [`DOTS_FROM`] tokens or more): on the two EPYC cores, 256-token windows in
 //! batches of 8 went from 47.8 to 52.0 chunks/s against gemm (best of three runs).
@@ -20,6 +21,8 @@ use crate::amx;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::exp_shifted;
 use crate::kernels::{elements, softmax};
+#[cfg(target_arch = "x86_64")]
+use crate::short_attention;
 use crate::target::Target;
 
 thread_local! {
@@ -29,6 +32,9 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
+    /// Room for one head's `f32` operands over a short sequence, kept between units.
+    static SHORT_ROOM: std::cell::RefCell<short_attention::Room> =
+        std::cell::RefCell::new(short_attention::Room::default());
     /// Room for one head's bfloat16 operands, kept between units.
     static BF16_ROOM: std::cell::RefCell<Bf16Room> = std::cell::RefCell::new(Bf16Room::default());
 }
@@ -107,9 +113,10 @@ impl CustomOp1 for Attention<'_> {
         let mut out = Vec::with_capacity(tokens * hidden);
         let target = Target::spare(&mut out);
         #[cfg(target_arch = "x86_64")]
-        let (bfloat16, tiles) = (
+        let (bfloat16, tiles, short) = (
             self.bfloat16 && head.size <= 2 * amx::STEPS,
             amx::available(),
+            head.size == short_attention::HEAD && short_attention::available(),
         );
         #[cfg(not(target_arch = "x86_64"))]
         debug_assert!(!self.bfloat16, "bfloat16 products exist only on x86-64");
@@ -126,6 +133,26 @@ impl CustomOp1 for Attention<'_> {
                     unsafe {
                         let out = target.at(first * hidden + index * head.size);
                         head.attend_bf16(rows, index, room, tiles, out);
+                    }
+                });
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if short && (1..=short_attention::MAX_TOKENS).contains(&length) {
+                SHORT_ROOM.with_borrow_mut(|room| {
+                    // SAFETY: as below; the CPU has AVX-512F and the head and the
+                    // sequence fit the kernel (checked above).
+                    unsafe {
+                        let out = target.at(first * hidden + index * head.size);
+                        short_attention::attend(
+                            rows,
+                            width,
+                            head.parts(index),
+                            head.scale(),
+                            room,
+                            out,
+                            hidden,
+                        );
                     }
                 });
                 return;
@@ -160,6 +187,16 @@ struct Head {
 }
 
 impl Head {
+    /// Where head `index`'s query, key and value start in a `[q | k | v]` row.
+    fn parts(&self, index: usize) -> [usize; 3] {
+        [0, 1, 2].map(|part| part * self.hidden + index * self.size)
+    }
+
+    /// What the scores are scaled by: `1 / √size`.
+    fn scale(&self) -> f32 {
+        (self.size as f32).sqrt().recip()
+    }
+
     /// Head `index` of one sequence: `rows` are its `[q | k | v]` rows, `scores` room
     /// for `rows x rows` weights, `out` its first output row's first column of the
     /// head.
@@ -170,8 +207,8 @@ impl Head {
     unsafe fn attend(&self, rows: &[f32], index: usize, scores: &mut [f32], out: *mut f32) {
         let length = rows.len() / self.width;
         let (size, width) = (self.size, self.width as isize);
-        let [q, k, v] = [0, 1, 2].map(|part| part * self.hidden + index * size);
-        let scale = (size as f32).sqrt().recip();
+        let [q, k, v] = self.parts(index);
+        let scale = self.scale();
         // SAFETY: the caller's contract: every matrix lies within `rows`, `scores` or
         // the caller's stretch of `out`.
         unsafe {
@@ -250,8 +287,8 @@ impl Head {
     ) {
         let length = rows.len() / self.width;
         let (size, width, hidden) = (self.size, self.width, self.hidden);
-        let [q, k, v] = [0, 1, 2].map(|part| part * hidden + index * size);
-        let scale = (size as f32).sqrt().recip();
+        let [q, k, v] = self.parts(index);
+        let scale = self.scale();
         let query_rows = length.next_multiple_of(amx::ROWS);
         let keys = length.next_multiple_of(32);
         let key_steps = keys / 2;
@@ -366,14 +403,27 @@ mod tests {
     #[test]
     fn attention_matches_the_textbook_formula() {
         // Two sequences (3 and 5 tokens), two heads of four: softmax(q·k / 2) · v.
-        let (heads, size, lengths) = (2, 4, [3usize, 5]);
+        matches_the_textbook_formula(2, 4, &[3, 5]);
+    }
+
+    /// Heads of 32 values, as all-MiniLM-L6-v2's: on AVX-512, sequences of up to 64
+    /// tokens in registers (groups of queries that end inside a group, rows of
+    /// scores in one to four registers), longer ones on gemm.
+    #[test]
+    fn attention_of_heads_of_32_matches_the_textbook_formula() {
+        matches_the_textbook_formula(3, 32, &[1, 6, 17, 40, 64, 65]);
+    }
+
+    /// [`Attention`] in `f32` against the formula, within 1e-5: `heads` heads of
+    /// `size` values over sequences of `lengths` tokens.
+    fn matches_the_textbook_formula(heads: usize, size: usize, lengths: &[usize]) {
         let hidden = heads * size;
         let tokens: usize = lengths.iter().sum();
         let qkv: Vec<f32> = (0..tokens * 3 * hidden)
             .map(|i| ((i * 7919 % 997) as f32 / 498.5) - 1.0)
             .collect();
         let op = Attention {
-            lengths: &lengths,
+            lengths,
             heads,
             bfloat16: false,
         };
@@ -384,28 +434,28 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         let at = |row: usize, part: usize, head: usize, d: usize| {
-            qkv[row * 3 * hidden + part * hidden + head * size + d]
+            qkv[row * 3 * hidden + part * hidden + head * size + d] as f64
         };
         let mut first = 0;
-        for &length in &lengths {
+        for &length in lengths {
             for head in 0..heads {
                 for i in first..first + length {
-                    let scores: Vec<f32> = (first..first + length)
+                    let scores: Vec<f64> = (first..first + length)
                         .map(|j| {
                             (0..size)
                                 .map(|d| at(i, 0, head, d) * at(j, 1, head, d))
-                                .sum::<f32>()
-                                / 2.0
+                                .sum::<f64>()
+                                / (size as f64).sqrt()
                         })
                         .collect();
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let total: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                     for d in 0..size {
-                        let want: f32 = (first..first + length)
+                        let want: f64 = (first..first + length)
                             .zip(&scores)
                             .map(|(j, s)| (s - max).exp() / total * at(j, 2, head, d))
                             .sum();
-                        let got = got[i][head * size + d];
+                        let got = got[i][head * size + d] as f64;
                         assert!(
                             (got - want).abs() < 1e-5,
                             "token {i} head {head}: {got} vs {want}"

@@ -314,30 +314,36 @@ pub(crate) fn exp_shifted(weights: &mut [f32]) -> f32 {
 /// as in softmax a weight under `e^-87` is nothing. Branch-free, so that a loop of it
 /// vectorises.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
-    /// 1.5 x 2^23: adding it rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HIGH: f32 = 0.693_359_4;
-    const LN2_LOW: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ];
+pub(crate) fn exp(x: f32) -> f32 {
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = n.mul_add(-LN2_LOW, n.mul_add(-LN2_HIGH, x));
-    let p = P.iter().fold(0.0, |acc: f32, &c| acc.mul_add(r, c));
+    let shifted = x * std::f32::consts::LOG2_E + EXP_ROUND;
+    let n = shifted - EXP_ROUND;
+    let r = n.mul_add(-LN2[1], n.mul_add(-LN2[0], x));
+    let p = EXP_P.iter().fold(0.0, |acc: f32, &c| acc.mul_add(r, c));
     let y = (p * r).mul_add(r, r) + 1.0;
-    let n = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let n = shifted.to_bits() as i32 - EXP_ROUND.to_bits() as i32;
     let scale = f32::from_bits(((n + 127) << 23) as u32);
     if underflow { 0.0 } else { y * scale }
 }
+
+/// 1.5 x 2^23: adding it to [`exp`]'s `x / ln 2` rounds that to an integer held in the
+/// low mantissa bits.
+pub(crate) const EXP_ROUND: f32 = 12_582_912.0;
+
+/// `ln 2` in two parts, the first with few enough bits that `n` times it is exact:
+/// [`exp`]'s `x - n ln 2` loses nothing.
+pub(crate) const LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+
+/// [`exp`]'s polynomial for `(e^r - 1 - r) / r²`, highest power first.
+pub(crate) const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ mod minilm;
 mod packed;
 pub mod peak;
 mod port;
+#[cfg(target_arch = "x86_64")]
+mod short_attention;
 mod target;
 mod team;
 pub mod weights;

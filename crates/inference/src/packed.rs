@@ -758,7 +758,9 @@ impl Tile {
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn store_words<const R: usize>(&self, sums: [[__m512; REGISTERS]; R]) {
-        for (row, [low, high]) in sums.into_iter().enumerate() {
+        // By reference: `into_iter` would copy the array (a call to memmove, 1.5% of a
+        // batch of 32 sentences' time).
+        for (row, &[low, high]) in sums.iter().enumerate() {
             // SAFETY: AVX-512F.
             let [low, high] = [low, high].map(|sum| {
                 if self.gelu {
