@@ -5,10 +5,11 @@
 //! products use, with AVX-512 or AVX2 and FMA kernels chosen at run time, NEON on
 //! arm64), read straight from the fused query/key/value rows; on AVX-512 a sequence
 //! of up to 64 tokens runs in registers instead ([`crate::short_attention`]). In
-//! bfloat16 the operands are rounded and packed once per head and multiplied on AMX tiles or,
-//! without them, by `vdpbf16ps` ([`crate::packed::panel_dots`], for sequences of
-//! [`DOTS_FROM`] tokens or more): on the two EPYC cores, 256-token windows in
-//! batches of 8 went from 47.8 to 52.0 chunks/s against gemm (best of three runs).
+//! bfloat16 the operands are rounded and packed once per head and multiplied on AMX
+//! tiles or, without them, by `vdpbf16ps` ([`crate::packed::panel_dots`], for
+//! sequences of [`DOTS_FROM`] tokens or more): on the two EPYC cores, 256-token
+//! windows in batches of 8 went from 47.8 to 52.0 chunks/s against gemm (best of three
+//! runs).
 
 // gemm takes raw pointers and strides; `Attention::cpu_fwd` checks every shape first.
 #![allow(unsafe_code)]

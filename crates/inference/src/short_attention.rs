@@ -6,12 +6,12 @@
 //! they lie. Sentences are 10-30 tokens, where gemm's two products a head spend more
 //! on choosing and packing than on the 16 x 16 x 32 multiply-adds, and where the
 //! vectorised softmax ([`crate::kernels::softmax`]) leaves a row shorter than its
-//! sixteen lanes to its one-lane remainder loop: on the two EPYC cores they took 9% of a
-//! bfloat16 batch of 32 sentences' time, this kernel takes 6.5%, about half of it
-//! in first reads of the head's rows, which the query/key/value product left in the
-//! L3 cache (prefetching the next head's rows did not help). Interleaved runs (median of eight):
-//! bfloat16 batches of 1 / 32 / 64 sentences from 658 / 939 / 904 to 698 / 972 /
-//! 929 sentences/s; `f32` batches of 1 / 32 from 240 / 475 to 263 / 506.
+//! sixteen lanes to its one-lane remainder loop: on the two EPYC cores they took 9% of
+//! a bfloat16 batch of 32 sentences' time, this kernel takes 6.5%, about half of it in
+//! first reads of the head's rows, which the query/key/value product left in the L3
+//! cache (prefetching the next head's rows did not help). Interleaved runs (median of
+//! eight): bfloat16 batches of 1 / 32 / 64 sentences from 658 / 939 / 904 to 698 / 972
+//! / 929 sentences/s; `f32` batches of 1 / 32 from 240 / 475 to 263 / 506.
 
 // AVX-512 intrinsics on raw pointers; `attend` checks what it reads and writes.
 #![allow(unsafe_code)]
@@ -35,7 +35,7 @@ pub(crate) fn available() -> bool {
 }
 
 /// One head's scratch, kept between units: the keys transposed ([`HEAD`] rows of
-/// [`MAX_TOKENS`]), a group's queries side by side (so that one register addresses
+/// `16 * REGS` lanes, room for [`MAX_TOKENS`]), a group's queries side by side (so that one register addresses
 /// them all) and its weights (its softmaxed scores).
 #[derive(Default)]
 pub(crate) struct Room {
