@@ -23,6 +23,8 @@ use crate::amx;
 use crate::kernels::exp_shifted;
 use crate::kernels::{elements, softmax};
 #[cfg(target_arch = "x86_64")]
+use crate::packed::{F32, Format};
+#[cfg(target_arch = "x86_64")]
 use crate::short_attention;
 use crate::target::Target;
 
@@ -117,7 +119,7 @@ impl CustomOp1 for Attention<'_> {
         let (bfloat16, tiles, short) = (
             self.bfloat16 && head.size <= 2 * amx::STEPS,
             amx::available(),
-            head.size == short_attention::HEAD && short_attention::available(),
+            head.size == short_attention::HEAD && F32::available(),
         );
         #[cfg(not(target_arch = "x86_64"))]
         debug_assert!(!self.bfloat16, "bfloat16 products exist only on x86-64");

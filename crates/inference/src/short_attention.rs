@@ -29,11 +29,6 @@ pub(crate) const MAX_TOKENS: usize = 64;
 /// Values per head the kernel takes: two registers.
 pub(crate) const HEAD: usize = 32;
 
-/// Whether this CPU runs the kernel (AVX-512F).
-pub(crate) fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
 /// One head's scratch, kept between units: the keys transposed ([`HEAD`] rows of
 /// `16 * REGS` lanes, room for [`MAX_TOKENS`]), a group's queries side by side (so that one register addresses
 /// them all) and its weights (its softmaxed scores).
@@ -49,7 +44,8 @@ pub(crate) struct Room {
 /// each; row `i` of the result goes to `out + i * out_stride`, [`HEAD`] values.
 ///
 /// # Safety
-/// [`available`]; `out` covers the sequence's rows.
+/// AVX-512F ([`crate::packed::F32`]'s `available`); `out` covers the sequence's
+/// rows.
 pub(crate) unsafe fn attend(
     rows: &[f32],
     width: usize,
@@ -154,8 +150,8 @@ unsafe fn attend_in<const REGS: usize, const QUERIES: usize>(
     }
 }
 
-/// Softmax of one row of scores (`scale` times `sums`, the lanes past `masks`
-/// leaving out), stored at `to`: the operations of [`crate::kernels::softmax`], the
+/// Softmax of one row of scores (`scale` times `sums`; the lanes `masks` leaves off
+/// weigh nothing), stored at `to`: the operations of [`crate::kernels::softmax`], the
 /// maximum and the total summed in another order.
 ///
 /// # Safety
@@ -232,7 +228,7 @@ mod tests {
     /// and past its ends.
     #[test]
     fn exp_on_lanes_matches_one_value_at_a_time() {
-        if !available() {
+        if !<crate::packed::F32 as crate::packed::Format>::available() {
             eprintln!("skipped: this CPU lacks AVX-512F");
             return;
         }
