@@ -10,7 +10,7 @@ use axum::http::{Request, StatusCode};
 use http::Response;
 use offpath_api::{AppState, Auth, SubmitLimits, app};
 use offpath_aws::{DynamoStore, SqsQueue};
-use offpath_core::{JobStatus, QueueSettings};
+use offpath_core::{JobStatus, QueueSettings, Transition};
 use offpath_testkit::{Backend, CountTask, Proxy, Stack, drained, fast_queue, item_count};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -789,9 +789,21 @@ async fn operators_alone_see_queues_and_act_on_dead_letters() {
             token: "w".into(),
             until_epoch_ms: u64::MAX / 2,
         };
-        store.claim(dead, &lease, 1).await.unwrap();
+        store
+            .apply(
+                dead,
+                &Transition::Claim {
+                    lease: lease.clone(),
+                    now_epoch_ms: 1,
+                },
+            )
+            .await
+            .unwrap();
         let error = offpath_core::ErrorInfo::new(offpath_core::DEAD_LETTERED, "gave up");
-        store.fail(dead, "w", &error, 2).await.unwrap();
+        store
+            .apply(dead, &Transition::fail("w".into(), error, 2))
+            .await
+            .unwrap();
         let message = offpath_core::JobMessage::new(dead);
         stack.dlq().send(&message, "ops").await.unwrap();
         let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use offpath_core::{BlobStore, JobQueue, JobStore};
-use offpath_testkit::{Stack, fast_queue};
+use offpath_testkit::{Backend, Stack, fast_queue};
 
 async fn store() -> Arc<dyn JobStore> {
     Stack::moto(fast_queue()).await.ports.store
@@ -20,6 +20,14 @@ async fn blobs() -> Arc<dyn BlobStore> {
 }
 
 offpath_testkit::conformance_suite!(store: store(), queues: queues(), blobs: blobs());
+
+/// Random sequences of transitions agree with the specification at every step (the
+/// named properties above are examples of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_agree_with_the_specification() {
+    let stack = Stack::new(Backend::Moto, fast_queue()).await;
+    offpath_testkit::property::transitions_agree_with_the_specification(stack).await;
+}
 
 /// Presigned URLs work with a plain HTTP client: bytes PUT to the upload URL are the
 /// blob's bytes, and the download URL serves them back unchanged.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use offpath_api::{AppState, Auth, app};
-use offpath_core::{DeadLetters, JobId, JobStatus, QueueSettings, Selection};
+use offpath_core::{DeadLetters, JobId, JobStatus, QueueSettings, Selection, Transition};
 use offpath_testkit::{Backend, Stack, TestModel, drained, fast_queue};
 use offpath_worker::Worker;
 use offpath_worker::poller::process_batch;
@@ -33,9 +33,21 @@ async fn dead_lettered(stack: &Stack, count: usize) -> Vec<JobId> {
             token: "w".into(),
             until_epoch_ms: u64::MAX / 2,
         };
-        store.claim(id, &lease, 1).await.unwrap();
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease.clone(),
+                    now_epoch_ms: 1,
+                },
+            )
+            .await
+            .unwrap();
         let error = offpath_core::ErrorInfo::new(offpath_core::DEAD_LETTERED, "gave up");
-        store.fail(id, "w", &error, 2).await.unwrap();
+        store
+            .apply(id, &Transition::fail("w".into(), error, 2))
+            .await
+            .unwrap();
         let message = offpath_core::JobMessage::new(id);
         stack.dlq().send(&message, "local").await.unwrap();
         ids.push(id);
@@ -70,7 +82,7 @@ struct SecondReviveFails(std::sync::atomic::AtomicUsize);
 #[async_trait::async_trait]
 impl offpath_testkit::Hooks for SecondReviveFails {
     async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
-        if let offpath_testkit::Call::Revive(_) = call
+        if let offpath_testkit::Call::Apply(_, offpath_core::Step::Revive) = call
             && self.0.fetch_add(1, Ordering::SeqCst) == 1
         {
             return Err("the store is unavailable".into());

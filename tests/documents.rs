@@ -252,7 +252,7 @@ async fn an_uploaded_document_runs_in_parts_by_the_rule_and_matches_the_referenc
         drive(&stack, &worker, job_id, 10, terminal).await;
         let done = job(&stack, job_id).await;
         assert_eq!(done.status, JobStatus::Succeeded, "{backend:?}: {done:?}");
-        let output = done.output.clone().unwrap();
+        let output = done.output.as_ref().unwrap().to_value();
         assert_eq!(output["chunks"], expected);
         assert_eq!(output["dimensions"], 384);
         assert_eq!(output["result"]["format"], "jsonl");
@@ -355,7 +355,7 @@ struct DieAfterFirstPartClaim {
 impl Hooks for DieAfterFirstPartClaim {
     async fn after(&self, call: Call, _took: Duration, succeeded: bool) {
         if succeeded
-            && matches!(call, Call::ClaimPart(..))
+            && matches!(call.step(), Some(offpath_core::Step::ClaimPart(_)))
             && !self.died.swap(true, Ordering::SeqCst)
         {
             std::future::pending::<()>().await;
@@ -488,7 +488,10 @@ async fn a_poisoned_part_dead_letters_the_job_and_a_redrive_reruns_only_it() {
         );
         // Fix the cause, redrive as `offpath dlq redrive` does: revive, move the message.
         model.cured.store(true, Ordering::SeqCst);
-        let revived = stack.ports.store.revive(id).await.unwrap();
+        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+        let revived = offpath_core::store::revive(stack.ports.store.as_ref(), id, now)
+            .await
+            .unwrap();
         assert_eq!(revived.status, JobStatus::Running);
         stack
             .ports

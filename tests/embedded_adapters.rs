@@ -29,6 +29,14 @@ async fn blobs() -> Arc<dyn BlobStore> {
 
 offpath_testkit::conformance_suite!(store: store(), queues: queues(), blobs: blobs());
 
+/// Random sequences of transitions agree with the specification at every step (the
+/// named properties above are examples of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_agree_with_the_specification() {
+    let stack = Stack::new(Backend::Embedded, fast_queue()).await;
+    offpath_testkit::property::transitions_agree_with_the_specification(stack).await;
+}
+
 #[tokio::test]
 async fn a_full_store_refuses_new_jobs_as_unavailable() {
     conformance::a_full_store_refuses_new_jobs(Arc::new(MemoryStore::new(2))).await;

@@ -938,7 +938,10 @@ async fn poison(backend: Backend) {
     model.cured.store(true, Ordering::SeqCst);
     for letter in &letters {
         let id = JobMessage::from_body(&letter.body).unwrap().job_id;
-        stack.ports.store.revive(id).await.expect("revive");
+        let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
+        offpath_core::store::revive(stack.ports.store.as_ref(), id, now)
+            .await
+            .expect("revive");
         stack
             .ports
             .queue

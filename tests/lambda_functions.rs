@@ -6,7 +6,7 @@
 //! private target without connecting): logs carry the request id (and the job id where there is a job), and
 //! each invocation ends with CloudWatch Embedded Metric Format lines.
 
-use offpath_core::{JobId, JobStatus, metrics};
+use offpath_core::{JobId, JobStatus, Transition, metrics};
 use offpath_testkit::{Function, OWNER, Stack, bootstrap, fast_queue};
 use serde_json::{Value, json};
 
@@ -115,7 +115,7 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
         .await
         .unwrap();
     assert_eq!(messages.len(), 1);
-    let sqs_event = offpath_worker::poller::sqs_event(stack.ports.queue.arn(), &messages);
+    let sqs_event = offpath_testkit::sqs_event(stack.ports.queue.arn(), &messages);
     let worker = start("offpath-worker", &stack).await;
     // Init ends with loading the model, logged (outside any invocation) with the
     // precision its products run in on this CPU.
@@ -142,7 +142,7 @@ async fn api_and_worker_functions_log_json_with_request_and_job_ids_and_emit_met
         .unwrap()
         .expect("the job exists");
     assert_eq!(finished.status, JobStatus::Succeeded);
-    assert_eq!(finished.output.unwrap()["dimensions"], 384);
+    assert_eq!(finished.output.unwrap().to_value()["dimensions"], 384);
 
     // Logs: JSON (json_lines panics otherwise), each with the request id; the
     // worker's with the job id too.
@@ -272,7 +272,18 @@ async fn the_webhook_function_reads_its_key_from_secrets_manager_and_refuses_pri
         token: "w".into(),
         until_epoch_ms: u64::MAX / 2,
     };
-    let claimed = stack.ports.store.claim(id, &lease, 1).await.unwrap();
+    let claimed = stack
+        .ports
+        .store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease.clone(),
+                now_epoch_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
     let event = claimed.due_events()[0];
     stack
         .ports
@@ -286,7 +297,7 @@ async fn the_webhook_function_reads_its_key_from_secrets_manager_and_refuses_pri
         .receive(10, std::time::Duration::from_secs(5))
         .await
         .unwrap();
-    let sqs_event = offpath_worker::poller::sqs_event(stack.ports.webhooks.arn(), &messages);
+    let sqs_event = offpath_testkit::sqs_event(stack.ports.webhooks.arn(), &messages);
 
     let mut env = stack.env();
     env.push(("RUST_LOG", "info".into()));

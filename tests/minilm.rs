@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use offpath_core::{Prepared, TaskEntry};
+use offpath_core::{JsonText, Prepared, TaskEntry};
 use offpath_inference::{DIMENSIONS, MiniLm, Precision, weights};
 use offpath_testkit::reference_embeddings;
 use serde_json::{Value, json};
@@ -85,8 +85,8 @@ fn task(name: &str) -> TaskEntry {
 /// Runs one job of task `name` on the model.
 fn run(name: &str, input: Value) -> Value {
     let task = task(name);
-    let input = task.prepare(&input).unwrap();
-    task.run(model(), &[input]).unwrap().remove(0)
+    let input = task.prepare(&JsonText::of(&input).unwrap()).unwrap();
+    task.run(model(), &[input]).unwrap().remove(0).to_value()
 }
 
 #[test]
@@ -152,7 +152,11 @@ fn jobs_of_one_group_share_one_pass_and_get_their_own_results() {
     let embed = task("embed");
     let inputs: Vec<Prepared> = ["first job", "second job"]
         .iter()
-        .map(|t| embed.prepare(&json!({"texts": [t]})).unwrap())
+        .map(|t| {
+            embed
+                .prepare(&JsonText::of(&json!({"texts": [t]})).unwrap())
+                .unwrap()
+        })
         .collect();
     let outputs = embed.run(model(), &inputs).unwrap();
     let alone = embed.run(model(), &inputs[1..]).unwrap();

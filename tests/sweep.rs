@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use offpath_core::{Clock, JobId, JobQueue, JobStatus, JobStore, Lease, NewJob, SystemClock};
+use offpath_core::{
+    Clock, JobId, JobQueue, JobStatus, JobStore, JsonText, Lease, NewJob, SystemClock, Transition,
+};
 use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
 use offpath_testkit::new_job;
 use offpath_worker::sweep::{SWEEP_BUDGET, SweepReport, SweepSettings, sweep};
@@ -56,10 +58,25 @@ async fn run_dead(store: &MemoryStore, id: JobId, attempts: u32, lease_until: u6
             token: format!("w{attempt}"),
             until_epoch_ms: lease_until,
         };
-        store.claim(id, &lease, lease_until - MINUTE).await.unwrap();
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease.clone(),
+                    now_epoch_ms: lease_until - MINUTE,
+                },
+            )
+            .await
+            .unwrap();
         if attempt < attempts {
             store
-                .release(id, &lease.token, lease_until - MINUTE)
+                .apply(
+                    id,
+                    &Transition::Release {
+                        token: lease.token.clone(),
+                        now_epoch_ms: lease_until - MINUTE,
+                    },
+                )
                 .await
                 .unwrap();
         }
@@ -169,8 +186,26 @@ async fn a_released_job_without_a_message_is_sent_again_after_its_backoff() {
         token: "w1".into(),
         until_epoch_ms: now + MINUTE,
     };
-    store.claim(id, &lease, now - 40 * MINUTE).await.unwrap();
-    store.release(id, "w1", now - 30 * MINUTE).await.unwrap();
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease.clone(),
+                now_epoch_ms: now - 40 * MINUTE,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .apply(
+            id,
+            &Transition::Release {
+                token: "w1".into(),
+                now_epoch_ms: now - 30 * MINUTE,
+            },
+        )
+        .await
+        .unwrap();
     // 15 min of backoff and 6 of grace have passed since the release at now - 30 min.
     let early = sweep_at(&store, &queue, &webhooks, now - 10 * MINUTE).await;
     assert_eq!(early.requeued, 0, "its message may still be backing off");
@@ -211,7 +246,9 @@ async fn healthy_and_finished_jobs_are_left_alone() {
     let expired_recently = job(&store, now - 30 * MINUTE).await;
     run_dead(&store, expired_recently, 1, now - MINUTE).await; // message not due back yet
     let done = job(&store, now - 30 * MINUTE).await;
-    store.cancel(done, now).await.unwrap();
+    offpath_core::store::cancel(store.as_ref(), done, now)
+        .await
+        .unwrap();
 
     let report = sweep(
         store.as_ref(),
@@ -259,10 +296,26 @@ async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
                 token: "w".into(),
                 until_epoch_ms: created_at + MINUTE,
             };
-            store.claim(id, &lease, created_at).await.unwrap();
+            store
+                .apply(
+                    id,
+                    &Transition::Claim {
+                        lease: lease.clone(),
+                        now_epoch_ms: created_at,
+                    },
+                )
+                .await
+                .unwrap();
             // The worker dies right after its finishing write: nothing was published.
             store
-                .complete(id, "w", &json!([]), created_at + 1)
+                .apply(
+                    id,
+                    &Transition::complete(
+                        "w".into(),
+                        JsonText::of(&json!([])).unwrap(),
+                        created_at + 1,
+                    ),
+                )
                 .await
                 .unwrap();
             id
@@ -279,7 +332,9 @@ async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
             ..new_job("embed", json!({"texts": ["y"]}))
         };
         let id = store.create(&new).await.unwrap().id;
-        store.cancel(id, now - 30 * MINUTE).await.unwrap();
+        offpath_core::store::cancel(store.as_ref(), id, now - 30 * MINUTE)
+            .await
+            .unwrap();
         id
     };
 
@@ -359,7 +414,16 @@ async fn stuck(store: &dyn JobStore, now: u64) -> Vec<JobId> {
                 token: format!("dead-{i}"),
                 until_epoch_ms: now - 20 * MINUTE,
             };
-            store.claim(id, &lease, created).await.unwrap();
+            store
+                .apply(
+                    id,
+                    &Transition::Claim {
+                        lease: lease.clone(),
+                        now_epoch_ms: created,
+                    },
+                )
+                .await
+                .unwrap();
         }
         ids.push(id);
     }
@@ -422,9 +486,25 @@ async fn the_sweep_reads_the_work_not_the_history_embedded() {
             token: "w".into(),
             until_epoch_ms: now - 50 * MINUTE,
         };
-        store.claim(id, &lease, now - 59 * MINUTE).await.unwrap();
         store
-            .complete(id, "w", &json!([]), now - 58 * MINUTE)
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease.clone(),
+                    now_epoch_ms: now - 59 * MINUTE,
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .apply(
+                id,
+                &Transition::complete(
+                    "w".into(),
+                    JsonText::of(&json!([])).unwrap(),
+                    now - 58 * MINUTE,
+                ),
+            )
             .await
             .unwrap();
     }

@@ -551,7 +551,9 @@ async fn long_poll_answers_as_the_job_ends_and_prefer_wait_holds_the_submit() {
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = offpath_core::Clock::now_epoch_ms(&offpath_core::SystemClock);
-        setup.stack.ports.store.cancel(id, now).await.unwrap();
+        offpath_core::store::cancel(setup.stack.ports.store.as_ref(), id, now)
+            .await
+            .unwrap();
         let ended = Instant::now();
         let (answered, job) = poll.await.unwrap();
         assert_eq!(job["status"], "cancelled");

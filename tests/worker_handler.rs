@@ -1,20 +1,19 @@
-//! The worker handler, called directly with Lambda SQS events, on DynamoDB and SQS
-//! (moto). Each test gets its own table and queues.
+//! The worker handler, called directly with batches of messages (read from the real
+//! Lambda SQS event in tests/fixtures, as the Lambda `main` reads it, or received from
+//! the queue, as the local poller does), on DynamoDB and SQS (moto). Each test gets
+//! its own table and queues.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::SqsEvent;
-use lambda_runtime::{Context, LambdaEvent};
 use offpath_api::{AppState, Auth, app};
 use offpath_core::{
-    Clock, JobId, JobMessage, JobStatus, Lease, MODEL_NAME, QueueMessage, SystemClock,
+    BatchReport, Clock, JobId, JobMessage, JobStatus, JsonText, Lease, MODEL_NAME, QueueMessage,
+    Step, SystemClock, Transition,
 };
-use offpath_testkit::{
-    Backend, CountTask, OWNER, Stack, TestModel, fast_queue, sqs_event as fixture_event,
-};
-use offpath_worker::poller::{PollSettings, Pool, sqs_event};
+use offpath_testkit::{Backend, CountTask, OWNER, Stack, TestModel, fast_queue, fixture_batch};
+use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::{Worker, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -43,25 +42,18 @@ fn embed_input(text: &str) -> Value {
     json!({"texts": [text]})
 }
 
-/// What the jobs queue delivers within `wait`, and the event the local poller (as
-/// Lambda) would build of it.
-async fn received(stack: &Stack, wait: Duration) -> (Vec<QueueMessage>, LambdaEvent<SqsEvent>) {
-    let queue = &stack.ports.queue;
-    let messages = queue.receive(10, wait).await.unwrap();
-    let event = LambdaEvent::new(sqs_event(queue.arn(), &messages), Context::default());
-    (messages, event)
+/// What the jobs queue delivers within `wait`: the batch the local poller hands the
+/// worker.
+async fn received(stack: &Stack, wait: Duration) -> Vec<QueueMessage> {
+    stack.ports.queue.receive(10, wait).await.unwrap()
 }
 
 fn body(id: JobId) -> String {
     JobMessage::new(id).to_body()
 }
 
-fn failures(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
-    response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect()
+fn failures(report: &BatchReport) -> &[String] {
+    &report.retry
 }
 
 async fn status(stack: &Stack, id: JobId) -> JobStatus {
@@ -85,7 +77,7 @@ async fn a_batch_runs_one_forward_pass_per_task_and_records_outputs() {
         .collect();
 
     let response = worker(&stack, model.clone())
-        .handle(fixture_event(&records))
+        .handle(&fixture_batch(&records))
         .await
         .unwrap();
 
@@ -98,7 +90,7 @@ async fn a_batch_runs_one_forward_pass_per_task_and_records_outputs() {
     let job = stack.ports.store.get(embeds[1]).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(
-        job.output,
+        job.output.as_ref().map(JsonText::to_value),
         Some(
             json!({"model": MODEL_NAME, "dimensions": 2, "encoding_format": "float",
                     "embeddings": [[5.0, 1.0]]})
@@ -120,7 +112,7 @@ async fn bad_messages_fail_alone_and_head_for_the_dead_letter_queue() {
         (body(good), 1),
     ];
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&records))
+        .handle(&fixture_batch(&records))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0", "msg-1", "msg-2"]);
@@ -131,20 +123,9 @@ async fn bad_messages_fail_alone_and_head_for_the_dead_letter_queue() {
 async fn a_batch_where_every_record_fails_is_an_invocation_error() {
     let stack = stack(fast_queue()).await;
     let result = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[("garbage".into(), 1)]))
+        .handle(&fixture_batch(&[("garbage".into(), 1)]))
         .await;
     assert!(matches!(result, Err(WorkerError::AllFailed(1))));
-}
-
-#[tokio::test]
-async fn records_without_a_message_id_fail_the_invocation() {
-    let stack = stack(fast_queue()).await;
-    let mut event = fixture_event(&[("x".into(), 1)]);
-    event.payload.records[0].message_id = None;
-    let result = worker(&stack, Arc::new(TestModel::default()))
-        .handle(event)
-        .await;
-    assert!(matches!(result, Err(WorkerError::MissingMessageId)));
 }
 
 #[tokio::test]
@@ -154,13 +135,13 @@ async fn duplicate_deliveries_of_a_finished_job_change_nothing() {
     let id = create(&stack, "embed", embed_input("once")).await;
     let worker = worker(&stack, model.clone());
     worker
-        .handle(fixture_event(&[(body(id), 1)]))
+        .handle(&fixture_batch(&[(body(id), 1)]))
         .await
         .unwrap();
     let finished = stack.ports.store.get(id).await.unwrap().unwrap();
 
     let again = vec![(body(id), 1), (body(id), 2), (body(id), 3)];
-    let response = worker.handle(fixture_event(&again)).await.unwrap();
+    let response = worker.handle(&fixture_batch(&again)).await.unwrap();
 
     assert!(
         failures(&response).is_empty(),
@@ -176,7 +157,7 @@ async fn permanent_errors_fail_the_job_and_acknowledge() {
     let rejected = create(&stack, "embed", embed_input("please reject")).await;
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[(body(rejected), 1), (body(fine), 1)]))
+        .handle(&fixture_batch(&[(body(rejected), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert!(failures(&response).is_empty());
@@ -192,7 +173,7 @@ async fn a_panicking_input_is_isolated_from_its_batch() {
     let poison = create(&stack, "embed", embed_input("poison now")).await;
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[(body(poison), 1), (body(fine), 1)]))
+        .handle(&fixture_batch(&[(body(poison), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0"]);
@@ -207,7 +188,7 @@ async fn the_last_receive_of_a_failing_job_marks_it_dead_lettered() {
     let stack = stack(fast_queue()).await;
     let poison = create(&stack, "embed", embed_input("poison again")).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[
+        .handle(&fixture_batch(&[
             (body(poison), 3),
             (body(create(&stack, "embed", embed_input("ok")).await), 1),
         ]))
@@ -252,7 +233,7 @@ const SDK_TEXT: &str = "dispatch failure: https://dynamodb.us-east-1.amazonaws.c
 impl offpath_testkit::Hooks for ClaimsUnavailable {
     async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
         match call {
-            offpath_testkit::Call::Claim(_) => Err(SDK_TEXT.into()),
+            offpath_testkit::Call::Apply(_, Step::Claim) => Err(SDK_TEXT.into()),
             _ => Ok(()),
         }
     }
@@ -266,7 +247,7 @@ async fn store_error_text_stays_out_of_the_jobs_error() {
     let id = create(&stack, "embed", embed_input("unlucky")).await;
     let worker = hooked_worker(&stack, Arc::new(ClaimsUnavailable));
     worker
-        .handle(fixture_event(&[(body(id), 3)]))
+        .handle(&fixture_batch(&[(body(id), 3)]))
         .await
         .unwrap_err();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
@@ -290,10 +271,10 @@ async fn throttling_releases_the_job_and_backs_the_message_off() {
     let model = Arc::new(TestModel::default());
     model.throttled.store(1, Ordering::SeqCst);
     let id = queued(&stack, "slow down").await;
-    let (messages, event) = received(&stack, Duration::from_secs(2)).await;
+    let messages = received(&stack, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
 
-    let result = worker(&stack, model.clone()).handle(event).await;
+    let result = worker(&stack, model.clone()).handle(&messages).await;
 
     assert!(matches!(result, Err(WorkerError::AllFailed(1))));
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
@@ -306,10 +287,10 @@ async fn throttling_releases_the_job_and_backs_the_message_off() {
         hidden.is_empty(),
         "backed off beyond the visibility timeout"
     );
-    let (back, event) = received(&stack, Duration::from_secs(10)).await;
+    let back = received(&stack, Duration::from_secs(10)).await;
     assert_eq!(back.len(), 1, "the message comes back after the backoff");
     assert_eq!(back[0].receive_count, 2);
-    worker(&stack, model).handle(event).await.unwrap();
+    worker(&stack, model).handle(&back).await.unwrap();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 2));
 }
@@ -323,17 +304,28 @@ async fn a_job_under_another_live_lease_is_retried_later() {
         token: "someone-else".into(),
         until_epoch_ms: now + 60_000,
     };
-    stack.ports.store.claim(id, &other, now).await.unwrap();
+    stack
+        .ports
+        .store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: other,
+                now_epoch_ms: now,
+            },
+        )
+        .await
+        .unwrap();
     let fine = create(&stack, "embed", embed_input("fine")).await;
     let w = worker(&stack, Arc::new(TestModel::default()));
     let response = w
-        .handle(fixture_event(&[(body(id), 1), (body(fine), 1)]))
+        .handle(&fixture_batch(&[(body(id), 1), (body(fine), 1)]))
         .await
         .unwrap();
     assert_eq!(failures(&response), ["msg-0"]);
     // On the last receive the duplicate is acknowledged: the holder has its own message.
     let response = w
-        .handle(fixture_event(&[(body(id), 3), (body(fine), 1)]))
+        .handle(&fixture_batch(&[(body(id), 3), (body(fine), 1)]))
         .await
         .unwrap();
     assert!(failures(&response).is_empty());
@@ -387,7 +379,7 @@ impl offpath_testkit::Hooks for DiesAfterClaimOnASlowQueue {
     }
 
     async fn after(&self, call: offpath_testkit::Call, _took: Duration, succeeded: bool) {
-        if succeeded && matches!(call, offpath_testkit::Call::Claim(_)) {
+        if succeeded && call.step() == Some(Step::Claim) {
             self.died.store(true, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
@@ -467,11 +459,17 @@ async fn an_expired_lease_is_taken_over() {
     stack
         .ports
         .store
-        .claim(id, &dead, now - 60_000)
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: dead,
+                now_epoch_ms: now - 60_000,
+            },
+        )
         .await
         .unwrap();
     worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[(body(id), 2)]))
+        .handle(&fixture_batch(&[(body(id), 2)]))
         .await
         .unwrap();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
@@ -480,7 +478,14 @@ async fn an_expired_lease_is_taken_over() {
     let late = stack
         .ports
         .store
-        .complete(id, "dead-worker", &json!({"stale": true}), now)
+        .apply(
+            id,
+            &Transition::complete(
+                "dead-worker".into(),
+                JsonText::of(&json!({"stale": true})).unwrap(),
+                now,
+            ),
+        )
         .await;
     assert!(matches!(late, Err(offpath_core::StoreError::Conflict(_))));
 }
@@ -498,12 +503,23 @@ async fn a_cancel_requested_before_the_claim_ends_the_job_cancelled() {
     stack
         .ports
         .store
-        .claim(id, &dead, now - 60_000)
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: dead,
+                now_epoch_ms: now - 60_000,
+            },
+        )
         .await
         .unwrap();
-    stack.ports.store.request_cancel(id).await.unwrap();
+    stack
+        .ports
+        .store
+        .apply(id, &Transition::RequestCancel)
+        .await
+        .unwrap();
     worker(&stack, model.clone())
-        .handle(fixture_event(&[(body(id), 2)]))
+        .handle(&fixture_batch(&[(body(id), 2)]))
         .await
         .unwrap();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
@@ -517,7 +533,7 @@ async fn stored_input_that_breaks_the_schema_fails_the_job() {
     let stack = stack(fast_queue()).await;
     let id = create(&stack, "embed", json!({"texts": "not a list"})).await;
     let response = worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[
+        .handle(&fixture_batch(&[
             (body(id), 1),
             (body(create(&stack, "embed", embed_input("ok")).await), 1),
         ]))
@@ -542,14 +558,14 @@ async fn a_task_registered_outside_the_tasks_crate_runs_like_the_built_in_ones()
         .unwrap();
     let response = app(state).oneshot(request).await.unwrap();
     assert_eq!(response.status(), 202);
-    let (messages, event) = received(&stack, Duration::from_secs(2)).await;
+    let messages = received(&stack, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
     let config = WorkerConfig {
         max_receive_count: Some(3),
         ..WorkerConfig::default()
     };
     let counting = Worker::new(&stack.ports, Arc::new(TestModel::default()), tasks, config);
-    counting.handle(event).await.unwrap();
+    counting.handle(&messages).await.unwrap();
     let id: JobId = serde_json::from_str::<Value>(&messages[0].body).unwrap()["job_id"]
         .as_str()
         .unwrap()
@@ -558,13 +574,13 @@ async fn a_task_registered_outside_the_tasks_crate_runs_like_the_built_in_ones()
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(
-        job.output,
+        job.output.as_ref().map(JsonText::to_value),
         Some(json!({"chars": 17, "words": 3, "dimensions": 2}))
     );
     // A worker that does not know the task fails the job, naming it.
     let other = create(&stack, "count", json!({"text": "x"})).await;
     worker(&stack, Arc::new(TestModel::default()))
-        .handle(fixture_event(&[
+        .handle(&fixture_batch(&[
             (body(other), 1),
             (body(create(&stack, "embed", embed_input("ok")).await), 1),
         ]))
@@ -599,7 +615,7 @@ async fn the_worker_reads_time_from_its_clock() {
     let at = SystemClock.now_epoch_ms() - 3_600_000;
     worker(&stack, Arc::new(TestModel::default()))
         .with_clock(Arc::new(Frozen(at)))
-        .handle(fixture_event(&[(body(id), 1)]))
+        .handle(&fixture_batch(&[(body(id), 1)]))
         .await
         .unwrap();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();
@@ -616,8 +632,11 @@ struct CancelBeforeFail(Arc<dyn offpath_core::JobStore>);
 #[async_trait::async_trait]
 impl offpath_testkit::Hooks for CancelBeforeFail {
     async fn before(&self, call: offpath_testkit::Call) -> Result<(), String> {
-        if let offpath_testkit::Call::Fail(id) = call {
-            self.0.request_cancel(id).await.map_err(|e| e.to_string())?;
+        if let offpath_testkit::Call::Apply(id, Step::Finish(JobStatus::Failed)) = call {
+            self.0
+                .apply(id, &Transition::RequestCancel)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -629,7 +648,7 @@ async fn a_cancel_requested_during_the_last_attempt_ends_the_job_cancelled() {
     let id = create(&stack, "embed", embed_input("poison at the end")).await;
     let hooks = Arc::new(CancelBeforeFail(stack.ports.store.clone()));
     let response = hooked_worker(&stack, hooks)
-        .handle(fixture_event(&[(body(id), 3)]))
+        .handle(&fixture_batch(&[(body(id), 3)]))
         .await
         .unwrap();
     let job = stack.ports.store.get(id).await.unwrap().unwrap();

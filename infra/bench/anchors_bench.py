@@ -1,4 +1,4 @@
-"""The anchors of `offpath bench model --python PYTHON`: all-MiniLM-L6-v2 through
+"""The anchors of `offpath-bench model --python PYTHON`: all-MiniLM-L6-v2 through
 sentence-transformers (PyTorch: float32, and CPU autocast to bfloat16), ONNX Runtime
 (the ONNX graph exported from the same safetensors at run time, as exported and with
 its BERT fusions) and OpenVINO (the same graph, float32 and bfloat16 inference
@@ -109,7 +109,7 @@ def measure(name, precision, anchor, inputs, reference, seconds) -> dict:
 
 def rate(embed, items: list, batch: int, seconds: float) -> float:
     """Items/second embedding batches of `batch` for `seconds`, over consecutive batches
-    that walk the items whole, as `offpath bench model` does."""
+    that walk the items whole, as `offpath-bench model` does."""
     batches = [
         [items[(k * batch + i) % len(items)] for i in range(batch)]
         for k in range(math.ceil(len(items) / batch))

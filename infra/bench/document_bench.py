@@ -1,5 +1,5 @@
 """Chunks/second of all-MiniLM-L6-v2 through sentence-transformers (PyTorch, CPU) on a
-document's chunks, for `offpath bench document --python PYTHON`: the same word-piece
+document's chunks, for `offpath-bench document --python PYTHON`: the same word-piece
 windows offpath embeds, framed with [CLS] and [SEP], in batches of 32, mean pooled and
 L2 normalised, as sentence-transformers encodes text.
 

@@ -31,24 +31,24 @@ fi
 
 PATH="$root/.venv/bin:$PATH" cargo lambda build --release --locked \
   -p offpath-api -p offpath-worker --target x86_64-unknown-linux-gnu
-cargo build --release --locked -p offpath
-offpath="$target/release/offpath"
-"$offpath" model fetch >/dev/null
+cargo build --release --locked -p offpath -p offpath-bench
+"$target/release/offpath" model fetch >/dev/null
+bench="$target/release/offpath-bench"
 
 echo "==> bench model" >&2
-"$offpath" bench model --json docs/bench/model.json --python "$python"
+"$bench" model --json docs/bench/model.json --python "$python"
 echo "==> bench model, float32 products" >&2
-"$offpath" bench model --precision float32 --json docs/bench/model-float32.json \
+"$bench" model --precision float32 --json docs/bench/model-float32.json \
   --python "$python"
 echo "==> bench document" >&2
-"$offpath" bench document --mib 1 --pollers 1,2 --json docs/bench/document.json \
+"$bench" document --mib 1 --pollers 1,2 --json docs/bench/document.json \
   --python "$python"
 echo "==> bench fairness" >&2
-"$offpath" bench fairness --json docs/bench/fairness.json
+"$bench" fairness --json docs/bench/fairness.json
 echo "==> bench service, embedded" >&2
-"$offpath" bench service --backend embedded --out docs/bench
+"$bench" service --backend embedded --out docs/bench
 
 eval "$(infra/moto/start.sh)"
 trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
 echo "==> bench service, moto at $AWS_ENDPOINT_URL" >&2
-"$offpath" bench service --backend aws --bootstraps "$target/lambda" --out docs/bench
+"$bench" service --backend aws --bootstraps "$target/lambda" --out docs/bench

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use offpath_core::{Job, JobId, JobQueue, JobStatus, JobStore, Model, QueueSettings};
+use offpath_core::{Job, JobId, JobQueue, JobStatus, JobStore, Model, QueueSettings, Step};
 use offpath_testkit::{Backend, Call, Hooked, Hooks, Stack, TestModel};
 use offpath_worker::poller::{PollSettings, Pool};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
@@ -136,8 +136,10 @@ impl Observer {
 impl Hooks for Observer {
     async fn before(&self, call: Call) -> Result<(), String> {
         match call {
-            Call::Claim(_) => self.maybe_crash(CrashPoint::BeforeClaim).await,
-            Call::Complete(_) | Call::Fail(_) => self.maybe_crash(CrashPoint::BeforeFinish).await,
+            Call::Apply(_, Step::Claim) => self.maybe_crash(CrashPoint::BeforeClaim).await,
+            Call::Apply(_, Step::Finish(JobStatus::Succeeded | JobStatus::Failed)) => {
+                self.maybe_crash(CrashPoint::BeforeFinish).await
+            }
             _ => {}
         }
         Ok(())
@@ -147,7 +149,7 @@ impl Hooks for Observer {
         if !succeeded {
             return;
         }
-        if let Call::Claim(_) = call {
+        if let Call::Apply(_, Step::Claim) = call {
             self.maybe_crash(CrashPoint::AfterClaim).await;
         }
         if let (true, Some(id)) = (call.finishes(), call.job()) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use offpath_core::index::{DUE_SHARDS, OWNER_SLICES};
-use offpath_core::{ErrorInfo, EventKind, Job, JobStatus, Lease, Parts, Webhook};
+use offpath_core::{ErrorInfo, EventKind, Job, JobStatus, JsonText, Lease, Parts, Webhook};
 
 /// Attribute names.
 pub(crate) mod attr {
@@ -143,7 +143,7 @@ pub(crate) fn to_item(job: &Job) -> Item {
         (attr::PK.to_owned(), s(job.id.to_string())),
         (attr::OWNER.to_owned(), s(&job.owner)),
         (attr::TASK.to_owned(), s(job.task.as_str())),
-        (attr::INPUT.to_owned(), s(job.input.to_string())),
+        (attr::INPUT.to_owned(), s(job.input.get())),
         (attr::STATUS.to_owned(), s(job.status.as_str())),
         (attr::ATTEMPTS.to_owned(), n(job.attempts.into())),
         (attr::CREATED_AT.to_owned(), n(job.created_at_epoch_ms)),
@@ -156,7 +156,7 @@ pub(crate) fn to_item(job: &Job) -> Item {
         (attr::VERSION.to_owned(), n(job.version)),
     ]);
     let optional = [
-        (attr::OUTPUT, job.output.as_ref().map(|o| s(o.to_string()))),
+        (attr::OUTPUT, job.output.as_ref().map(|o| s(o.get()))),
         (attr::ERROR, job.error.as_ref().map(error_value)),
         (attr::STARTED_AT, job.started_at_epoch_ms.map(n)),
         (attr::REQUEUED_AT, job.requeued_at_epoch_ms.map(n)),
@@ -298,7 +298,9 @@ pub(crate) fn from_item(item: &Item) -> Result<Job, CorruptItem> {
         id: r.parsed(attr::PK)?,
         owner: r.string(attr::OWNER)?,
         task: r.parsed(attr::TASK)?,
-        input: r.json(attr::INPUT)?.unwrap_or_default(),
+        input: r
+            .json(attr::INPUT)?
+            .ok_or_else(|| Reader::corrupt(attr::INPUT, "missing"))?,
         status: r.parsed::<JobStatus>(attr::STATUS)?,
         output: r.json(attr::OUTPUT)?,
         error: r.error()?,
@@ -366,9 +368,10 @@ impl Reader<'_> {
         }
     }
 
-    fn json(&self, name: &'static str) -> Result<Option<serde_json::Value>, CorruptItem> {
+    /// JSON text, checked but not parsed into a tree.
+    fn json(&self, name: &'static str) -> Result<Option<JsonText>, CorruptItem> {
         self.optional_string(name)?
-            .map(|text| serde_json::from_str(&text))
+            .map(JsonText::from_text)
             .transpose()
             .map_err(|e| Self::corrupt(name, e.to_string()))
     }
@@ -495,7 +498,7 @@ mod tests {
             id: JobId::random(),
             owner: "alice".into(),
             task: TaskName::new("embed"),
-            input: json!({"texts": ["a"]}),
+            input: JsonText::of(&json!({"texts": ["a"]})).unwrap(),
             request_hash: "abc".into(),
             idempotency_key: Some("k".into()),
             created_at_epoch_ms: 10,
@@ -514,7 +517,7 @@ mod tests {
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         job.status = JobStatus::Failed;
         job.error = Some(ErrorInfo::new("invalid_input", "bad"));
-        job.output = Some(json!([0.25, -1.5e-8]));
+        job.output = Some(JsonText::of(&json!([0.25, -1.5e-8])).unwrap());
         job.lease_owner = Some("w".into());
         job.lease_until_epoch_ms = Some(99);
         job.started_at_epoch_ms = Some(11);
@@ -549,7 +552,7 @@ mod tests {
             id: JobId::random(),
             owner: "o".into(),
             task: TaskName::new("embed"),
-            input: json!({}),
+            input: JsonText::of(&json!({})).unwrap(),
             request_hash: String::new(),
             idempotency_key: None,
             created_at_epoch_ms: 0,

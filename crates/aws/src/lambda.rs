@@ -1,13 +1,15 @@
-//! What the Lambda functions share at start-up: JSON logs, CloudWatch Embedded Metric
-//! Format metrics, the table and queue the environment names, and one sentence when
-//! start-up fails.
+//! What the Lambda functions share: JSON logs, CloudWatch Embedded Metric Format
+//! metrics, the table and queue the environment names, one sentence when start-up
+//! fails, and the edge between Lambda's SQS events and offpath's message batches.
 
 use std::fmt::Display;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::{LambdaEvent, service_fn};
 use metrics_cloudwatch_embedded::Collector;
-use offpath_core::Ports;
+use offpath_core::{BatchReport, Ports, QueueMessage};
 
 use crate::config::within_api_deadline;
 use crate::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
@@ -117,5 +119,101 @@ pub async fn run_function<E: Display>(
             tracing::error!(error = %err, "{name} stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An SQS record without a `messageId` or `receiptHandle` (SQS always sends both): the
+/// batch cannot report item failures, so the whole invocation fails and SQS retries it.
+#[derive(Debug, thiserror::Error)]
+#[error("an SQS record has no messageId or receiptHandle; the batch cannot report item failures")]
+pub struct UnnamedRecord;
+
+/// The messages of a Lambda SQS event, as offpath's batch handlers take them.
+pub fn queue_messages(event: &SqsEvent) -> Result<Vec<QueueMessage>, UnnamedRecord> {
+    event.records.iter().map(queue_message).collect()
+}
+
+fn queue_message(record: &SqsMessage) -> Result<QueueMessage, UnnamedRecord> {
+    let present = |field: &Option<String>| {
+        field
+            .as_deref()
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned)
+    };
+    let attribute = |name: &str| record.attributes.get(name).and_then(|v| v.parse().ok());
+    Ok(QueueMessage {
+        message_id: present(&record.message_id).ok_or(UnnamedRecord)?,
+        receipt_handle: present(&record.receipt_handle).ok_or(UnnamedRecord)?,
+        body: record.body.clone().unwrap_or_default(),
+        receive_count: attribute("ApproximateReceiveCount").unwrap_or(1) as u32,
+        sent_at_epoch_ms: attribute("SentTimestamp").unwrap_or(0),
+        group: record.attributes.get("MessageGroupId").cloned(),
+    })
+}
+
+/// The response that tells the event source mapping which messages to retry.
+pub fn batch_response(report: BatchReport) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = report
+        .retry
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
+/// Runs a batch handler as the Lambda function `function` with an SQS event source:
+/// each `SqsEvent` becomes offpath's messages here, at the edge, and `handle`'s report
+/// the response's item failures.
+pub async fn serve_batches<H, E>(function: &str, handle: H) -> Result<(), lambda_runtime::Error>
+where
+    H: AsyncFn(Vec<QueueMessage>) -> Result<BatchReport, E>,
+    E: Into<lambda_runtime::Error>,
+{
+    let handle = &handle;
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let batch = queue_messages(&event.payload)?;
+        let report = handle(batch).await.map_err(Into::into)?;
+        Ok::<_, lambda_runtime::Error>(batch_response(report))
+    });
+    metrics_cloudwatch_embedded::lambda::service::run(metrics(function)?, handler).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real event in tests/fixtures reads as the message the queue adapters make.
+    #[test]
+    fn lambda_records_read_as_queue_messages() {
+        let fixture: SqsEvent =
+            serde_json::from_str(include_str!("../../../tests/fixtures/sqs_event.json")).unwrap();
+        let messages = queue_messages(&fixture).unwrap();
+        assert_eq!(
+            messages,
+            [QueueMessage {
+                message_id: "059f36b4-87a3-44ab-83d2-661975830a7d".into(),
+                receipt_handle: "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...".into(),
+                body: r#"{"v":1,"job_id":"00000000-0000-0000-0000-000000000000"}"#.into(),
+                receive_count: 1,
+                sent_at_epoch_ms: 1_545_082_649_183,
+                group: None,
+            }]
+        );
+        let mut unnamed = fixture.clone();
+        unnamed.records[0].message_id = None;
+        assert!(queue_messages(&unnamed).is_err());
+        let response = batch_response(BatchReport {
+            retry: vec!["059f36b4-87a3-44ab-83d2-661975830a7d".into()],
+        });
+        let json = serde_json::to_value(&response).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "059f36b4-87a3-44ab-83d2-661975830a7d"}]})
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! LocalStack or moto.
 
 mod dynamo;
+mod expression;
 mod item;
 pub mod s3;
 mod sdk;

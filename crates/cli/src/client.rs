@@ -109,7 +109,7 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Val
     }
 }
 
-/// `offpath submit`: checks the input against the task before sending it.
+/// `offpath submit`: the API validates the input (its 400 names the field).
 pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
     let registry = offpath_tasks::registry();
     let task = registry.get(&options.task)?;
@@ -122,14 +122,15 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
         }
         (None, Some(path)) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
         (None, None) if options.file.is_some() => json!({}),
-        (None, None) if !options.text.is_empty() => {
-            task.input_from_texts(options.text.clone()).ok_or_else(|| {
+        (None, None) if !options.text.is_empty() => task
+            .input_from_texts(options.text.clone())
+            .ok_or_else(|| {
                 anyhow::anyhow!(
                     "{} takes no --text; give its input with --input",
                     task.name()
                 )
             })?
-        }
+            .to_value(),
         (None, None) => anyhow::bail!("give the input with --input, --input-file or --text"),
     };
     if let Some(path) = &options.file {
@@ -144,7 +145,6 @@ pub async fn submit(api: &Api, options: Submit) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--input must be a JSON object"))?
             .insert("upload".into(), upload.into());
     }
-    task.prepare(&input)?;
     let mut body = json!({ "task": options.task, "input": input });
     if let Some(ttl) = options.ttl_seconds {
         body["ttl_seconds"] = ttl.into();

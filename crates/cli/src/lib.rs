@@ -1,6 +1,5 @@
 //! The `offpath` command's subcommands, as library functions its `main` dispatches to.
 
-pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod dlq;

@@ -42,9 +42,6 @@ enum Command {
     /// Repair stuck jobs once: fail those whose worker died on the last attempt,
     /// re-enqueue those whose message was lost (AWS configuration; `dev` sweeps itself).
     Sweep(offpath::sweep::SweepArgs),
-    /// Measure the model and the pipeline.
-    #[command(subcommand)]
-    Bench(offpath::bench::BenchCommand),
     /// Manage the model weights (all-MiniLM-L6-v2).
     #[command(subcommand)]
     Model(offpath::model::ModelCommand),
@@ -59,11 +56,7 @@ static ALLOCATOR: offpath_inference::LineAligned = offpath_inference::LineAligne
 async fn main() -> std::process::ExitCode {
     offpath_inference::LineAligned::keep_freed_blocks();
     let cli = Cli::parse();
-    // Benchmarks log warnings only: a line per job would cost time and bury the figures.
-    let default_filter = match cli.command {
-        Some(Command::Bench(_)) => "warn",
-        _ => "info,aws_config=warn,aws_smithy_runtime=warn",
-    };
+    let default_filter = "info,aws_config=warn,aws_smithy_runtime=warn";
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -86,7 +79,6 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Sweep(args)) => offpath::sweep::run(args).await,
         Some(Command::Dev(args)) => offpath::dev::run(args).await,
         Some(Command::Model(command)) => offpath::model::run(command).await,
-        Some(Command::Bench(command)) => offpath::bench::run(command).await,
         None => offpath::dev::run(offpath::dev::DevArgs::parse_from(["dev"])).await,
     };
     match result {

@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::job::JobId;
+use crate::clock::{Clock, SystemClock};
+use crate::id::JobId;
 use crate::message::JobMessage;
 use crate::queue::{JobQueue, QueueDepth, QueueError};
-use crate::store::{JobStore, StoreError};
+use crate::store::{JobStore, StoreError, revive};
 
 /// How long messages being inspected or moved stay hidden from other readers.
 const HOLD: Duration = Duration::from_secs(60);
@@ -225,7 +226,7 @@ impl DeadLetters {
         let Some(job_id) = letter.job_id() else {
             return Ok(Some("not a job message"));
         };
-        match store.revive(job_id).await {
+        match revive(store, job_id, SystemClock.now_epoch_ms()).await {
             Ok(_) | Err(StoreError::Conflict(_)) => {}
             Err(StoreError::NotFound) => return Ok(Some("its job does not exist")),
             Err(err) => return Err(err.into()),

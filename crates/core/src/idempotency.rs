@@ -4,11 +4,15 @@
 //! (owner, key), so one conditional put both creates the job and detects the duplicate.
 //! The request hash tells a replay (same body) from key reuse (another body).
 
-use serde_json::Value;
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::job::JobId;
-use crate::webhook::Webhook;
+use crate::id::JobId;
+use crate::json::JsonText;
+use crate::webhook::{EventKind, Webhook};
 
 /// Longest accepted idempotency key.
 pub const MAX_KEY_LEN: usize = 255;
@@ -58,20 +62,40 @@ pub fn job_id_for_key(owner: &str, key: &str) -> JobId {
 }
 
 /// The hash that identifies a request's content: task, input, ttl and, when there is
-/// one, the webhook and its events. JSON object keys are serialised in sorted order, so
-/// key order and whitespace do not matter.
+/// one, the webhook and its events. The input is hashed as the job stores it, in its
+/// type's own serialisation, so key order, white space and defaults spelt out do not
+/// matter.
 pub fn request_hash(
     task: &str,
-    input: &Value,
+    input: &JsonText,
     ttl_seconds: Option<u64>,
     webhook: Option<&Webhook>,
 ) -> String {
-    let mut canonical =
-        serde_json::json!({ "task": task, "input": input, "ttl_seconds": ttl_seconds });
-    if let Some(webhook) = webhook {
-        canonical["webhook"] = serde_json::json!({"url": webhook.url, "events": webhook.events});
+    /// The hashed text: fields in this order, the webhook only when there is one.
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        task: &'a str,
+        input: &'a RawValue,
+        ttl_seconds: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        webhook: Option<CanonicalWebhook<'a>>,
     }
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    #[derive(Serialize)]
+    struct CanonicalWebhook<'a> {
+        url: &'a str,
+        events: &'a BTreeSet<EventKind>,
+    }
+    let canonical = Canonical {
+        task,
+        input: input.as_raw(),
+        ttl_seconds,
+        webhook: webhook.map(|w| CanonicalWebhook {
+            url: &w.url,
+            events: &w.events,
+        }),
+    };
+    let text = serde_json::to_string(&canonical).expect("the canonical request serialises");
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 #[cfg(test)]
@@ -100,18 +124,20 @@ mod tests {
     }
 
     #[test]
-    fn request_hash_ignores_key_order() {
-        let one: Value =
-            serde_json::from_str(r#"{"texts":["a"],"encoding_format":"float"}"#).unwrap();
-        let two: Value =
-            serde_json::from_str(r#"{ "encoding_format":"float", "texts":["a"] }"#).unwrap();
+    fn request_hash_covers_every_part() {
+        let one = JsonText::of(&json!({"texts": ["a"]})).unwrap();
+        let other = JsonText::of(&json!({"texts": ["b"]})).unwrap();
         assert_eq!(
             request_hash("embed", &one, None, None),
-            request_hash("embed", &two, None, None)
+            request_hash("embed", &one.clone(), None, None)
         );
         assert_ne!(
             request_hash("embed", &one, None, None),
-            request_hash("embed", &json!({"texts":["b"]}), None, None)
+            request_hash("embed", &other, None, None)
+        );
+        assert_ne!(
+            request_hash("embed", &one, None, None),
+            request_hash("rank", &one, None, None)
         );
         assert_ne!(
             request_hash("embed", &one, None, None),

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::job::Job;
+use crate::job::{Job, Lease};
 use crate::status::JobStatus;
+use crate::transition::Change;
 
 /// How long a message sent again by a repair (the sweep, a client's keyed retry) can
 /// still be in the jobs queue: the queue's retention (4 days). Until then the job's
@@ -78,5 +79,83 @@ impl Job {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+/// Where a write moves the job in the sparse indexes, for a store that writes
+/// without reading first (DynamoDB keeps index keys on the record and sets them in the
+/// same request as the changes). It follows from the changes, as [`Job::due_at`]
+/// follows from the job: a store that reads the job before it writes derives its
+/// indexes from the job instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reindex {
+    /// The job's entry in the index of unfinished jobs (and the admission index).
+    pub due: DueMove,
+    /// The job's entry in the index of webhook outboxes.
+    pub outbox: OutboxMove,
+}
+
+/// A write's move in the index of unfinished jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DueMove {
+    /// Stays where it is.
+    #[default]
+    Stay,
+    /// Moves to this time ([`Job::unfinished_due_at`]).
+    To(u64),
+    /// Leaves it and the admission index: the job finished.
+    Leave,
+    /// Joins it (and the admission index) again at this time: a finished job revived.
+    Rejoin(u64),
+}
+
+/// A write's move in the index of webhook outboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutboxMove {
+    /// Stays where it is.
+    #[default]
+    Stay,
+    /// An event became due at this time: the entry moves there.
+    Due(u64),
+    /// The due events went: out of the index until another is due.
+    Sent,
+    /// The outbox is empty for good: out of the index.
+    Emptied,
+    /// The outbox holds an event again (not due yet).
+    Refilled,
+}
+
+impl Reindex {
+    /// The moves of a write making `changes`.
+    pub fn of(changes: &[Change]) -> Self {
+        let mut moves = Reindex::default();
+        let mut due = None;
+        let mut finishes = false;
+        let mut revives = false;
+        for change in changes {
+            match change {
+                Change::Status(status) if status.is_terminal() => finishes = true,
+                Change::ClearFinishedAt => revives = true,
+                Change::Lease(Lease { until_epoch_ms, .. })
+                | Change::LeaseUntil(until_epoch_ms) => due = Some(*until_epoch_ms),
+                Change::RequeuedAt(at) => due = Some(at + MAX_RETRY_DELAY.as_millis() as u64),
+                Change::ResentAt(at) => due = Some(at + RESEND_AFTER.as_millis() as u64),
+                Change::PartsTouched(at) | Change::Split { at, .. } => due = Some(*at),
+                Change::FirstStart(at) | Change::FinishedAt(at) => {
+                    moves.outbox = OutboxMove::Due(*at)
+                }
+                Change::Sent(_) => moves.outbox = OutboxMove::Sent,
+                Change::ClearOutbox => moves.outbox = OutboxMove::Emptied,
+                Change::Unsend(_) => moves.outbox = OutboxMove::Refilled,
+                _ => {}
+            }
+        }
+        moves.due = match (finishes, revives, due) {
+            (true, _, _) => DueMove::Leave,
+            (false, true, Some(at)) => DueMove::Rejoin(at),
+            (false, false, Some(at)) => DueMove::To(at),
+            (false, _, None) => DueMove::Stay,
+        };
+        moves
     }
 }

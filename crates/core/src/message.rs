@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::JobId;
+use crate::id::JobId;
 use crate::webhook::Event;
 
 /// Current message format version.

@@ -17,10 +17,19 @@ pub struct QueueMessage {
     pub body: String,
     /// How many times the message has been received, this time included.
     pub receive_count: u32,
-    /// When the message was sent.
+    /// When the message was sent (0 when the queue did not say).
     pub sent_at_epoch_ms: u64,
     /// The message group it was sent with (see [`message_group`]), if any.
     pub group: Option<String>,
+}
+
+/// What a batch handler (the worker, the webhook deliverer) says of a batch of
+/// [`QueueMessage`]s: the messages to retry. The rest are acknowledged (deleted),
+/// as the Lambda SQS event source mapping does with reported item failures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BatchReport {
+    /// Message ids of the messages that must come back.
+    pub retry: Vec<String>,
 }
 
 /// The message group of an owner's messages: the owner itself when it is a valid SQS

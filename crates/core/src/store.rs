@@ -1,17 +1,16 @@
-//! The job store port. Every state change is one conditional write; a failed
-//! condition comes back as [`StoreError::Conflict`] carrying the current record.
+//! The job store port: create, read, apply a [`Transition`], and the index queries.
+//! Every state change is one conditional write; a failed condition comes back as
+//! [`StoreError::Conflict`] carrying the current record.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 
 use crate::activity::{Activity, MinuteActivity};
-use crate::job::{ErrorInfo, Job, JobId, Lease, NewJob};
+use crate::job::{Job, JobId, NewJob};
 use crate::status::JobStatus;
-use crate::task::TaskName;
-use crate::webhook::EventKind;
+use crate::task_name::TaskName;
+use crate::transition::Transition;
 
 /// Most index entries one listing page examines: a page whose filters match few jobs
 /// comes back short (but with a cursor) rather than reading an owner's whole history.
@@ -97,41 +96,9 @@ impl StoreError {
     }
 }
 
-/// How a part of a job that runs in parts is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle<'a> {
-    /// Its worker finished it (condition: held under `token`); its chunks count as
-    /// done.
-    Done {
-        /// The lease token.
-        token: &'a str,
-        /// Chunks in the part.
-        chunks: u64,
-    },
-    /// It gave up (condition: held under `token`, or with `None` held by nobody: its
-    /// worker died on its last attempt).
-    Dead {
-        /// The lease token, if a worker holds it.
-        token: Option<&'a str>,
-        /// Why, for the job's error.
-        error: &'a str,
-    },
-    /// Its job was cancelled before it ran (condition: held by nobody).
-    Skipped,
-}
-
-/// How a job that runs in parts ends once every part is settled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PartsEnd<'a> {
-    /// Every part done and the result assembled.
-    Succeeded(&'a Value),
-    /// Some part dead.
-    Failed(&'a ErrorInfo),
-    /// Cancelled while it ran.
-    Cancelled,
-}
-
-/// Persistent job state (DynamoDB in AWS, in memory locally).
+/// Persistent job state (DynamoDB in AWS, in memory locally). Every write to an
+/// existing job is a [`Transition`]: the store checks its condition and makes its
+/// changes in one atomic step, and holds no rules of its own.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Creates a queued job if no job with its id exists
@@ -141,142 +108,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Reads a job, strongly consistent.
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
-    /// Claims a job for a worker (condition: queued, or running with an expired lease).
-    /// Counts an attempt and records the first start time.
-    async fn claim(&self, id: JobId, lease: &Lease, now_epoch_ms: u64) -> Result<Job, StoreError>;
-
-    /// Moves the end of a job's lease to `lease.until_epoch_ms` (condition: running
-    /// under `lease.token`, expired or not): its worker's heartbeat.
-    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError>;
-
-    /// Records success (condition: running under `lease_token`, no cancel requested).
-    async fn complete(
-        &self,
-        id: JobId,
-        lease_token: &str,
-        output: &Value,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Records failure (condition: running under `lease_token`, no cancel requested).
-    async fn fail(
-        &self,
-        id: JobId,
-        lease_token: &str,
-        error: &ErrorInfo,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Gives the job back to the queue (condition: running under `lease_token`); its
-    /// message comes back after a backoff.
-    async fn release(
-        &self,
-        id: JobId,
-        lease_token: &str,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Records that a repair sent a queued job's message again (condition: queued), so
-    /// no repair sends it again while that message can still be in the queue
-    /// ([`crate::index::RESEND_AFTER`]).
-    async fn record_resend(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError>;
-
-    /// Ends a running job whose cancel was requested (condition: running under
-    /// `lease_token`).
-    async fn finish_cancelled(
-        &self,
-        id: JobId,
-        lease_token: &str,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Fails a job no live worker holds (condition: queued, or running with an expired
-    /// lease): dead-letter marking on the last receive, and the sweep.
-    async fn abandon(
-        &self,
-        id: JobId,
-        error: &ErrorInfo,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Cancels a queued job (condition: queued).
-    async fn cancel_queued(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError>;
-
-    /// Asks a running job to stop (condition: running). The worker ends it cancelled.
-    async fn request_cancel(&self, id: JobId) -> Result<Job, StoreError>;
-
-    /// Removes a job that was never enqueued (condition: queued, never claimed). The API
-    /// uses it to leave nothing behind when the enqueue of a job without an
-    /// idempotency key fails.
-    async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError>;
-
-    /// Puts a dead-lettered job back for an operator's redrive (condition: failed with
-    /// code `dead_lettered`). Its attempts are kept; a webhook subscribed to
-    /// `completed` gets that event back in its outbox (the job will end again). A job that runs in parts goes back
-    /// to running, its dead parts unsettled again (their messages are redriven too);
-    /// any other job goes back to queued.
-    async fn revive(&self, id: JobId) -> Result<Job, StoreError>;
-
-    /// Splits a running job into `parts` parts of `chunks` chunks in all (condition:
-    /// running under `lease_token`, no cancel requested). Its lease ends: from now on
-    /// its parts are claimed one by one.
-    async fn fan_out(
-        &self,
-        id: JobId,
-        lease_token: &str,
-        parts: u32,
-        chunks: u64,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Claims part `part` of a job that runs in parts (condition: the job is running
-    /// in parts, no cancel requested, the part exists and is not settled, and no live
-    /// lease holds it). Counts an attempt of the part.
-    async fn claim_part(
-        &self,
-        id: JobId,
-        part: u32,
-        lease: &Lease,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Moves the end of a part's lease to `lease.until_epoch_ms` (condition: the part
-    /// is held under `lease.token`): its worker's heartbeat, which counts as activity
-    /// of the job's parts.
-    async fn extend_part_lease(
-        &self,
-        id: JobId,
-        part: u32,
-        lease: &Lease,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Gives a part back (condition: held under `lease_token`).
-    async fn release_part(
-        &self,
-        id: JobId,
-        part: u32,
-        lease_token: &str,
-    ) -> Result<Job, StoreError>;
-
-    /// Settles a part (condition: not settled yet, and as [`Settle`] says). The
-    /// result shows whether every part is now settled.
-    async fn settle_part(
-        &self,
-        id: JobId,
-        part: u32,
-        settle: Settle<'_>,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Ends a job that runs in parts (condition: running in parts, every part settled;
-    /// to succeed, also no cancel requested).
-    async fn finish_parts(
-        &self,
-        id: JobId,
-        end: PartsEnd<'_>,
-        now_epoch_ms: u64,
-    ) -> Result<Job, StoreError>;
+    /// Makes one write to job `id`, atomically: when the transition's condition holds
+    /// for the job as stored, its effect, and the job as it is after (as it was, for
+    /// a write that deletes it); otherwise [`StoreError::Conflict`] with the job as it
+    /// is, and nothing changes.
+    async fn apply(&self, id: JobId, transition: &Transition) -> Result<Job, StoreError>;
 
     /// The jobs the sweep must look at once `before` is a grace before now, a page at
     /// a time (`cursor`: the previous page's `next`). Read from sparse indexes that
@@ -303,29 +139,6 @@ pub trait JobStore: Send + Sync + 'static {
         sample: JobId,
         at_most: u64,
     ) -> Result<u64, StoreError>;
-
-    /// Takes `kinds` out of the job's webhook outbox (condition: the job's finish time
-    /// is still `finished_at`, so a revive in between keeps its new event).
-    async fn events_sent(
-        &self,
-        id: JobId,
-        kinds: &BTreeSet<EventKind>,
-        finished_at: Option<u64>,
-    ) -> Result<Job, StoreError>;
-
-    /// Records a progress event at `now` (condition: running, its webhook wants
-    /// progress, and the last progress event was at least `min_gap_ms` before `now`).
-    /// A conflict means: no event now.
-    async fn progress_event(
-        &self,
-        id: JobId,
-        now_epoch_ms: u64,
-        min_gap_ms: u64,
-    ) -> Result<Job, StoreError>;
-
-    /// Stops the job's webhook for good: its receiver answered `410 Gone` (condition:
-    /// the job has a webhook). The outbox empties.
-    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError>;
 
     /// Waits up to `wait` for the job to become terminal and returns it as it is then
     /// (`None`: no such job). This default polls with a consistent read, every 100 ms
@@ -363,21 +176,33 @@ pub trait JobStore: Send + Sync + 'static {
         last_minute_epoch_ms: u64,
         minutes: u32,
     ) -> Result<Vec<MinuteActivity>, StoreError>;
+}
 
-    /// Cancels a job: a queued job ends `cancelled` at once, a running one gets its
-    /// cancel requested. A terminal job is a [`StoreError::Conflict`].
-    async fn cancel(&self, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError> {
-        // The job may move between the two writes; two rounds cover queued -> running.
-        for _ in 0..2 {
-            match self.cancel_queued(id, now_epoch_ms).await {
-                Err(StoreError::Conflict(current)) if current.status == JobStatus::Running => {}
-                other => return other,
-            }
-            match self.request_cancel(id).await {
-                Err(StoreError::Conflict(current)) if current.status == JobStatus::Queued => {}
-                other => return other,
-            }
+/// Cancels a job: a queued job ends `cancelled` at once, a running one gets its cancel
+/// requested. A terminal job is a [`StoreError::Conflict`].
+pub async fn cancel(store: &dyn JobStore, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError> {
+    // The job may move between the two writes; two rounds cover queued -> running.
+    for _ in 0..2 {
+        match store
+            .apply(id, &Transition::CancelQueued { now_epoch_ms })
+            .await
+        {
+            Err(StoreError::Conflict(current)) if current.status == JobStatus::Running => {}
+            other => return other,
         }
-        self.get(id).await?.ok_or(StoreError::NotFound)
+        match store.apply(id, &Transition::RequestCancel).await {
+            Err(StoreError::Conflict(current)) if current.status == JobStatus::Queued => {}
+            other => return other,
+        }
     }
+    store.get(id).await?.ok_or(StoreError::NotFound)
+}
+
+/// Puts a dead-lettered job back for an operator's redrive ([`Transition::revive`], as
+/// read now). A job that is not dead-lettered is a [`StoreError::Conflict`].
+pub async fn revive(store: &dyn JobStore, id: JobId, now_epoch_ms: u64) -> Result<Job, StoreError> {
+    let job = store.get(id).await?.ok_or(StoreError::NotFound)?;
+    store
+        .apply(id, &Transition::revive(&job, now_epoch_ms))
+        .await
 }

@@ -8,21 +8,22 @@
 //! line of registration (`docs/adding-a-task.md`).
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{Object, Schema, SchemaType, Type};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::openapi::schema::Schema;
 
-use crate::job::{JobId, Parts};
+use crate::id::JobId;
+use crate::job::Parts;
+use crate::json::JsonText;
 use crate::model::{Model, ModelError};
+use crate::task_name::TaskName;
 
 /// One kind of job. Implement it in a module of its own and register it in a
 /// [`Registry`].
@@ -35,7 +36,7 @@ pub trait Task: Send + Sync + 'static {
     /// What a job asks for: deserialised from the request's `input` (unknown fields,
     /// wrong types and limits a type can express are refused there).
     type Input: Serialize + DeserializeOwned + ToSchema + Send + Sync + 'static;
-    /// What a job produces, stored as JSON and shown in the job's `output`.
+    /// What a job produces, serialised once as the job's `output`.
     type Output: Serialize + ToSchema + 'static;
 
     /// Checks what the input's type cannot say (how many items, distinct labels).
@@ -146,104 +147,6 @@ pub struct Assembled<'a> {
     pub at_epoch_ms: u64,
 }
 
-/// A task's name as requests and records carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TaskName(Cow<'static, str>);
-
-impl TaskName {
-    /// The name of a task defined in code (a [`Task::NAME`]).
-    ///
-    /// # Panics
-    /// When `name` is not a valid task name: a bug in the task's definition.
-    pub fn new(name: &'static str) -> Self {
-        assert!(valid_name(name), "{name:?} is not a valid task name");
-        TaskName(Cow::Borrowed(name))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    (1..=64).contains(&name.len())
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-impl std::borrow::Borrow<str> for TaskName {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A string that cannot be a task name.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a task name (1-64 of a-z, 0-9 and _, starting with a letter)")]
-pub struct InvalidTaskName(pub String);
-
-impl FromStr for TaskName {
-    type Err = InvalidTaskName;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if valid_name(s) {
-            Ok(TaskName(Cow::Owned(s.to_owned())))
-        } else {
-            Err(InvalidTaskName(s.chars().take(64).collect()))
-        }
-    }
-}
-
-impl TryFrom<String> for TaskName {
-    type Error = InvalidTaskName;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<TaskName> for String {
-    fn from(name: TaskName) -> Self {
-        name.0.into_owned()
-    }
-}
-
-impl PartialSchema for TaskName {
-    fn schema() -> RefOr<Schema> {
-        Object::builder()
-            .schema_type(SchemaType::Type(Type::String))
-            .pattern(Some("^[a-z][a-z0-9_]{0,63}$"))
-            .into()
-    }
-}
-
-/// In the API's document the registry narrows this to the registered names.
-impl ToSchema for TaskName {}
-
-/// The schema of a job's `output`: in the API's document, any of the registered
-/// tasks' outputs. This type only names that schema.
-#[derive(Debug)]
-pub enum JobOutput {}
-
-impl PartialSchema for JobOutput {
-    fn schema() -> RefOr<Schema> {
-        Object::builder()
-            .schema_type(SchemaType::Type(Type::Object))
-            .into()
-    }
-}
-
-impl ToSchema for JobOutput {}
-
 /// An input that breaks its task's schema; `field` is a path such as `input.texts[2]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -274,7 +177,8 @@ pub struct UnknownTask {
     pub known: String,
 }
 
-/// A validated input, ready to run: the task's own input type, shared cheaply.
+/// A task's input in its own type, ready to run: validated at submit, read back from
+/// the job by the worker. Shared cheaply.
 #[derive(Clone)]
 pub struct Prepared(Arc<dyn Any + Send + Sync>);
 
@@ -296,42 +200,49 @@ pub struct TaskSchemas {
     pub referenced: Vec<(String, RefOr<Schema>)>,
 }
 
-/// A task behind JSON, so tasks of different types live in one registry.
+/// A task behind its input's text, so tasks of different types live in one registry.
 trait Erased: Send + Sync {
-    fn prepare(&self, input: &Value) -> Result<Prepared, InputError>;
-    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError>;
-    fn input_from_texts(&self, texts: Vec<String>) -> Option<Value>;
+    fn read(&self, input: &RawValue) -> Result<Prepared, InputError>;
+    fn validate(&self, input: &Prepared) -> Result<(), InputError>;
+    fn write(&self, input: &Prepared) -> Result<JsonText, InputError>;
+    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<JsonText>, ModelError>;
+    fn input_from_texts(&self, texts: Vec<String>) -> Option<JsonText>;
     fn schemas(&self) -> TaskSchemas;
     fn document(&self) -> Option<&dyn ErasedDocument>;
 }
 
-/// A [`DocumentTask`] behind JSON.
+/// A [`DocumentTask`] behind its input's text.
 trait ErasedDocument: Send + Sync {
     fn source(&self, input: &Prepared) -> Result<Source, ModelError>;
     fn split(&self, model: &dyn Model, input: &Prepared, text: &str) -> Result<Split, InputError>;
     fn run_parts(&self, model: &dyn Model, parts: &[&[u8]]) -> Result<Vec<PartOutput>, ModelError>;
-    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<Value, ModelError>;
+    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<JsonText, ModelError>;
 }
 
-/// Deserialises and validates an input, naming the field of any problem.
-fn prepare<I: DeserializeOwned + Send + Sync + 'static>(
-    input: &Value,
-    validate: impl FnOnce(&I) -> Result<(), InputError>,
+/// Reads an input's text into its type, naming the field of any problem.
+fn read<I: DeserializeOwned + Send + Sync + 'static>(
+    input: &RawValue,
 ) -> Result<Prepared, InputError> {
-    if !input.is_object() {
+    if !input.get().starts_with('{') {
         return Err(InputError::new("input", "must be a JSON object"));
     }
-    let parsed: I = serde_path_to_error::deserialize(input).map_err(|err| {
+    let mut deserializer = serde_json::Deserializer::from_str(input.get());
+    let parsed: I = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." {
             "input".to_owned()
         } else {
             format!("input.{path}")
         };
-        InputError::new(field, err.into_inner().to_string())
+        InputError::new(field, crate::json::error_message(err.inner()))
     })?;
-    validate(&parsed)?;
     Ok(Prepared(Arc::new(parsed)))
+}
+
+/// Writes an input in its type's form: what the job stores.
+fn write<I: Serialize + 'static>(input: &Prepared, task: &str) -> Result<JsonText, InputError> {
+    let input = input_of::<I>(input, task).map_err(|e| InputError::new("input", e.to_string()))?;
+    JsonText::of(input).map_err(|e| InputError::new("input", e.to_string()))
 }
 
 /// The input `prepared` holds, if it was prepared for `I`.
@@ -341,12 +252,10 @@ fn input_of<'a, I: 'static>(prepared: &'a Prepared, task: &str) -> Result<&'a I,
     })
 }
 
-/// An output as stored and served JSON: through text, not `to_value`, so an f32 keeps
-/// its shortest decimal form (0.1, not 0.10000000149011612).
-fn output_json(output: &impl Serialize) -> Result<Value, ModelError> {
-    serde_json::to_string(output)
-        .and_then(|text| serde_json::from_str(&text))
-        .map_err(|e| ModelError::Rejected(format!("output not serialisable: {e}")))
+/// An output serialised once, as the job stores and the API serves it (an f32 keeps
+/// its shortest decimal form: 0.1, not 0.10000000149011612).
+fn output_text(output: &impl Serialize) -> Result<JsonText, ModelError> {
+    JsonText::of(output).map_err(|e| ModelError::Rejected(format!("output not serialisable: {e}")))
 }
 
 /// The schemas of an input and an output type.
@@ -362,11 +271,21 @@ fn schemas<I: ToSchema, O: ToSchema>() -> TaskSchemas {
 }
 
 impl<T: Task> Erased for T {
-    fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
-        prepare(input, |parsed| self.validate(parsed))
+    fn read(&self, input: &RawValue) -> Result<Prepared, InputError> {
+        read::<T::Input>(input)
     }
 
-    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+    fn validate(&self, input: &Prepared) -> Result<(), InputError> {
+        let input = input_of::<T::Input>(input, T::NAME)
+            .map_err(|e| InputError::new("input", e.to_string()))?;
+        Task::validate(self, input)
+    }
+
+    fn write(&self, input: &Prepared) -> Result<JsonText, InputError> {
+        write::<T::Input>(input, T::NAME)
+    }
+
+    fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<JsonText>, ModelError> {
         let typed = inputs
             .iter()
             .map(|p| input_of::<T::Input>(p, T::NAME))
@@ -380,11 +299,11 @@ impl<T: Task> Erased for T {
                 inputs.len()
             )));
         }
-        outputs.iter().map(output_json).collect()
+        outputs.iter().map(output_text).collect()
     }
 
-    fn input_from_texts(&self, texts: Vec<String>) -> Option<Value> {
-        Task::input_from_texts(self, texts).and_then(|input| serde_json::to_value(input).ok())
+    fn input_from_texts(&self, texts: Vec<String>) -> Option<JsonText> {
+        Task::input_from_texts(self, texts).and_then(|input| JsonText::of(&input).ok())
     }
 
     fn schemas(&self) -> TaskSchemas {
@@ -400,18 +319,28 @@ impl<T: Task> Erased for T {
 struct Document<T>(T);
 
 impl<T: DocumentTask> Erased for Document<T> {
-    fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
-        prepare(input, |parsed| self.0.validate(parsed))
+    fn read(&self, input: &RawValue) -> Result<Prepared, InputError> {
+        read::<T::Input>(input)
     }
 
-    fn run(&self, _model: &dyn Model, _inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+    fn validate(&self, input: &Prepared) -> Result<(), InputError> {
+        let input = input_of::<T::Input>(input, T::NAME)
+            .map_err(|e| InputError::new("input", e.to_string()))?;
+        self.0.validate(input)
+    }
+
+    fn write(&self, input: &Prepared) -> Result<JsonText, InputError> {
+        write::<T::Input>(input, T::NAME)
+    }
+
+    fn run(&self, _model: &dyn Model, _inputs: &[Prepared]) -> Result<Vec<JsonText>, ModelError> {
         Err(ModelError::Rejected(format!(
             "{} runs in parts, not in one pass",
             T::NAME
         )))
     }
 
-    fn input_from_texts(&self, _texts: Vec<String>) -> Option<Value> {
+    fn input_from_texts(&self, _texts: Vec<String>) -> Option<JsonText> {
         None
     }
 
@@ -448,9 +377,9 @@ impl<T: DocumentTask> ErasedDocument for Document<T> {
         Ok(outputs)
     }
 
-    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<Value, ModelError> {
+    fn output(&self, input: &Prepared, assembled: &Assembled<'_>) -> Result<JsonText, ModelError> {
         let input = input_of::<T::Input>(input, T::NAME)?;
-        output_json(&self.0.output(input, assembled))
+        output_text(&self.0.output(input, assembled))
     }
 }
 
@@ -473,18 +402,33 @@ impl TaskEntry {
         self.summary
     }
 
-    /// Validates an input (a JSON object) into what [`TaskEntry::run`] takes.
-    pub fn prepare(&self, input: &Value) -> Result<Prepared, InputError> {
-        self.task.prepare(input)
+    /// Reads and validates a request's input (a JSON object) into what
+    /// [`TaskEntry::run`] takes: the one validation an input gets.
+    pub fn prepare(&self, input: &JsonText) -> Result<Prepared, InputError> {
+        let prepared = self.task.read(input.as_raw())?;
+        self.task.validate(&prepared)?;
+        Ok(prepared)
     }
 
-    /// Runs prepared inputs of this task in one batched pass; one JSON output each.
-    pub fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<Value>, ModelError> {
+    /// The input as the job stores it: the input type's own serialisation.
+    pub fn write(&self, input: &Prepared) -> Result<JsonText, InputError> {
+        self.task.write(input)
+    }
+
+    /// Reads a stored job's input back (validated when the job was submitted, so it
+    /// is not validated again).
+    pub fn read(&self, input: &JsonText) -> Result<Prepared, InputError> {
+        self.task.read(input.as_raw())
+    }
+
+    /// Runs prepared inputs of this task in one batched pass; one output each,
+    /// serialised.
+    pub fn run(&self, model: &dyn Model, inputs: &[Prepared]) -> Result<Vec<JsonText>, ModelError> {
         self.task.run(model, inputs)
     }
 
     /// The input for plain texts, if the task takes them (`offpath submit --text`).
-    pub fn input_from_texts(&self, texts: Vec<String>) -> Option<Value> {
+    pub fn input_from_texts(&self, texts: Vec<String>) -> Option<JsonText> {
         self.task.input_from_texts(texts)
     }
 
@@ -536,7 +480,7 @@ impl TaskEntry {
         &self,
         input: &Prepared,
         assembled: &Assembled<'_>,
-    ) -> Result<Value, ModelError> {
+    ) -> Result<JsonText, ModelError> {
         match self.task.document() {
             Some(document) => document.output(input, assembled),
             None => Err(ModelError::Rejected(format!(
@@ -622,24 +566,5 @@ impl Registry {
             Some((last, [])) => (*last).to_owned(),
             Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        assert_eq!(
-            "embed_document".parse::<TaskName>().unwrap().as_str(),
-            "embed_document"
-        );
-        for bad in ["", "Embed", "1st", "a-b", "a b", &"x".repeat(65)] {
-            assert!(bad.parse::<TaskName>().is_err(), "{bad:?}");
-        }
-        let json = serde_json::to_string(&TaskName::new("rank")).unwrap();
-        assert_eq!(json, "\"rank\"");
-        assert!(serde_json::from_str::<TaskName>("\"RANK\"").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! into 16 x 16 `f32` sums, 8,192 multiply-adds, where `vdpbf16ps` does 32. On a
 //! Sapphire Rapids core it runs at about 3.3 TFLOP/s on operands in tile registers
 //! (28 times `vdpbf16ps`, 14 times `f32` FMA), about 2.7 TFLOP/s with its operand
-//! tiles loaded from L1 (`offpath bench model` measures both, [`crate::peak`]).
+//! tiles loaded from L1 (`offpath-bench model` measures both, [`crate::peak`]).
 //!
 //! A kernel here runs one panel of a [`crate::packed::Weight`] in bfloat16 pairs (the
 //! pair layout is the one AMX calls VNNI: a weight tile is 16 steps of a panel's rows,

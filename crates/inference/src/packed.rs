@@ -14,7 +14,7 @@
 //! Without tiles, which is faster depends on the core: Zen 4 issues one 512-bit FMA or one
 //! `vdpbf16ps` a cycle, so bfloat16 does twice the work; Sapphire Rapids issues two
 //! 512-bit FMAs a cycle but one `vdpbf16ps` every other, so `f32` does twice the work
-//! (`offpath bench model` measures both; [`crate::Precision::best`] compares them).
+//! (`offpath-bench model` measures both; [`crate::Precision::best`] compares them).
 //!
 //! The weight is packed once, at load, into panels of [`PANEL`] columns in which each
 //! word holds one column's weights for [`Format::SPAN`] consecutive inputs: the layout

@@ -4,7 +4,7 @@
 //! multiply-adds done, twice (a multiply and an add), per second. bfloat16 tile
 //! products (AMX `tdpbf16ps`; also fed from L1, since tiles take their operands only
 //! from memory), bfloat16 dot products (`vdpbf16ps`, AVX-512 BF16) and `f32` FMA at
-//! the widest vectors the CPU has (AVX-512, AVX2, NEON). `offpath bench model`
+//! the widest vectors the CPU has (AVX-512, AVX2, NEON). `offpath-bench model`
 //! divides its throughput by it.
 
 // The loops use SIMD intrinsics; each is called only after its CPU feature was detected.

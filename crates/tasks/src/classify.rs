@@ -105,7 +105,7 @@ mod tests {
     fn labels_are_checked() {
         let registry = Registry::new().with(Classify);
         let entry = registry.get("classify").unwrap();
-        let err = |input| entry.prepare(&input).unwrap_err().to_string();
+        let err = |input: serde_json::Value| entry.prepare(&input.into()).unwrap_err().to_string();
         assert_eq!(
             err(json!({"text": "t", "labels": ["a", "b", "a"]})),
             "input.labels[2]: repeats an earlier label; labels must be distinct"
@@ -117,7 +117,7 @@ mod tests {
         );
         assert!(
             entry
-                .prepare(&json!({"text": "t", "labels": ["x", "y"]}))
+                .prepare(&json!({"text": "t", "labels": ["x", "y"]}).into())
                 .is_ok()
         );
     }

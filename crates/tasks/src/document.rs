@@ -405,7 +405,7 @@ mod tests {
             .with_document(EmbedDocument)
             .get("embed_document")
             .unwrap()
-            .prepare(&input)
+            .prepare(&input.into())
             .map_err(|e| e.to_string())
     }
 
@@ -472,7 +472,7 @@ mod tests {
         let task = registry.get("embed_document").unwrap();
         let text: String = (0..100).map(|i| format!("w{i} ")).collect();
         let input = task
-            .prepare(&json!({"text": text, "chunk_tokens": 18, "overlap_tokens": 4}))
+            .prepare(&json!({"text": text, "chunk_tokens": 18, "overlap_tokens": 4}).into())
             .unwrap();
         let split = task.split(&Words, &input, &text).unwrap();
         // 100 pieces, windows of 16 every 12: ceil((100 - 16) / 12) + 1 = 8 chunks.
@@ -505,7 +505,7 @@ mod tests {
             bytes: outputs[0].bytes.len() as u64,
             at_epoch_ms: 0,
         };
-        let output = task.document_output(&input, &assembled).unwrap();
+        let output = task.document_output(&input, &assembled).unwrap().to_value();
         assert_eq!(output["dimensions"], 2);
         assert_eq!(output["chunks"], 8);
         assert_eq!(output["result"]["format"], "jsonl");
@@ -517,7 +517,7 @@ mod tests {
         let registry = Registry::new().with_document(EmbedDocument);
         let task = registry.get("embed_document").unwrap();
         let input = task
-            .prepare(&json!({"text": "x", "chunk_tokens": 16, "overlap_tokens": 8}))
+            .prepare(&json!({"text": "x", "chunk_tokens": 16, "overlap_tokens": 8}).into())
             .unwrap();
         let err = task
             .split(&Words, &input, " \n\t ")
@@ -538,7 +538,7 @@ mod tests {
         let task = registry.get("embed_document").unwrap();
         let text = "one two three";
         let input = task
-            .prepare(&json!({"text": text, "encoding_format": "base64"}))
+            .prepare(&json!({"text": text, "encoding_format": "base64"}).into())
             .unwrap();
         let split = task.split(&Words, &input, text).unwrap();
         let parts: Vec<&[u8]> = split.parts.iter().map(Vec::as_slice).collect();

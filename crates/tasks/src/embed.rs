@@ -123,7 +123,7 @@ mod tests {
             .with(Embed)
             .get("embed")
             .unwrap()
-            .prepare(&input)
+            .prepare(&input.into())
             .map_err(|e| e.to_string())
     }
 
@@ -173,16 +173,16 @@ mod tests {
             json!({"texts": ["one", "three"]}),
             json!({"texts": ["fives"], "encoding_format": "base64"}),
         ]
-        .map(|i| entry.prepare(&i).unwrap());
+        .map(|i| entry.prepare(&i.into()).unwrap());
         let outputs = entry.run(&Lengths, &inputs).unwrap();
         assert_eq!(
-            outputs[0],
+            outputs[0].to_value(),
             json!({"model": MODEL_NAME, "dimensions": 2, "encoding_format": "float",
                    "embeddings": [[3.0, 1.0], [5.0, 1.0]]})
         );
         let bytes: Vec<u8> = [5.0f32, 1.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(
-            outputs[1]["embeddings"][0],
+            outputs[1].to_value()["embeddings"][0],
             base64::engine::general_purpose::STANDARD.encode(bytes)
         );
     }
@@ -203,8 +203,13 @@ mod tests {
         }
         let registry = Registry::new().with(Embed);
         let entry = registry.get("embed").unwrap();
-        let input = entry.prepare(&json!({"texts": ["a"]})).unwrap();
+        let input = entry.prepare(&json!({"texts": ["a"]}).into()).unwrap();
         let output = entry.run(&Tenth, &[input]).unwrap().remove(0);
-        assert_eq!(output["embeddings"].to_string(), "[[0.1,-0.0334174]]");
+        assert!(
+            output
+                .get()
+                .ends_with(r#""embeddings":[[0.1,-0.0334174]]}"#),
+            "{output}"
+        );
     }
 }

@@ -48,7 +48,7 @@ mod tests {
         let err = registry()
             .get("rank")
             .unwrap()
-            .prepare(&json!([]))
+            .prepare(&json!([]).into())
             .unwrap_err();
         assert_eq!(err.to_string(), "input: must be a JSON object");
     }

@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
             dead_parts_fail_the_job_and_revive_unsettles_them,
             the_outbox_empties_as_events_are_sent,
             revive_puts_the_completion_event_back,
+            an_outbox_empties_when_no_event_can_follow,
             progress_events_are_one_a_gap_apart,
             a_gone_webhook_stops_for_good,
             waiters_see_the_end_or_their_deadline,
@@ -87,10 +88,11 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use offpath_core::activity::MINUTE_MS;
+use offpath_core::store::{cancel, revive};
 use offpath_core::{
-    Activity, BlobError, BlobStore, Clock, DeadLetters, ErrorInfo, EventKind, EventType, Job,
-    JobId, JobMessage, JobPage, JobQueue, JobStatus, JobStore, Lease, ListQuery, NewJob, PartsEnd,
-    Settle, StoreError, SystemClock, TaskName, Webhook,
+    Activity, BlobError, BlobStore, Clock, DeadLetters, End, ErrorInfo, EventKind, EventType, Job,
+    JobId, JobMessage, JobPage, JobQueue, JobStatus, JobStore, JsonText, Lease, ListQuery, NewJob,
+    Settle, StoreError, SystemClock, TaskName, Transition, Webhook,
 };
 use serde_json::json;
 
@@ -112,6 +114,11 @@ fn lease(token: &str, ms_from_now: i64) -> Lease {
         token: token.into(),
         until_epoch_ms: (now() as i64 + ms_from_now) as u64,
     }
+}
+
+/// `value` as JSON text.
+fn text(value: serde_json::Value) -> JsonText {
+    JsonText::of(&value).expect("JSON serialises")
 }
 
 fn conflict(result: Result<Job, StoreError>) -> Job {
@@ -148,24 +155,45 @@ pub async fn racing_creates_make_one_job(store: Arc<dyn JobStore>) {
 /// Property: claim takes queued jobs and expired leases only.
 pub async fn claim_takes_queued_jobs_and_expired_leases_only(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    let first = store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    let first = store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(first.status, JobStatus::Running);
     assert_eq!(first.attempts, 1);
     assert_eq!(first.lease_owner.as_deref(), Some("w1"));
     let started = first.started_at_epoch_ms.expect("started");
     // A live lease keeps others out.
-    let current = conflict(store.claim(id, &lease("w2", 60_000), now()).await);
+    let current = conflict(
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease("w2", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
     assert_eq!(current.lease_owner.as_deref(), Some("w1"));
     // An expired lease is taken over; the first start time stays.
     let later = now() + 120_000;
     let second = store
-        .claim(
+        .apply(
             id,
-            &Lease {
-                token: "w2".into(),
-                until_epoch_ms: later + 60_000,
+            &Transition::Claim {
+                lease: Lease {
+                    token: "w2".into(),
+                    until_epoch_ms: later + 60_000,
+                },
+                now_epoch_ms: later,
             },
-            later,
         )
         .await
         .unwrap();
@@ -175,7 +203,15 @@ pub async fn claim_takes_queued_jobs_and_expired_leases_only(store: Arc<dyn JobS
     );
     assert_eq!(second.started_at_epoch_ms, Some(started));
     assert!(matches!(
-        store.claim(JobId::random(), &lease("w", 1000), now()).await,
+        store
+            .apply(
+                JobId::random(),
+                &Transition::Claim {
+                    lease: lease("w", 1000),
+                    now_epoch_ms: now()
+                }
+            )
+            .await,
         Err(StoreError::NotFound)
     ));
 }
@@ -183,8 +219,13 @@ pub async fn claim_takes_queued_jobs_and_expired_leases_only(store: Arc<dyn JobS
 /// Property: racing claims have one winner.
 pub async fn racing_claims_have_one_winner(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    let leases: Vec<Lease> = (0..20).map(|i| lease(&format!("w{i}"), 60_000)).collect();
-    let results = join_all(leases.iter().map(|l| store.claim(id, l, now()))).await;
+    let claims: Vec<Transition> = (0..20)
+        .map(|i| Transition::Claim {
+            lease: lease(&format!("w{i}"), 60_000),
+            now_epoch_ms: now(),
+        })
+        .collect();
+    let results = join_all(claims.iter().map(|claim| store.apply(id, claim))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
     assert_eq!(store.get(id).await.unwrap().unwrap().attempts, 1);
 }
@@ -192,24 +233,76 @@ pub async fn racing_claims_have_one_winner(store: Arc<dyn JobStore>) {
 /// Property: finishing writes need the lease.
 pub async fn finishing_writes_need_the_lease(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    let output = json!({"ok": true});
-    conflict(store.complete(id, "intruder", &output, now()).await);
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let output = text(json!({"ok": true}));
     conflict(
         store
-            .fail(id, "intruder", &ErrorInfo::new("x", "y"), now())
+            .apply(
+                id,
+                &Transition::complete("intruder".into(), output.clone(), now()),
+            )
             .await,
     );
-    conflict(store.release(id, "intruder", now()).await);
-    let done = store.complete(id, "w1", &output, now()).await.unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::fail("intruder".into(), ErrorInfo::new("x", "y"), now()),
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::Release {
+                    token: "intruder".into(),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    let done = store
+        .apply(
+            id,
+            &Transition::complete("w1".into(), output.clone(), now()),
+        )
+        .await
+        .unwrap();
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.output, Some(output.clone()));
     assert!(done.lease_owner.is_none() && done.lease_until_epoch_ms.is_none());
     assert!(done.finished_at_epoch_ms.is_some());
     // Terminal states never change.
-    conflict(store.complete(id, "w1", &output, now()).await);
-    conflict(store.claim(id, &lease("w2", 60_000), now() + 600_000).await);
-    conflict(store.cancel(id, now()).await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::complete("w1".into(), output.clone(), now()),
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease("w2", 60_000),
+                    now_epoch_ms: now() + 600_000,
+                },
+            )
+            .await,
+    );
+    conflict(cancel(store.as_ref(), id, now()).await);
     assert_eq!(store.get(id).await.unwrap(), Some(done));
 }
 
@@ -217,36 +310,115 @@ pub async fn finishing_writes_need_the_lease(store: Arc<dyn JobStore>) {
 /// place in the sweep's index with it; nobody else's.
 pub async fn a_heartbeat_extends_only_its_own_lease(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    store.claim(id, &lease("w1", 1_000), now()).await.unwrap();
-    conflict(store.extend_lease(id, &lease("intruder", 60_000)).await);
-    let extended = store.extend_lease(id, &lease("w1", 60_000)).await.unwrap();
-    let until = extended.lease_until_epoch_ms.expect("leased");
-    assert!(until > now() + 30_000, "{until}");
-    assert_eq!(extended.attempts, 1);
-    // Still held: nobody else claims it, and the sweep sees it due only after the end.
-    conflict(store.claim(id, &lease("w2", 60_000), now() + 2_000).await);
-    assert!(!due_ids(store.as_ref(), now() + 2_000).await.contains(&id));
-    assert!(due_ids(store.as_ref(), until + 1).await.contains(&id));
-    store.complete(id, "w1", &json!({}), now()).await.unwrap();
-    conflict(store.extend_lease(id, &lease("w1", 60_000)).await);
-
-    let id = fanned_out(store.as_ref(), 2).await;
     store
-        .claim_part(id, 0, &lease("a", 1_000), now())
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 1_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     conflict(
         store
-            .extend_part_lease(id, 0, &lease("b", 60_000), now())
+            .apply(
+                id,
+                &Transition::ExtendLease {
+                    lease: lease("intruder", 60_000),
+                },
+            )
+            .await,
+    );
+    let extended = store
+        .apply(
+            id,
+            &Transition::ExtendLease {
+                lease: lease("w1", 60_000),
+            },
+        )
+        .await
+        .unwrap();
+    let until = extended.lease_until_epoch_ms.expect("leased");
+    assert!(until > now() + 30_000, "{until}");
+    assert_eq!(extended.attempts, 1);
+    // Still held: nobody else claims it, and the sweep sees it due only after the end.
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease("w2", 60_000),
+                    now_epoch_ms: now() + 2_000,
+                },
+            )
+            .await,
+    );
+    assert!(!due_ids(store.as_ref(), now() + 2_000).await.contains(&id));
+    assert!(due_ids(store.as_ref(), until + 1).await.contains(&id));
+    store
+        .apply(
+            id,
+            &Transition::complete("w1".into(), text(json!({})), now()),
+        )
+        .await
+        .unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ExtendLease {
+                    lease: lease("w1", 60_000),
+                },
+            )
+            .await,
+    );
+
+    let id = fanned_out(store.as_ref(), 2).await;
+    store
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 0,
+                lease: lease("a", 1_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ExtendPartLease {
+                    part: 0,
+                    lease: lease("b", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
             .await,
     );
     conflict(
         store
-            .extend_part_lease(id, 1, &lease("a", 60_000), now())
+            .apply(
+                id,
+                &Transition::ExtendPartLease {
+                    part: 1,
+                    lease: lease("a", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
             .await,
     );
     let extended = store
-        .extend_part_lease(id, 0, &lease("a", 60_000), now())
+        .apply(
+            id,
+            &Transition::ExtendPartLease {
+                part: 0,
+                lease: lease("a", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let parts = extended.parts.unwrap();
@@ -255,7 +427,14 @@ pub async fn a_heartbeat_extends_only_its_own_lease(store: Arc<dyn JobStore>) {
     assert_eq!(parts.attempts[&0], 1);
     conflict(
         store
-            .claim_part(id, 0, &lease("b", 60_000), now() + 2_000)
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 0,
+                    lease: lease("b", 60_000),
+                    now_epoch_ms: now() + 2_000,
+                },
+            )
             .await,
     );
 }
@@ -263,9 +442,21 @@ pub async fn a_heartbeat_extends_only_its_own_lease(store: Arc<dyn JobStore>) {
 /// Property: fail records the error.
 pub async fn fail_records_the_error(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     let error = ErrorInfo::new("inference_failed", "broken");
-    let failed = store.fail(id, "w1", &error, now()).await.unwrap();
+    let failed = store
+        .apply(id, &Transition::fail("w1".into(), error.clone(), now()))
+        .await
+        .unwrap();
     assert_eq!(
         (failed.status, failed.error),
         (JobStatus::Failed, Some(error))
@@ -275,9 +466,27 @@ pub async fn fail_records_the_error(store: Arc<dyn JobStore>) {
 /// Property: release returns the job to the queue.
 pub async fn release_returns_the_job_to_the_queue(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     let released_at = now();
-    let released = store.release(id, "w1", released_at).await.unwrap();
+    let released = store
+        .apply(
+            id,
+            &Transition::Release {
+                token: "w1".into(),
+                now_epoch_ms: released_at,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(released.status, JobStatus::Queued);
     assert!(released.lease_owner.is_none());
     assert_eq!(released.attempts, 1);
@@ -294,7 +503,16 @@ pub async fn release_returns_the_job_to_the_queue(store: Arc<dyn JobStore>) {
             .await
             .contains(&id)
     );
-    let again = store.claim(id, &lease("w2", 60_000), now()).await.unwrap();
+    let again = store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w2", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(again.attempts, 2);
 }
 
@@ -307,7 +525,10 @@ fn millis(duration: std::time::Duration) -> u64 {
 pub async fn a_resend_is_recorded_on_queued_jobs_only(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
     let at = now();
-    let resent = store.record_resend(id, at).await.unwrap();
+    let resent = store
+        .apply(id, &Transition::RecordResend { now_epoch_ms: at })
+        .await
+        .unwrap();
     assert_eq!(resent.resent_at_epoch_ms, Some(at));
     let retention = millis(offpath_core::index::RESEND_AFTER);
     assert!(!due_ids(store.as_ref(), at + retention).await.contains(&id));
@@ -316,10 +537,35 @@ pub async fn a_resend_is_recorded_on_queued_jobs_only(store: Arc<dyn JobStore>) 
             .await
             .contains(&id)
     );
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    conflict(store.record_resend(id, now()).await);
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::RecordResend {
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
     assert!(matches!(
-        store.record_resend(JobId::random(), now()).await,
+        store
+            .apply(
+                JobId::random(),
+                &Transition::RecordResend {
+                    now_epoch_ms: now()
+                }
+            )
+            .await,
         Err(StoreError::NotFound)
     ));
 }
@@ -327,31 +573,47 @@ pub async fn a_resend_is_recorded_on_queued_jobs_only(store: Arc<dyn JobStore>) 
 /// Property: cancel ends queued jobs and flags running ones.
 pub async fn cancel_ends_queued_jobs_and_flags_running_ones(store: Arc<dyn JobStore>) {
     let queued = store.create(&new_job()).await.unwrap().id;
-    let cancelled = store.cancel(queued, now()).await.unwrap();
+    let cancelled = cancel(store.as_ref(), queued, now()).await.unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert_eq!(
-        conflict(store.cancel(queued, now()).await).status,
+        conflict(cancel(store.as_ref(), queued, now()).await).status,
         JobStatus::Cancelled
     );
 
     let running = store.create(&new_job()).await.unwrap().id;
     store
-        .claim(running, &lease("w1", 60_000), now())
+        .apply(
+            running,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
-    let flagged = store.cancel(running, now()).await.unwrap();
+    let flagged = cancel(store.as_ref(), running, now()).await.unwrap();
     assert_eq!(
         (flagged.status, flagged.cancel_requested),
         (JobStatus::Running, true)
     );
     // The worker's success is refused; it ends the job cancelled instead.
-    let current = conflict(store.complete(running, "w1", &json!({}), now()).await);
+    let current = conflict(
+        store
+            .apply(
+                running,
+                &Transition::complete("w1".into(), text(json!({})), now()),
+            )
+            .await,
+    );
     assert!(current.cancel_requested);
-    let ended = store.finish_cancelled(running, "w1", now()).await.unwrap();
+    let ended = store
+        .apply(running, &Transition::cancelled("w1".into(), now()))
+        .await
+        .unwrap();
     assert_eq!(ended.status, JobStatus::Cancelled);
     assert!(ended.output.is_none());
     assert!(matches!(
-        store.cancel(JobId::random(), now()).await,
+        cancel(store.as_ref(), JobId::random(), now()).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -361,41 +623,103 @@ pub async fn abandon_fails_only_unheld_jobs(store: Arc<dyn JobStore>) {
     let error = ErrorInfo::new("dead_lettered", "gave up");
     let queued = store.create(&new_job()).await.unwrap().id;
     assert_eq!(
-        store.abandon(queued, &error, now()).await.unwrap().status,
+        store
+            .apply(
+                queued,
+                &Transition::Abandon {
+                    error: error.clone(),
+                    now_epoch_ms: now()
+                }
+            )
+            .await
+            .unwrap()
+            .status,
         JobStatus::Failed
     );
 
     let held = store.create(&new_job()).await.unwrap().id;
     store
-        .claim(held, &lease("w1", 60_000), now())
+        .apply(
+            held,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
-    conflict(store.abandon(held, &error, now()).await);
-    let failed = store.abandon(held, &error, now() + 120_000).await.unwrap();
+    conflict(
+        store
+            .apply(
+                held,
+                &Transition::Abandon {
+                    error: error.clone(),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    let failed = store
+        .apply(
+            held,
+            &Transition::Abandon {
+                error: error.clone(),
+                now_epoch_ms: now() + 120_000,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(failed.error, Some(error));
 }
 
 /// Property: revive requeues only dead lettered jobs.
 pub async fn revive_requeues_only_dead_lettered_jobs(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    conflict(store.revive(id).await);
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    conflict(revive(store.as_ref(), id, now()).await);
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     let other = ErrorInfo::new("inference_failed", "bad input");
-    store.fail(id, "w1", &other, now()).await.unwrap();
-    conflict(store.revive(id).await);
+    store
+        .apply(id, &Transition::fail("w1".into(), other.clone(), now()))
+        .await
+        .unwrap();
+    conflict(revive(store.as_ref(), id, now()).await);
 
     let dead = store.create(&new_job()).await.unwrap().id;
     store
-        .claim(dead, &lease("w1", 60_000), now())
+        .apply(
+            dead,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let error = ErrorInfo::new("dead_lettered", "gave up");
-    store.fail(dead, "w1", &error, now()).await.unwrap();
-    let revived = store.revive(dead).await.unwrap();
+    store
+        .apply(dead, &Transition::fail("w1".into(), error.clone(), now()))
+        .await
+        .unwrap();
+    let revived = revive(store.as_ref(), dead, now()).await.unwrap();
     assert_eq!((revived.status, revived.attempts), (JobStatus::Queued, 1));
     assert!(revived.error.is_none() && revived.finished_at_epoch_ms.is_none());
     let again = store
-        .claim(dead, &lease("w2", 60_000), now())
+        .apply(
+            dead,
+            &Transition::Claim {
+                lease: lease("w2", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(again.attempts, 2);
@@ -422,11 +746,17 @@ pub async fn due_holds_unfinished_jobs_by_when_they_may_need_repair(store: Arc<d
     let queued = store.create(&new_job()).await.unwrap().id;
     let running = store.create(&new_job()).await.unwrap().id;
     store
-        .claim(running, &lease("w1", 60_000), now())
+        .apply(
+            running,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let done = store.create(&new_job()).await.unwrap().id;
-    store.cancel(done, now()).await.unwrap();
+    cancel(store.as_ref(), done, now()).await.unwrap();
     let soon = due_ids(store.as_ref(), now() + 1_000).await;
     assert_eq!(soon, [queued], "the running job's lease has a minute left");
     let mut later = due_ids(store.as_ref(), now() + 120_000).await;
@@ -440,17 +770,35 @@ pub async fn due_holds_unfinished_jobs_by_when_they_may_need_repair(store: Arc<d
     );
     // A finished job leaves the index; a revived one comes back.
     store
-        .complete(running, "w1", &json!([]), now())
+        .apply(
+            running,
+            &Transition::complete("w1".into(), text(json!([])), now()),
+        )
         .await
         .unwrap();
     assert_eq!(due_ids(store.as_ref(), now() + 120_000).await, [queued]);
     // A released job waits out its longest backoff: due from its release plus that.
     store
-        .claim(queued, &lease("w2", 60_000), now())
+        .apply(
+            queued,
+            &Transition::Claim {
+                lease: lease("w2", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let released = now();
-    store.release(queued, "w2", released).await.unwrap();
+    store
+        .apply(
+            queued,
+            &Transition::Release {
+                token: "w2".into(),
+                now_epoch_ms: released,
+            },
+        )
+        .await
+        .unwrap();
     let backoff = millis(offpath_core::index::MAX_RETRY_DELAY);
     assert_eq!(
         due_ids(store.as_ref(), released + backoff + 1).await,
@@ -482,11 +830,23 @@ pub async fn listing_pages_newest_first_with_filters(store: Arc<dyn JobStore>) {
     };
     store.create(&other).await.unwrap();
     store
-        .claim(made[1], &lease("w1", 60_000), now())
+        .apply(
+            made[1],
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     store
-        .claim(made[4], &lease("w1", 60_000), now())
+        .apply(
+            made[4],
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
 
@@ -550,13 +910,22 @@ pub async fn unfinished_estimate_counts_an_owners_unfinished_jobs(store: Arc<dyn
     for _ in 0..5 {
         ids.push(store.create(&owned()).await.unwrap().id);
     }
-    store.cancel(ids[0], now()).await.unwrap();
+    cancel(store.as_ref(), ids[0], now()).await.unwrap();
     store
-        .claim(ids[1], &lease("w1", 60_000), now())
+        .apply(
+            ids[1],
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     store
-        .fail(ids[1], "w1", &ErrorInfo::new("x", "y"), now())
+        .apply(
+            ids[1],
+            &Transition::fail("w1".into(), ErrorInfo::new("x", "y"), now()),
+        )
         .await
         .unwrap();
     let sample = JobId::random();
@@ -577,17 +946,32 @@ pub async fn unfinished_estimate_counts_an_owners_unfinished_jobs(store: Arc<dyn
 /// Property: delete unstarted removes only never claimed jobs.
 pub async fn delete_unstarted_removes_only_never_claimed_jobs(store: Arc<dyn JobStore>) {
     let fresh = store.create(&new_job()).await.unwrap().id;
-    store.delete_unstarted(fresh).await.unwrap();
+    store.apply(fresh, &Transition::Withdraw).await.unwrap();
     assert_eq!(store.get(fresh).await.unwrap(), None);
 
     let claimed = store.create(&new_job()).await.unwrap().id;
     store
-        .claim(claimed, &lease("w1", 60_000), now())
+        .apply(
+            claimed,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
-    store.release(claimed, "w1", now()).await.unwrap();
+    store
+        .apply(
+            claimed,
+            &Transition::Release {
+                token: "w1".into(),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     assert!(matches!(
-        store.delete_unstarted(claimed).await,
+        store.apply(claimed, &Transition::Withdraw).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(store.get(claimed).await.unwrap().is_some());
@@ -753,9 +1137,26 @@ pub async fn a_full_store_refuses_new_jobs(store: Arc<dyn JobStore>) {
 /// A job claimed under `w1` and split into `parts` parts of 10 chunks each.
 async fn fanned_out(store: &dyn JobStore, parts: u32) -> JobId {
     let id = store.create(&new_job()).await.unwrap().id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
     store
-        .fan_out(id, "w1", parts, u64::from(parts) * 10, now())
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .apply(
+            id,
+            &Transition::FanOut {
+                token: "w1".into(),
+                parts,
+                chunks: u64::from(parts) * 10,
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     id
@@ -764,10 +1165,54 @@ async fn fanned_out(store: &dyn JobStore, parts: u32) -> JobId {
 /// Property: fan-out needs the job's lease and ends it.
 pub async fn fan_out_needs_the_lease_and_ends_it(store: Arc<dyn JobStore>) {
     let id = store.create(&new_job()).await.unwrap().id;
-    conflict(store.fan_out(id, "w1", 3, 30, now()).await);
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    conflict(store.fan_out(id, "intruder", 3, 30, now()).await);
-    let split = store.fan_out(id, "w1", 3, 30, now()).await.unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::FanOut {
+                    token: "w1".into(),
+                    parts: 3,
+                    chunks: 30,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::FanOut {
+                    token: "intruder".into(),
+                    parts: 3,
+                    chunks: 30,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    let split = store
+        .apply(
+            id,
+            &Transition::FanOut {
+                token: "w1".into(),
+                parts: 3,
+                chunks: 30,
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(split.status, JobStatus::Running);
     assert!(split.lease_owner.is_none() && split.lease_until_epoch_ms.is_none());
     let parts = split.parts.clone().expect("parts");
@@ -779,8 +1224,30 @@ pub async fn fan_out_needs_the_lease_and_ends_it(store: Arc<dyn JobStore>) {
     let view = split.view();
     assert_eq!(view.progress.map(|p| (p.done, p.total)), Some((0, 30)));
     // Split once; nobody claims the job itself any more, even past the lease.
-    conflict(store.fan_out(id, "w1", 3, 30, now()).await);
-    conflict(store.claim(id, &lease("w2", 60_000), now() + 600_000).await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::FanOut {
+                    token: "w1".into(),
+                    parts: 3,
+                    chunks: 30,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease("w2", 60_000),
+                    now_epoch_ms: now() + 600_000,
+                },
+            )
+            .await,
+    );
     assert_eq!(store.get(id).await.unwrap(), Some(split));
 }
 
@@ -788,53 +1255,170 @@ pub async fn fan_out_needs_the_lease_and_ends_it(store: Arc<dyn JobStore>) {
 pub async fn a_part_is_claimed_by_one_and_settled_once(store: Arc<dyn JobStore>) {
     let id = fanned_out(store.as_ref(), 2).await;
     let claimed = store
-        .claim_part(id, 0, &lease("a", 60_000), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 0,
+                lease: lease("a", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let parts = claimed.parts.unwrap();
     assert_eq!(parts.attempts[&0], 1);
     assert_eq!(parts.leases[&0].token, "a");
-    conflict(store.claim_part(id, 0, &lease("b", 60_000), now()).await);
-    conflict(store.claim_part(id, 2, &lease("b", 60_000), now()).await);
-    let done = |token| Settle::Done { token, chunks: 10 };
-    conflict(store.settle_part(id, 0, done("b"), now()).await);
-    conflict(store.release_part(id, 0, "b").await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 0,
+                    lease: lease("b", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 2,
+                    lease: lease("b", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    let done = |token: &str| Settle::Done {
+        token: token.into(),
+        chunks: 10,
+    };
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part: 0,
+                    settle: done("b"),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ReleasePart {
+                    part: 0,
+                    token: "b".into(),
+                },
+            )
+            .await,
+    );
     // A lease that ran out is taken over, and the part's attempts count on.
     let later = now() + 120_000;
     let again = store
-        .claim_part(
+        .apply(
             id,
-            0,
-            &Lease {
-                token: "b".into(),
-                until_epoch_ms: later + 60_000,
+            &Transition::ClaimPart {
+                part: 0,
+                lease: Lease {
+                    token: "b".into(),
+                    until_epoch_ms: later + 60_000,
+                },
+                now_epoch_ms: later,
             },
-            later,
         )
         .await
         .unwrap();
     assert_eq!(again.parts.unwrap().attempts[&0], 2);
-    conflict(store.settle_part(id, 0, done("a"), now()).await);
-    let settled = store.settle_part(id, 0, done("b"), now()).await.unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part: 0,
+                    settle: done("a"),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    let settled = store
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 0,
+                settle: done("b"),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     let parts = settled.parts.unwrap();
     assert!(parts.settled.contains(&0) && !parts.leases.contains_key(&0));
     assert_eq!(parts.chunks_done, 10);
     assert!(!parts.all_settled());
-    conflict(store.settle_part(id, 0, done("b"), now()).await);
     conflict(
         store
-            .claim_part(id, 0, &lease("c", 60_000), later + 600_000)
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part: 0,
+                    settle: done("b"),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 0,
+                    lease: lease("c", 60_000),
+                    now_epoch_ms: later + 600_000,
+                },
+            )
             .await,
     );
     // Released, a part is claimable again at once.
     store
-        .claim_part(id, 1, &lease("c", 60_000), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 1,
+                lease: lease("c", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
-    let released = store.release_part(id, 1, "c").await.unwrap();
+    let released = store
+        .apply(
+            id,
+            &Transition::ReleasePart {
+                part: 1,
+                token: "c".into(),
+            },
+        )
+        .await
+        .unwrap();
     assert!(!released.parts.unwrap().leases.contains_key(&1));
     store
-        .claim_part(id, 1, &lease("d", 60_000), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 1,
+                lease: lease("d", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
 }
@@ -842,8 +1426,14 @@ pub async fn a_part_is_claimed_by_one_and_settled_once(store: Arc<dyn JobStore>)
 /// Property: racing claims of one part have one winner.
 pub async fn racing_part_claims_have_one_winner(store: Arc<dyn JobStore>) {
     let id = fanned_out(store.as_ref(), 1).await;
-    let leases: Vec<Lease> = (0..20).map(|i| lease(&format!("w{i}"), 60_000)).collect();
-    let results = join_all(leases.iter().map(|l| store.claim_part(id, 0, l, now()))).await;
+    let claims: Vec<Transition> = (0..20)
+        .map(|i| Transition::ClaimPart {
+            part: 0,
+            lease: lease(&format!("w{i}"), 60_000),
+            now_epoch_ms: now(),
+        })
+        .collect();
+    let results = join_all(claims.iter().map(|claim| store.apply(id, claim))).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
     let job = store.get(id).await.unwrap().unwrap();
     assert_eq!(job.parts.unwrap().attempts[&0], 1);
@@ -853,41 +1443,98 @@ pub async fn racing_part_claims_have_one_winner(store: Arc<dyn JobStore>) {
 pub async fn cancel_lets_unheld_parts_be_skipped(store: Arc<dyn JobStore>) {
     let id = fanned_out(store.as_ref(), 3).await;
     store
-        .claim_part(id, 0, &lease("a", 60_000), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 0,
+                lease: lease("a", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
-    let flagged = store.cancel(id, now()).await.unwrap();
+    let flagged = cancel(store.as_ref(), id, now()).await.unwrap();
     assert!(flagged.cancel_requested && flagged.status == JobStatus::Running);
-    conflict(store.claim_part(id, 1, &lease("b", 60_000), now()).await);
-    conflict(store.settle_part(id, 0, Settle::Skipped, now()).await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 1,
+                    lease: lease("b", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part: 0,
+                    settle: Settle::Skipped,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
     store
-        .settle_part(id, 1, Settle::Skipped, now())
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 1,
+                settle: Settle::Skipped,
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     store
-        .settle_part(id, 2, Settle::Skipped, now())
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 2,
+                settle: Settle::Skipped,
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let last = store
-        .settle_part(
+        .apply(
             id,
-            0,
-            Settle::Done {
-                token: "a",
-                chunks: 10,
+            &Transition::SettlePart {
+                part: 0,
+                settle: Settle::Done {
+                    token: "a".into(),
+                    chunks: 10,
+                },
+                now_epoch_ms: now(),
             },
-            now(),
         )
         .await
         .unwrap();
     assert!(last.parts.as_ref().unwrap().all_settled());
     conflict(
         store
-            .finish_parts(id, PartsEnd::Succeeded(&json!({})), now())
+            .apply(
+                id,
+                &Transition::FinishParts {
+                    end: End::Succeeded(text(json!({}))),
+                    now_epoch_ms: now(),
+                },
+            )
             .await,
     );
     let cancelled = store
-        .finish_parts(id, PartsEnd::Cancelled, now())
+        .apply(
+            id,
+            &Transition::FinishParts {
+                end: End::Cancelled,
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
@@ -896,26 +1543,55 @@ pub async fn cancel_lets_unheld_parts_be_skipped(store: Arc<dyn JobStore>) {
 /// Property: a job that runs in parts ends only once every part is settled, and once.
 pub async fn parts_end_the_job_only_once_all_are_settled(store: Arc<dyn JobStore>) {
     let id = fanned_out(store.as_ref(), 2).await;
-    let output = json!({"chunks": 20});
+    let output = text(json!({"chunks": 20}));
     for part in 0..2 {
         conflict(
             store
-                .finish_parts(id, PartsEnd::Succeeded(&output), now())
+                .apply(
+                    id,
+                    &Transition::FinishParts {
+                        end: End::Succeeded(output.clone()),
+                        now_epoch_ms: now(),
+                    },
+                )
                 .await,
         );
         let token = format!("w{part}");
         store
-            .claim_part(id, part, &lease(&token, 60_000), now())
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part,
+                    lease: lease(&token, 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
             .await
             .unwrap();
         let settle = Settle::Done {
-            token: &token,
+            token: token.clone(),
             chunks: 10,
         };
-        store.settle_part(id, part, settle, now()).await.unwrap();
+        store
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part,
+                    settle,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await
+            .unwrap();
     }
     let done = store
-        .finish_parts(id, PartsEnd::Succeeded(&output), now())
+        .apply(
+            id,
+            &Transition::FinishParts {
+                end: End::Succeeded(output.clone()),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -926,8 +1602,18 @@ pub async fn parts_end_the_job_only_once_all_are_settled(store: Arc<dyn JobStore
         done.view().progress.map(|p| (p.done, p.total)),
         Some((20, 20))
     );
-    conflict(store.finish_parts(id, PartsEnd::Cancelled, now()).await);
-    conflict(store.revive(id).await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::FinishParts {
+                    end: End::Cancelled,
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
+    conflict(revive(store.as_ref(), id, now()).await);
 }
 
 /// Property: a dead part fails the job once all are settled; a revive puts the job back
@@ -935,40 +1621,83 @@ pub async fn parts_end_the_job_only_once_all_are_settled(store: Arc<dyn JobStore
 pub async fn dead_parts_fail_the_job_and_revive_unsettles_them(store: Arc<dyn JobStore>) {
     let id = fanned_out(store.as_ref(), 3).await;
     store
-        .claim_part(id, 0, &lease("a", 60_000), now())
-        .await
-        .unwrap();
-    store
-        .settle_part(
+        .apply(
             id,
-            0,
-            Settle::Done {
-                token: "a",
-                chunks: 10,
+            &Transition::ClaimPart {
+                part: 0,
+                lease: lease("a", 60_000),
+                now_epoch_ms: now(),
             },
-            now(),
         )
         .await
         .unwrap();
     store
-        .claim_part(id, 1, &lease("b", 60_000), now())
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 0,
+                settle: Settle::Done {
+                    token: "a".into(),
+                    chunks: 10,
+                },
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 1,
+                lease: lease("b", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let dead = Settle::Dead {
-        token: Some("b"),
-        error: "part 1 of 3 gave up",
+        token: Some("b".into()),
+        error: "part 1 of 3 gave up".into(),
     };
-    store.settle_part(id, 1, dead, now()).await.unwrap();
+    store
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 1,
+                settle: dead,
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     // A part whose worker died on its last attempt is settled dead by nobody.
     store
-        .claim_part(id, 2, &lease("c", -1), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 2,
+                lease: lease("c", -1),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     let unheld = Settle::Dead {
         token: None,
-        error: "part 2 of 3: its worker stopped",
+        error: "part 2 of 3: its worker stopped".into(),
     };
-    let all = store.settle_part(id, 2, unheld, now()).await.unwrap();
+    let all = store
+        .apply(
+            id,
+            &Transition::SettlePart {
+                part: 2,
+                settle: unheld,
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     let parts = all.parts.clone().unwrap();
     assert!(parts.all_settled());
     assert_eq!(parts.dead.len(), 2);
@@ -977,14 +1706,20 @@ pub async fn dead_parts_fail_the_job_and_revive_unsettles_them(store: Arc<dyn Jo
         "part 1 of 3 gave up; part 2 of 3: its worker stopped",
     );
     let failed = store
-        .finish_parts(id, PartsEnd::Failed(&error), now())
+        .apply(
+            id,
+            &Transition::FinishParts {
+                end: End::Failed(error.clone()),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
         (failed.status, failed.error),
         (JobStatus::Failed, Some(error))
     );
-    let revived = store.revive(id).await.unwrap();
+    let revived = revive(store.as_ref(), id, now()).await.unwrap();
     assert_eq!(revived.status, JobStatus::Running);
     assert!(revived.error.is_none() && revived.finished_at_epoch_ms.is_none());
     let parts = revived.parts.unwrap();
@@ -996,11 +1731,29 @@ pub async fn dead_parts_fail_the_job_and_revive_unsettles_them(store: Arc<dyn Jo
     );
     assert_eq!(parts.chunks_done, 10);
     let again = store
-        .claim_part(id, 1, &lease("d", 60_000), now())
+        .apply(
+            id,
+            &Transition::ClaimPart {
+                part: 1,
+                lease: lease("d", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(again.parts.unwrap().attempts[&1], 1);
-    conflict(store.claim_part(id, 0, &lease("e", 60_000), now()).await);
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part: 0,
+                    lease: lease("e", 60_000),
+                    now_epoch_ms: now(),
+                },
+            )
+            .await,
+    );
 }
 
 /// A key no other test uses.
@@ -1034,25 +1787,48 @@ pub async fn the_outbox_empties_as_events_are_sent(store: Arc<dyn JobStore>) {
     let id = created.id;
     assert_eq!(unsent(&created), [EventKind::Started, EventKind::Completed]);
     assert_eq!(created.webhook.as_ref().unwrap().events, all.into());
-    let claimed = store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
+    let claimed = store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(claimed.due_events()[0].kind, EventType::Started);
     let sent = store
-        .events_sent(id, &[EventKind::Started].into(), None)
+        .apply(
+            id,
+            &Transition::events_sent(&claimed, [EventKind::Started].into()),
+        )
         .await
         .unwrap();
     assert_eq!(unsent(&sent), [EventKind::Completed]);
-    let done = store.complete(id, "w1", &json!([]), now()).await.unwrap();
+    let done = store
+        .apply(
+            id,
+            &Transition::complete("w1".into(), text(json!([])), now()),
+        )
+        .await
+        .unwrap();
     assert_eq!(done.due_events()[0].kind, EventType::Succeeded);
     assert!(due_ids(store.as_ref(), now() + 1).await.contains(&id));
     // Marked against a finish time that is not the job's: refused.
     conflict(
         store
-            .events_sent(id, &[EventKind::Completed].into(), None)
+            .apply(
+                id,
+                &Transition::events_sent(&sent, [EventKind::Completed].into()),
+            )
             .await,
     );
-    let finished = done.finished_at_epoch_ms;
     let sent = store
-        .events_sent(id, &[EventKind::Completed].into(), finished)
+        .apply(
+            id,
+            &Transition::events_sent(&done, [EventKind::Completed].into()),
+        )
         .await
         .unwrap();
     assert!(unsent(&sent).is_empty() && !sent.has_unsent_events());
@@ -1075,28 +1851,78 @@ pub async fn revive_puts_the_completion_event_back(store: Arc<dyn JobStore>) {
         .await
         .unwrap()
         .id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    let error = ErrorInfo::new("dead_lettered", "gave up");
-    let failed = store.fail(id, "w1", &error, now()).await.unwrap();
     store
-        .events_sent(
+        .apply(
             id,
-            &[EventKind::Completed].into(),
-            failed.finished_at_epoch_ms,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
         )
         .await
         .unwrap();
-    let revived = store.revive(id).await.unwrap();
+    let error = ErrorInfo::new("dead_lettered", "gave up");
+    let failed = store
+        .apply(id, &Transition::fail("w1".into(), error.clone(), now()))
+        .await
+        .unwrap();
+    store
+        .apply(
+            id,
+            &Transition::events_sent(&failed, [EventKind::Completed].into()),
+        )
+        .await
+        .unwrap();
+    let revived = revive(store.as_ref(), id, now()).await.unwrap();
     assert_eq!(unsent(&revived), [EventKind::Completed]);
     // A marking made before the revive, arriving after it, does not erase the event.
     conflict(
         store
-            .events_sent(
+            .apply(
                 id,
-                &[EventKind::Completed].into(),
-                failed.finished_at_epoch_ms,
+                &Transition::events_sent(&failed, [EventKind::Completed].into()),
             )
             .await,
+    );
+}
+
+/// Property: an outbox that no event can follow empties for good: a webhook without
+/// the completion event leaves the sweep's indexes once its start is sent, and its
+/// job, finished, is in none.
+pub async fn an_outbox_empties_when_no_event_can_follow(store: Arc<dyn JobStore>) {
+    let id = store
+        .create(&subscribed(&[EventKind::Started, EventKind::Progress]))
+        .await
+        .unwrap()
+        .id;
+    let claimed = store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let sent = store
+        .apply(
+            id,
+            &Transition::events_sent(&claimed, [EventKind::Started].into()),
+        )
+        .await
+        .unwrap();
+    assert!(!sent.has_unsent_events());
+    store
+        .apply(
+            id,
+            &Transition::complete("w1".into(), text(json!([])), now()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !due_ids(store.as_ref(), u64::MAX).await.contains(&id),
+        "a finished job with an empty outbox is in no index"
     );
 }
 
@@ -1109,37 +1935,115 @@ pub async fn progress_events_are_one_a_gap_apart(store: Arc<dyn JobStore>) {
         .unwrap()
         .id;
     let t = now();
-    conflict(store.progress_event(id, t, 1000).await); // queued
-    store.claim(id, &lease("w1", 60_000), t).await.unwrap();
-    let first = store.progress_event(id, t, 1000).await.unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ProgressEvent {
+                    now_epoch_ms: t,
+                    min_gap_ms: 1000,
+                },
+            )
+            .await,
+    ); // queued
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: t,
+            },
+        )
+        .await
+        .unwrap();
+    let first = store
+        .apply(
+            id,
+            &Transition::ProgressEvent {
+                now_epoch_ms: t,
+                min_gap_ms: 1000,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(first.webhook.unwrap().progress_at_epoch_ms, Some(t));
-    conflict(store.progress_event(id, t + 999, 1000).await);
-    store.progress_event(id, t + 1000, 1000).await.unwrap();
+    conflict(
+        store
+            .apply(
+                id,
+                &Transition::ProgressEvent {
+                    now_epoch_ms: t + 999,
+                    min_gap_ms: 1000,
+                },
+            )
+            .await,
+    );
+    store
+        .apply(
+            id,
+            &Transition::ProgressEvent {
+                now_epoch_ms: t + 1000,
+                min_gap_ms: 1000,
+            },
+        )
+        .await
+        .unwrap();
     let quiet = store
         .create(&subscribed(&[EventKind::Completed]))
         .await
         .unwrap()
         .id;
-    store.claim(quiet, &lease("w1", 60_000), t).await.unwrap();
-    conflict(store.progress_event(quiet, t, 1000).await);
+    store
+        .apply(
+            quiet,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: t,
+            },
+        )
+        .await
+        .unwrap();
+    conflict(
+        store
+            .apply(
+                quiet,
+                &Transition::ProgressEvent {
+                    now_epoch_ms: t,
+                    min_gap_ms: 1000,
+                },
+            )
+            .await,
+    );
 }
 
 /// Property: after a `410 Gone` the webhook sends nothing more, revived or not.
 pub async fn a_gone_webhook_stops_for_good(store: Arc<dyn JobStore>) {
     let plain = store.create(&new_job()).await.unwrap().id;
-    conflict(store.webhook_gone(plain).await);
+    conflict(store.apply(plain, &Transition::WebhookGone).await);
     let id = store
         .create(&subscribed(&[EventKind::Started, EventKind::Completed]))
         .await
         .unwrap()
         .id;
-    store.claim(id, &lease("w1", 60_000), now()).await.unwrap();
-    let gone = store.webhook_gone(id).await.unwrap();
+    store
+        .apply(
+            id,
+            &Transition::Claim {
+                lease: lease("w1", 60_000),
+                now_epoch_ms: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let gone = store.apply(id, &Transition::WebhookGone).await.unwrap();
     assert!(gone.webhook.as_ref().unwrap().gone && unsent(&gone).is_empty());
     assert!(gone.due_events().is_empty());
     let error = ErrorInfo::new("dead_lettered", "gave up");
-    store.fail(id, "w1", &error, now()).await.unwrap();
-    let revived = store.revive(id).await.unwrap();
+    store
+        .apply(id, &Transition::fail("w1".into(), error.clone(), now()))
+        .await
+        .unwrap();
+    let revived = revive(store.as_ref(), id, now()).await.unwrap();
     assert!(unsent(&revived).is_empty());
 }
 
@@ -1157,7 +2061,7 @@ pub async fn waiters_see_the_end_or_their_deadline(store: Arc<dyn JobStore>) {
         tokio::spawn(async move { store.wait_terminal(id, Duration::from_secs(10)).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store.cancel(id, now()).await.unwrap();
+    cancel(store.as_ref(), id, now()).await.unwrap();
     let ended = waiter.await.unwrap().unwrap().unwrap();
     assert_eq!(ended.status, JobStatus::Cancelled);
     assert!(

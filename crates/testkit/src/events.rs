@@ -1,15 +1,18 @@
-//! Lambda events built from the real AWS events in `tests/fixtures`.
+//! Batches and Lambda events built from the real AWS event in `tests/fixtures`.
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use lambda_runtime::{Context, LambdaEvent};
+use offpath_core::QueueMessage;
 
-/// A Lambda SQS event built from the real AWS event in `tests/fixtures/sqs_event.json`,
-/// one record per (body, receive count), with message ids `msg-0`, `msg-1`, ...
-pub fn sqs_event(records: &[(String, u32)]) -> LambdaEvent<SqsEvent> {
-    let fixture: SqsEvent =
-        serde_json::from_str(include_str!("../../../tests/fixtures/sqs_event.json"))
-            .expect("the fixture parses");
-    let template: SqsMessage = fixture.records[0].clone();
+/// The real AWS event in `tests/fixtures/sqs_event.json`.
+fn fixture() -> SqsEvent {
+    serde_json::from_str(include_str!("../../../tests/fixtures/sqs_event.json"))
+        .expect("the fixture parses")
+}
+
+/// A batch as a Lambda `main` reads it from an SQS event built from the fixture: one
+/// message per (body, receive count), message ids `msg-0`, `msg-1`, ...
+pub fn fixture_batch(records: &[(String, u32)]) -> Vec<QueueMessage> {
+    let template = fixture().records[0].clone();
     let mut event = SqsEvent::default();
     event.records = records
         .iter()
@@ -25,5 +28,35 @@ pub fn sqs_event(records: &[(String, u32)]) -> LambdaEvent<SqsEvent> {
             record
         })
         .collect();
-    LambdaEvent::new(event, Context::default())
+    offpath_aws::lambda::queue_messages(&event).expect("fixture records are named")
+}
+
+/// The SQS event the event source mapping of `queue_arn` would hand a function for
+/// `messages`: what the tests feed the real Lambda bootstraps.
+pub fn sqs_event(queue_arn: &str, messages: &[QueueMessage]) -> SqsEvent {
+    let region = queue_arn.split(':').nth(3).unwrap_or_default().to_owned();
+    let template = fixture().records[0].clone();
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = SqsMessage::default();
+            record.message_id = Some(m.message_id.clone());
+            record.receipt_handle = Some(m.receipt_handle.clone());
+            record.body = Some(m.body.clone());
+            record.attributes = [
+                ("ApproximateReceiveCount", m.receive_count.to_string()),
+                ("SentTimestamp", m.sent_at_epoch_ms.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(m.group.clone().map(|g| ("MessageGroupId".to_owned(), g)))
+            .collect();
+            record.event_source = template.event_source.clone();
+            record.event_source_arn = Some(queue_arn.to_owned());
+            record.aws_region = Some(region.clone());
+            record
+        })
+        .collect();
+    event
 }

@@ -3,17 +3,14 @@
 //! (benchmarks), crash injection and counting (fault suite) and refused sends are
 //! hooks, not hand-written delegates.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use offpath_core::{
-    Activity, DuePage, ErrorInfo, EventKind, Job, JobId, JobMessage, JobPage, JobQueue, JobStore,
-    Lease, ListQuery, MinuteActivity, NewJob, PartsEnd, QueueDepth, QueueError, QueueMessage,
-    Settle, StoreError,
+    Activity, DuePage, Job, JobId, JobMessage, JobPage, JobQueue, JobStore, ListQuery,
+    MinuteActivity, NewJob, QueueDepth, QueueError, QueueMessage, Step, StoreError, Transition,
 };
-use serde_json::Value;
 
 /// A port call, as hooks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,54 +19,14 @@ pub enum Call {
     Create(JobId),
     /// `JobStore::get`.
     Get(JobId),
-    /// `JobStore::claim`.
-    Claim(JobId),
-    /// `JobStore::extend_lease`.
-    ExtendLease(JobId),
-    /// `JobStore::complete`.
-    Complete(JobId),
-    /// `JobStore::fail`.
-    Fail(JobId),
-    /// `JobStore::release`.
-    Release(JobId),
-    /// `JobStore::record_resend`.
-    RecordResend(JobId),
-    /// `JobStore::finish_cancelled`.
-    FinishCancelled(JobId),
-    /// `JobStore::abandon`.
-    Abandon(JobId),
-    /// `JobStore::cancel_queued`.
-    CancelQueued(JobId),
-    /// `JobStore::request_cancel`.
-    RequestCancel(JobId),
-    /// `JobStore::delete_unstarted`.
-    DeleteUnstarted(JobId),
-    /// `JobStore::revive`.
-    Revive(JobId),
-    /// `JobStore::fan_out`.
-    FanOut(JobId),
-    /// `JobStore::claim_part` of this part.
-    ClaimPart(JobId, u32),
-    /// `JobStore::extend_part_lease`.
-    ExtendPartLease(JobId, u32),
-    /// `JobStore::release_part`.
-    ReleasePart(JobId, u32),
-    /// `JobStore::settle_part`.
-    SettlePart(JobId, u32),
-    /// `JobStore::finish_parts`.
-    FinishParts(JobId),
+    /// `JobStore::apply` of a transition to this job.
+    Apply(JobId, Step),
     /// `JobStore::due`.
     Due,
     /// `JobStore::list`.
     List,
     /// `JobStore::unfinished_estimate`.
     UnfinishedEstimate,
-    /// `JobStore::events_sent`.
-    EventsSent(JobId),
-    /// `JobStore::progress_event`.
-    ProgressEvent(JobId),
-    /// `JobStore::webhook_gone`.
-    WebhookGone(JobId),
     /// `JobStore::wait_terminal`.
     WaitTerminal(JobId),
     /// `JobStore::ping`.
@@ -95,17 +52,17 @@ pub enum Call {
 }
 
 impl Call {
-    /// True for the writes that end a job: complete, fail, finish_cancelled, abandon,
-    /// finish_parts.
+    /// True for the writes that end a job.
     pub fn finishes(self) -> bool {
-        matches!(
-            self,
-            Call::Complete(_)
-                | Call::Fail(_)
-                | Call::FinishCancelled(_)
-                | Call::Abandon(_)
-                | Call::FinishParts(_)
-        )
+        matches!(self, Call::Apply(_, step) if step.finishes())
+    }
+
+    /// The transition, if the call applies one.
+    pub fn step(self) -> Option<Step> {
+        match self {
+            Call::Apply(_, step) => Some(step),
+            _ => None,
+        }
     }
 
     /// The job the call is about, if one.
@@ -113,27 +70,7 @@ impl Call {
         match self {
             Call::Create(id)
             | Call::Get(id)
-            | Call::Claim(id)
-            | Call::ExtendLease(id)
-            | Call::Complete(id)
-            | Call::Fail(id)
-            | Call::Release(id)
-            | Call::RecordResend(id)
-            | Call::FinishCancelled(id)
-            | Call::Abandon(id)
-            | Call::CancelQueued(id)
-            | Call::RequestCancel(id)
-            | Call::DeleteUnstarted(id)
-            | Call::Revive(id)
-            | Call::FanOut(id)
-            | Call::ClaimPart(id, _)
-            | Call::ExtendPartLease(id, _)
-            | Call::ReleasePart(id, _)
-            | Call::SettlePart(id, _)
-            | Call::FinishParts(id)
-            | Call::EventsSent(id)
-            | Call::ProgressEvent(id)
-            | Call::WebhookGone(id)
+            | Call::Apply(id, _)
             | Call::WaitTerminal(id)
             | Call::Send(id) => Some(id),
             Call::Due
@@ -234,118 +171,9 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.around(Call::Get(id), self.inner.get(id)).await
     }
-    async fn claim(&self, id: JobId, lease: &Lease, now: u64) -> Result<Job, StoreError> {
-        self.around(Call::Claim(id), self.inner.claim(id, lease, now))
-            .await
-    }
-    async fn extend_lease(&self, id: JobId, lease: &Lease) -> Result<Job, StoreError> {
-        self.around(Call::ExtendLease(id), self.inner.extend_lease(id, lease))
-            .await
-    }
-    async fn complete(
-        &self,
-        id: JobId,
-        token: &str,
-        output: &Value,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.complete(id, token, output, now);
-        self.around(Call::Complete(id), write).await
-    }
-    async fn fail(
-        &self,
-        id: JobId,
-        token: &str,
-        error: &ErrorInfo,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.fail(id, token, error, now);
-        self.around(Call::Fail(id), write).await
-    }
-    async fn release(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {
-        self.around(Call::Release(id), self.inner.release(id, token, now))
-            .await
-    }
-    async fn record_resend(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
-        self.around(Call::RecordResend(id), self.inner.record_resend(id, now))
-            .await
-    }
-    async fn finish_cancelled(&self, id: JobId, token: &str, now: u64) -> Result<Job, StoreError> {
-        let write = self.inner.finish_cancelled(id, token, now);
-        self.around(Call::FinishCancelled(id), write).await
-    }
-    async fn abandon(&self, id: JobId, error: &ErrorInfo, now: u64) -> Result<Job, StoreError> {
-        self.around(Call::Abandon(id), self.inner.abandon(id, error, now))
-            .await
-    }
-    async fn cancel_queued(&self, id: JobId, now: u64) -> Result<Job, StoreError> {
-        self.around(Call::CancelQueued(id), self.inner.cancel_queued(id, now))
-            .await
-    }
-    async fn request_cancel(&self, id: JobId) -> Result<Job, StoreError> {
-        self.around(Call::RequestCancel(id), self.inner.request_cancel(id))
-            .await
-    }
-    async fn delete_unstarted(&self, id: JobId) -> Result<(), StoreError> {
-        self.around(Call::DeleteUnstarted(id), self.inner.delete_unstarted(id))
-            .await
-    }
-    async fn revive(&self, id: JobId) -> Result<Job, StoreError> {
-        self.around(Call::Revive(id), self.inner.revive(id)).await
-    }
-    async fn fan_out(
-        &self,
-        id: JobId,
-        token: &str,
-        parts: u32,
-        chunks: u64,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.fan_out(id, token, parts, chunks, now);
-        self.around(Call::FanOut(id), write).await
-    }
-    async fn claim_part(
-        &self,
-        id: JobId,
-        part: u32,
-        lease: &Lease,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.claim_part(id, part, lease, now);
-        self.around(Call::ClaimPart(id, part), write).await
-    }
-    async fn extend_part_lease(
-        &self,
-        id: JobId,
-        part: u32,
-        lease: &Lease,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.extend_part_lease(id, part, lease, now);
-        self.around(Call::ExtendPartLease(id, part), write).await
-    }
-    async fn release_part(&self, id: JobId, part: u32, token: &str) -> Result<Job, StoreError> {
-        let write = self.inner.release_part(id, part, token);
-        self.around(Call::ReleasePart(id, part), write).await
-    }
-    async fn settle_part(
-        &self,
-        id: JobId,
-        part: u32,
-        settle: Settle<'_>,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.settle_part(id, part, settle, now);
-        self.around(Call::SettlePart(id, part), write).await
-    }
-    async fn finish_parts(
-        &self,
-        id: JobId,
-        end: PartsEnd<'_>,
-        now: u64,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.finish_parts(id, end, now);
-        self.around(Call::FinishParts(id), write).await
+    async fn apply(&self, id: JobId, transition: &Transition) -> Result<Job, StoreError> {
+        let write = self.inner.apply(id, transition);
+        self.around(Call::Apply(id, transition.step()), write).await
     }
     async fn due(&self, before: u64, cursor: Option<&str>) -> Result<DuePage, StoreError> {
         self.around(Call::Due, self.inner.due(before, cursor)).await
@@ -361,23 +189,6 @@ impl<H: Hooks> JobStore for Hooked<dyn JobStore, H> {
     ) -> Result<u64, StoreError> {
         let count = self.inner.unfinished_estimate(owner, sample, at_most);
         self.around(Call::UnfinishedEstimate, count).await
-    }
-    async fn events_sent(
-        &self,
-        id: JobId,
-        kinds: &BTreeSet<EventKind>,
-        finished_at: Option<u64>,
-    ) -> Result<Job, StoreError> {
-        let write = self.inner.events_sent(id, kinds, finished_at);
-        self.around(Call::EventsSent(id), write).await
-    }
-    async fn progress_event(&self, id: JobId, now: u64, gap: u64) -> Result<Job, StoreError> {
-        let write = self.inner.progress_event(id, now, gap);
-        self.around(Call::ProgressEvent(id), write).await
-    }
-    async fn webhook_gone(&self, id: JobId) -> Result<Job, StoreError> {
-        self.around(Call::WebhookGone(id), self.inner.webhook_gone(id))
-            .await
     }
     async fn wait_terminal(&self, id: JobId, wait: Duration) -> Result<Option<Job>, StoreError> {
         let read = self.inner.wait_terminal(id, wait);

@@ -1,7 +1,7 @@
 //! New jobs, as the API would make them.
 
 use offpath_core::idempotency::request_hash;
-use offpath_core::{Clock, Job, JobId, JobStore, NewJob, SystemClock, TaskName};
+use offpath_core::{Clock, Job, JobId, JobStore, JsonText, NewJob, SystemClock, TaskName};
 use serde_json::Value;
 
 /// The owner of the jobs [`new_job`] makes (and the message group of their messages).
@@ -11,6 +11,7 @@ pub const OWNER: &str = "tester";
 /// key, created now, kept an hour. Change fields with struct update syntax.
 pub fn new_job(task: &str, input: Value) -> NewJob {
     let now = SystemClock.now_epoch_ms();
+    let input = JsonText::of(&input).expect("JSON serialises");
     NewJob {
         id: JobId::random(),
         owner: OWNER.into(),

@@ -1,8 +1,6 @@
 //! Who is calling: the job owner.
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::FromRequestParts;
 use http::request::Parts;
 use lambda_http::RequestExt;
 use lambda_http::aws_lambda_events::apigw::ApiGatewayRequestAuthorizerIamDescription;
@@ -10,7 +8,7 @@ use lambda_http::request::RequestContext;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{ApiError, AppState};
+use crate::ApiError;
 
 /// The authenticated principal; jobs belong to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,21 +131,6 @@ fn iam_owner(iam: &ApiGatewayRequestAuthorizerIamDescription) -> Option<String> 
     let user_id = iam.user_id.as_deref()?;
     let unique = user_id.split(':').next().filter(|id| !id.is_empty())?;
     Some(format!("iam:{account}:{unique}"))
-}
-
-/// Middleware: authenticates the caller and stores the [`Principal`] in the request.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    let principal = state.auth.principal(&parts)?;
-    if state.operators.includes(&state.auth, &principal, &parts) {
-        parts.extensions.insert(crate::operators::Operator);
-    }
-    parts.extensions.insert(principal);
-    Ok(next.run(Request::from_parts(parts, body)).await)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

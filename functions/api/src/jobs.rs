@@ -8,12 +8,13 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use offpath_core::idempotency::validate_key;
-use offpath_core::webhook::publish_or_log;
+use offpath_core::outbox::publish_or_log;
+use offpath_core::store;
 use offpath_core::{Job, JobId, JobView, StoreError};
 
 use crate::auth::Principal;
 use crate::error::ErrorBody;
-use crate::submit::{SubmitRequest, Submitted, submit as submit_job};
+use crate::submit::{SubmitRequest, SubmitRequestSchema, Submitted, submit as submit_job};
 use crate::wait::{WaitQuery, preferred_wait};
 use crate::{ApiError, AppState};
 
@@ -31,7 +32,7 @@ use crate::{ApiError, AppState};
          description = "1-255 printable ASCII characters. Same key and body: the same job (header Idempotent-Replayed: true). Same key, other body: 422.",
          min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"),
     ),
-    request_body(content = crate::openapi::SubmitRequest, content_type = "application/json"),
+    request_body(content = SubmitRequestSchema, content_type = "application/json"),
     responses(
         (status = 200, description = "Prefer: wait=N and the job ended within N seconds.", body = JobView,
          headers(("Preference-Applied" = String, description = "wait=N"))),
@@ -198,7 +199,7 @@ pub(crate) async fn cancel(
     JobIdParam(id): JobIdParam,
 ) -> Result<Response, ApiError> {
     let job = owned_job(&state, &owner, id).await?;
-    match state.store.cancel(job.id, state.clock.now_epoch_ms()).await {
+    match store::cancel(state.store.as_ref(), job.id, state.clock.now_epoch_ms()).await {
         Ok(job) => {
             tracing::info!(job_id = %job.id, status = %job.status, "cancel requested");
             publish_or_log(state.store.as_ref(), state.webhooks.as_ref(), &job).await;

@@ -10,6 +10,7 @@
 
 mod admin;
 mod auth;
+mod authenticate;
 mod console;
 mod error;
 mod health;
@@ -145,7 +146,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::authenticate,
+            authenticate::authenticate,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

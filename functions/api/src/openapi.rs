@@ -13,26 +13,12 @@ use utoipa::openapi::schema::{
     AdditionalProperties, AnyOf, Object, OneOf, Ref, Schema, SchemaType, Type,
 };
 use utoipa::openapi::{OpenApi as Document, RefOr};
-use utoipa::{OpenApi, PartialSchema, ToSchema};
+use utoipa::{OpenApi, PartialSchema};
 
 use offpath_core::Registry;
 
 use crate::SubmitLimits;
-
-/// The body of `POST /jobs`: one variant per registered task. This type only names
-/// that schema; [`document`] fills it in from the registry.
-#[derive(Debug)]
-pub enum SubmitRequest {}
-
-impl PartialSchema for SubmitRequest {
-    fn schema() -> RefOr<Schema> {
-        Object::builder()
-            .schema_type(SchemaType::Type(Type::Object))
-            .into()
-    }
-}
-
-impl ToSchema for SubmitRequest {}
+use crate::submit::SubmitBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -91,6 +77,9 @@ pub(crate) async fn openapi_json(Extension(served): Extension<Served>) -> impl I
 pub fn document(tasks: &Registry, limits: &SubmitLimits) -> Document {
     let mut document = Routes::openapi();
     let components = document.components.get_or_insert_with(Default::default);
+    let RefOr::T(Schema::Object(envelope)) = SubmitBody::schema() else {
+        unreachable!("a struct's schema is an object")
+    };
     let mut variants = OneOf::builder();
     let mut outputs = AnyOf::builder();
     let mut names = Vec::new();
@@ -101,24 +90,23 @@ pub fn document(tasks: &Registry, limits: &SubmitLimits) -> Document {
         components.schemas.extend([schemas.input, schemas.output]);
         let name = entry.name().as_str();
         names.push(name.to_owned());
-        variants = variants.item(
+        // The envelope's own schema, its task narrowed to this one and its input to
+        // this task's input.
+        let mut variant = envelope.clone();
+        variant.title = Some(name.to_owned());
+        variant.description = Some(entry.summary().to_owned());
+        variant.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        variant.properties.insert(
+            "task".into(),
             Object::builder()
-                .title(Some(name))
-                .description(Some(entry.summary()))
-                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-                .required("task")
-                .required("input")
-                .property(
-                    "task",
-                    Object::builder()
-                        .schema_type(SchemaType::Type(Type::String))
-                        .enum_values(Some([name])),
-                )
-                .property("input", Ref::from_schema_name(input))
-                .property("ttl_seconds", Ref::from_schema_name("Ttl"))
-                .property("webhook", Ref::from_schema_name("WebhookUrl"))
-                .property("webhook_events", Ref::from_schema_name("WebhookEvents")),
+                .schema_type(SchemaType::Type(Type::String))
+                .enum_values(Some([name]))
+                .into(),
         );
+        variant
+            .properties
+            .insert("input".into(), Ref::from_schema_name(input).into());
+        variants = variants.item(variant);
         outputs = outputs.item(Ref::from_schema_name(output));
     }
     components

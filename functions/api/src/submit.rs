@@ -1,16 +1,21 @@
 //! Accepting a job: validation, the idempotent create, the enqueue and its repair.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use offpath_core::blob::{MAX_UPLOAD_BYTES, upload_key};
 use offpath_core::idempotency::{job_id_for_key, request_hash};
+use offpath_core::json::error_message;
 use offpath_core::queue::message_group;
 use offpath_core::{
-    EventKind, Job, JobId, JobMessage, JobStatus, NewJob, Registry, Source, StoreError, TaskName,
-    Webhook, metrics,
+    EventKind, InputError, Job, JobId, JobMessage, JobStatus, JsonText, NewJob, Registry, Source,
+    StoreError, TaskName, Transition, Webhook, metrics,
 };
-use serde_json::Value;
+use serde::Deserialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{Object, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::RETRY_AFTER;
 use crate::strict_json;
@@ -92,126 +97,156 @@ impl Default for SubmitLimits {
     }
 }
 
-/// A validated `POST /jobs` body.
-#[derive(Debug, Clone, PartialEq)]
+/// The body of `POST /jobs`, as sent. In the OpenAPI document each task gets a variant
+/// of it whose `task` is the task's name and whose `input` is its input schema.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitBody {
+    /// The task to run.
+    task: String,
+    /// The task's input.
+    #[schema(value_type = Object)]
+    input: JsonText,
+    /// How long the job is kept, in seconds.
+    #[serde(default)]
+    #[schema(value_type = Option<Ttl>, nullable = false)]
+    ttl_seconds: Option<u64>,
+    /// Where the job's events are POSTed.
+    #[serde(default)]
+    #[schema(value_type = Option<WebhookUrl>, nullable = false)]
+    webhook: Option<String>,
+    /// Which events go to the webhook.
+    #[serde(default)]
+    #[schema(value_type = Option<WebhookEvents>, nullable = false)]
+    webhook_events: Option<Vec<EventKind>>,
+}
+
+/// Types that only name a schema of the OpenAPI document, which `openapi::document`
+/// fills in from the registry and the limits.
+macro_rules! named_schemas {
+    ($($(#[$doc:meta])* $name:ident = $component:literal;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(crate) enum $name {}
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                Object::new().into()
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($component)
+            }
+        }
+    )*};
+}
+
+named_schemas! {
+    /// The `POST /jobs` body: one variant of [`SubmitBody`] per registered task.
+    SubmitRequestSchema = "SubmitRequest";
+    /// `ttl_seconds`, bounded by the limits.
+    Ttl = "Ttl";
+    /// `webhook`.
+    WebhookUrl = "WebhookUrl";
+    /// `webhook_events`.
+    WebhookEvents = "WebhookEvents";
+}
+
+/// A validated `POST /jobs` body: its input read into the task's type and written
+/// back in that type's form, which is what the job stores and the worker runs.
+#[derive(Debug)]
 pub(crate) struct SubmitRequest {
     task: TaskName,
     /// The upload the input names, if any: it must exist, be the caller's and fit.
     upload: Option<String>,
-    input: Value,
+    input: JsonText,
     ttl_seconds: Option<u64>,
     /// The webhook asked for: its URL (checked against the policy at submit) and events.
     webhook: Option<(String, BTreeSet<EventKind>)>,
 }
 
-const FIELDS: [&str; 5] = ["task", "input", "ttl_seconds", "webhook", "webhook_events"];
-
 impl SubmitRequest {
-    /// Parses and validates a body against the registered tasks.
+    /// Parses and validates a body against the registered tasks: the one validation a
+    /// job's input gets.
     pub(crate) fn parse(
         body: &[u8],
         limits: &SubmitLimits,
         tasks: &Registry,
     ) -> Result<Self, ApiError> {
-        let value: Value =
-            strict_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::InvalidRequest(
-                "the body must be a JSON object with task and input".into(),
-            ));
-        };
-        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            let unknown: String = unknown.chars().take(64).collect();
-            return Err(ApiError::InvalidRequest(format!(
-                "{unknown}: unknown field; expected task, input and optionally ttl_seconds, webhook and webhook_events"
-            )));
-        }
-        let task = match fields.get("task") {
-            None | Some(Value::Null) => {
-                return Err(ApiError::InvalidRequest("task: is required".into()));
-            }
-            Some(Value::String(name)) => tasks
-                .get(name)
-                .map_err(|e| ApiError::UnknownTask(e.to_string()))?,
-            Some(_) => return Err(ApiError::InvalidRequest("task: must be a string".into())),
-        };
-        let input = fields.get("input").cloned().unwrap_or(Value::Null);
-        if input.is_null() {
-            return Err(ApiError::InvalidInput("input: is required".into()));
-        }
-        let prepared = task
-            .prepare(&input)
-            .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+        strict_json::check(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let body: SubmitBody =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(body_error)?;
+        let task = tasks
+            .get(&body.task)
+            .map_err(|e| ApiError::UnknownTask(e.to_string()))?;
+        let invalid = |e: InputError| ApiError::InvalidInput(e.to_string());
+        let prepared = task.prepare(&body.input).map_err(invalid)?;
         let upload = match task.source(&prepared) {
             Some(Source::Upload(upload)) => Some(upload),
             _ => None,
         };
-        let task = task.name().clone();
-        let ttl_seconds = match fields.get("ttl_seconds") {
-            None | Some(Value::Null) => None,
-            Some(ttl) => {
-                let (min, max) = (limits.min_ttl.as_secs(), limits.max_ttl.as_secs());
-                let seconds = ttl.as_u64().filter(|s| (min..=max).contains(s));
-                Some(seconds.ok_or_else(|| {
-                    ApiError::InvalidRequest(format!(
-                        "ttl_seconds: must be a whole number from {min} to {max}"
-                    ))
-                })?)
+        if let Some(ttl) = body.ttl_seconds {
+            let (min, max) = (limits.min_ttl.as_secs(), limits.max_ttl.as_secs());
+            if !(min..=max).contains(&ttl) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "ttl_seconds: must be a whole number from {min} to {max}"
+                )));
             }
+        }
+        let webhook = match (body.webhook, body.webhook_events) {
+            (None, Some(_)) => {
+                return Err(ApiError::InvalidRequest(
+                    "webhook_events: needs a webhook URL".into(),
+                ));
+            }
+            (Some(_), Some(events)) if events.is_empty() => {
+                return Err(ApiError::InvalidRequest(
+                    "webhook_events: must be a non-empty array of started, progress and completed"
+                        .into(),
+                ));
+            }
+            (url, events) => url.map(|url| {
+                let events =
+                    events.map_or_else(|| [EventKind::Completed].into(), BTreeSet::from_iter);
+                (url, events)
+            }),
         };
         Ok(SubmitRequest {
-            task,
+            task: task.name().clone(),
             upload,
-            input,
-            ttl_seconds,
-            webhook: parse_webhook(&fields)?,
+            input: task.write(&prepared).map_err(invalid)?,
+            ttl_seconds: body.ttl_seconds,
+            webhook,
         })
     }
 }
 
-/// The `webhook` and `webhook_events` fields: a URL and a non-empty subset of
-/// started, progress and completed (default completed).
-fn parse_webhook(
-    fields: &serde_json::Map<String, Value>,
-) -> Result<Option<(String, BTreeSet<EventKind>)>, ApiError> {
-    let url = match fields.get("webhook") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) => Some(url.clone()),
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(
-                "webhook: must be a URL string".into(),
-            ));
+/// The error for a body that is not a [`SubmitBody`], naming the field: a missing
+/// input is `invalid_input`, the rest of the envelope `invalid_request`, text that is
+/// not JSON `malformed_json`.
+fn body_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::MalformedJson(inner.to_string());
+    }
+    let message = error_message(&inner);
+    if path != "." {
+        return ApiError::InvalidRequest(format!("{path}: {message}"));
+    }
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    match missing {
+        Some("input") => ApiError::InvalidInput("input: is required".into()),
+        Some(field) => ApiError::InvalidRequest(format!("{field}: is required")),
+        None if message.starts_with("unknown field") => ApiError::InvalidRequest(message),
+        None => {
+            ApiError::InvalidRequest("the body must be a JSON object with task and input".into())
         }
-    };
-    let events = match fields.get("webhook_events") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(names)) if !names.is_empty() => Some(
-            names
-                .iter()
-                .map(|name| {
-                    name.as_str()
-                        .ok_or_else(|| "an event name must be a string".to_owned())
-                        .and_then(|n| n.parse::<EventKind>().map_err(|e| e.to_string()))
-                })
-                .collect::<Result<BTreeSet<_>, _>>()
-                .map_err(|e| ApiError::InvalidRequest(format!("webhook_events: {e}")))?,
-        ),
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(
-                "webhook_events: must be a non-empty array of started, progress and completed"
-                    .into(),
-            ));
-        }
-    };
-    match (url, events) {
-        (None, Some(_)) => Err(ApiError::InvalidRequest(
-            "webhook_events: needs a webhook URL".into(),
-        )),
-        (None, None) => Ok(None),
-        (Some(url), events) => Ok(Some((
-            url,
-            events.unwrap_or_else(|| [EventKind::Completed].into()),
-        ))),
     }
 }
 
@@ -299,7 +334,7 @@ pub(crate) async fn submit(
             let group = message_group(&job.owner);
             if let Err(err) = state.queue.send(&JobMessage::new(job.id), &group).await {
                 if key.is_none()
-                    && let Err(cleanup) = state.store.delete_unstarted(job.id).await
+                    && let Err(cleanup) = state.store.apply(job.id, &Transition::Withdraw).await
                 {
                     tracing::warn!(job_id = %job.id, error = %cleanup,
                             "enqueue failed and the job could not be removed; the sweep re-enqueues it");
@@ -341,7 +376,11 @@ async fn replay(
             .send(&JobMessage::new(existing.id), &group)
             .await?;
         tracing::info!(job_id = %existing.id, "replay re-enqueued a queued job");
-        if let Err(err) = state.store.record_resend(existing.id, now).await {
+        if let Err(err) = state
+            .store
+            .apply(existing.id, &Transition::RecordResend { now_epoch_ms: now })
+            .await
+        {
             tracing::warn!(job_id = %existing.id, error = %err, "could not record the re-send");
         }
     }

@@ -1,5 +1,4 @@
-//! The webhook deliverer: a `LambdaEvent<SqsEvent> -> SqsBatchResponse` handler for
-//! the webhooks queue. Each message names one event of one job; the deliverer reads the
+//! The webhook deliverer: a batch handler for the webhooks queue. Each message names one event of one job; the deliverer reads the
 //! job as it is now, POSTs `{"type", "timestamp", "data": <job view>}` signed for the
 //! job's owner, and acknowledges on `2xx`. On `410 Gone` it stops the job's webhook and
 //! acknowledges. Anything else comes back after an exponential backoff with jitter
@@ -13,18 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::future::join_all;
-use lambda_runtime::LambdaEvent;
 use offpath_core::job::rfc3339;
-use offpath_core::{Event, JobId, JobMessage, JobQueue, JobStore, Ports, StoreError};
+use offpath_core::{
+    BatchReport, Event, EventType, JobId, JobMessage, JobQueue, JobStore, JobView, Ports,
+    QueueMessage, StoreError, Transition,
+};
 use offpath_webhooks::{Attempt, Sender};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::Backoff;
 use crate::WorkerError;
 use crate::poller::BatchHandler;
-use crate::record::{Record, records};
 
 /// The backoff between delivery attempts: 5 s doubling up to an hour, ±20%. With the
 /// webhooks queue's 33 receives the last attempt comes about 24.4 hours after the
@@ -41,6 +40,16 @@ pub struct Deliverer {
     webhooks: Arc<dyn JobQueue>,
     sender: Arc<Sender>,
     backoff: Backoff,
+}
+
+/// A delivery's body: what happened, when (the time of the write that caused it), and
+/// the job as it is now (its output carried as the text the worker stored).
+#[derive(Serialize)]
+struct EventBody {
+    #[serde(rename = "type")]
+    kind: EventType,
+    timestamp: String,
+    data: JobView,
 }
 
 /// What became of one message.
@@ -63,16 +72,13 @@ impl Deliverer {
         }
     }
 
-    /// Delivers one batch; returns the messages to retry as item failures.
-    pub async fn handle(
-        &self,
-        event: LambdaEvent<SqsEvent>,
-    ) -> Result<SqsBatchResponse, WorkerError> {
-        let records = records(&event.payload)?;
-        let mut by_job: BTreeMap<JobId, Vec<(Event, &Record<'_>)>> = BTreeMap::new();
+    /// Delivers one batch of the webhooks queue's messages; returns the messages to
+    /// retry.
+    pub async fn handle(&self, batch: &[QueueMessage]) -> Result<BatchReport, WorkerError> {
+        let mut by_job: BTreeMap<JobId, Vec<(Event, &QueueMessage)>> = BTreeMap::new();
         let mut retries = Vec::new();
-        for record in &records {
-            match JobMessage::from_body(record.body) {
+        for record in batch {
+            match JobMessage::from_body(&record.body) {
                 Ok(JobMessage {
                     job_id,
                     event: Some(event),
@@ -101,30 +107,27 @@ impl Deliverer {
                     Delivery::Done => None,
                 }),
         );
-        let mut response = SqsBatchResponse::default();
-        let back_offs = retries.iter().filter_map(|(record, delay)| {
-            let handle = record.receipt_handle?;
-            Some(async move {
-                if let Err(err) = self.webhooks.change_visibility(handle, *delay).await {
-                    tracing::warn!(error = %err, "could not delay a webhook retry");
-                }
-            })
+        let back_offs = retries.iter().map(|(record, delay)| async move {
+            let handle = &record.receipt_handle;
+            if let Err(err) = self.webhooks.change_visibility(handle, *delay).await {
+                tracing::warn!(error = %err, "could not delay a webhook retry");
+            }
         });
         join_all(back_offs).await;
-        for (record, _) in retries {
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = record.message_id.to_owned();
-            response.batch_item_failures.push(failure);
-        }
-        Ok(response)
+        Ok(BatchReport {
+            retry: retries
+                .into_iter()
+                .map(|(record, _)| record.message_id.clone())
+                .collect(),
+        })
     }
 
     /// One job's events, oldest first; after a failure the later ones wait too.
     async fn deliver_in_order<'r>(
         &self,
         job: JobId,
-        mut events: Vec<(Event, &'r Record<'r>)>,
-    ) -> Vec<(&'r Record<'r>, Delivery)> {
+        mut events: Vec<(Event, &'r QueueMessage)>,
+    ) -> Vec<(&'r QueueMessage, Delivery)> {
         events.sort_by_key(|(event, _)| event.at);
         let mut results = Vec::with_capacity(events.len());
         let mut held: Option<Duration> = None;
@@ -158,12 +161,12 @@ impl Deliverer {
         let Some(webhook) = job.webhook.as_ref().filter(|w| !w.gone) else {
             return Delivery::Done;
         };
-        let body = json!({
-            "type": event.kind,
-            "timestamp": rfc3339(event.at),
-            "data": job.view(),
-        })
-        .to_string();
+        let body = EventBody {
+            kind: event.kind,
+            timestamp: rfc3339(event.at),
+            data: job.view(),
+        };
+        let body = serde_json::to_string(&body).expect("an event body serialises");
         let event_id = event.id(id);
         match self
             .sender
@@ -176,7 +179,7 @@ impl Deliverer {
             }
             Attempt::Gone => {
                 tracing::info!(job_id = %id, "the receiver answered 410 Gone: no more webhooks for this job");
-                match self.store.webhook_gone(id).await {
+                match self.store.apply(id, &Transition::WebhookGone).await {
                     Ok(_) | Err(StoreError::NotFound | StoreError::Conflict(_)) => Delivery::Done,
                     Err(err) => {
                         tracing::warn!(job_id = %id, error = %err, "could not record the webhook gone");
@@ -198,7 +201,7 @@ impl Deliverer {
 
 #[async_trait]
 impl BatchHandler for Deliverer {
-    async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, WorkerError> {
-        Deliverer::handle(self, event).await
+    async fn handle(&self, batch: &[QueueMessage]) -> Result<BatchReport, WorkerError> {
+        Deliverer::handle(self, batch).await
     }
 }

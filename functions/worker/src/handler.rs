@@ -1,186 +1,52 @@
-//! The batch handler.
+//! The batch handler: claim each message's job or part, run each task group in one
+//! pass, record the outcomes, report the messages to retry.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::FutureExt;
 use futures::future::join_all;
-use lambda_runtime::LambdaEvent;
-use offpath_core::webhook::publish_or_log;
 use offpath_core::{
-    BlobStore, Clock, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JobQueue, JobStore, Lease,
-    Model, ModelError, Ports, Prepared, Registry, StoreError, SystemClock, TaskEntry, TaskName,
-    metrics,
+    BatchReport, DEAD_LETTERED, ErrorInfo, Job, JobId, JobMessage, JsonText, Lease, Model,
+    ModelError, Prepared, QueueMessage, StoreError, TaskEntry, TaskName, Transition,
 };
-use serde_json::Value;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
+use crate::claim::{Claim, Claimed, ClaimedPart};
 use crate::heartbeat::Holds;
+use crate::inference::{Inference, Runner};
 use crate::outcome::Outcome;
 use crate::panic::panic_text;
-use crate::parts::ClaimedPart;
-use crate::record::{Record, records};
-use crate::tally::Tally;
-
-/// Worker settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerConfig {
-    /// The longest a batch keeps its jobs: past it the heartbeat stops, so a job hung
-    /// in inference goes back to the queue (and, after its last receive, to the DLQ).
-    pub job_timeout: Duration,
-    /// How long a claim and a received message last without a heartbeat: a dead
-    /// worker's jobs are claimable again this long after its last beat (see
-    /// `heartbeat.rs`). The worker beats every third of it.
-    pub heartbeat: Duration,
-    /// The queue's maxReceiveCount; `None` when the queue has no dead-letter queue.
-    pub max_receive_count: Option<u32>,
-    /// Delays for messages that must come back.
-    pub backoff: Backoff,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            job_timeout: Duration::from_secs(60),
-            heartbeat: Duration::from_secs(30),
-            max_receive_count: Some(5),
-            backoff: Backoff::default(),
-        }
-    }
-}
-
-/// An invocation-level failure: SQS retries the whole batch.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// A record came without a message id, so it cannot be reported on its own.
-    #[error("an SQS record has no messageId; the batch cannot report item failures")]
-    MissingMessageId,
-    /// Every record of the batch failed.
-    #[error("all {0} records of the batch failed")]
-    AllFailed(usize),
-}
-
-/// A record whose job this invocation holds, with its input ready to run.
-pub(crate) struct Claimed {
-    pub(crate) job: Job,
-    pub(crate) lease: Lease,
-    pub(crate) task: TaskEntry,
-    pub(crate) input: Prepared,
-    pub(crate) receive_count: u32,
-}
-
-/// What claiming a record gave this invocation.
-pub(crate) enum Claim {
-    /// A job to run in its task's batched pass.
-    Job(Claimed),
-    /// A document job to split into parts.
-    Document(Claimed),
-    /// A part of a document job to run in its task's batched pass over parts.
-    Part(ClaimedPart),
-}
-
-/// One batched pass of a task over inputs of type `I`: one output each.
-pub(crate) type Runner<I, O> =
-    Arc<dyn Fn(&dyn Model, &[I]) -> Result<Vec<O>, ModelError> + Send + Sync>;
-
-/// What inference did for one job.
-pub(crate) enum Inference<T = Value> {
-    Output(T),
-    Failed(ModelError),
-    Crashed(String),
-}
-
-impl<T> Inference<T> {
-    /// A failed attempt as the job's error tells its client: one fixed phrase per kind
-    /// of failure. The detail (a panic's text, a backend's message, which can name
-    /// endpoints and ARNs) is only logged, with the job's id.
-    pub(crate) fn public_cause(&self) -> &'static str {
-        match self {
-            Inference::Output(_) => "none",
-            Inference::Failed(ModelError::Throttled { .. }) => "inference throttled",
-            Inference::Failed(ModelError::Unavailable(_)) => "inference unavailable",
-            Inference::Failed(ModelError::Rejected(_)) => "the model rejected the input",
-            Inference::Crashed(_) => "inference crashed",
-        }
-    }
-}
-
-/// The worker: ports, model, tasks and settings. Build it once per process (Lambda
-/// init).
-#[derive(Clone)]
-pub struct Worker {
-    pub(crate) store: Arc<dyn JobStore>,
-    pub(crate) queue: Arc<dyn JobQueue>,
-    pub(crate) webhooks: Arc<dyn JobQueue>,
-    pub(crate) blobs: Arc<dyn BlobStore>,
-    pub(crate) model: Arc<dyn Model>,
-    pub(crate) tasks: Arc<Registry>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) config: WorkerConfig,
-    pub(crate) tally: Tally,
-}
+use crate::worker::{Worker, WorkerError};
 
 impl Worker {
-    /// A worker over the store and jobs queue of `ports`, running `tasks` on `model`;
-    /// time is the system clock.
-    pub fn new(
-        ports: &Ports,
-        model: Arc<dyn Model>,
-        tasks: Arc<Registry>,
-        config: WorkerConfig,
-    ) -> Self {
-        Worker {
-            store: Arc::clone(&ports.store),
-            queue: Arc::clone(&ports.queue),
-            webhooks: Arc::clone(&ports.webhooks),
-            blobs: Arc::clone(&ports.blobs),
-            model,
-            tasks,
-            clock: Arc::new(SystemClock),
-            config,
-            tally: Tally::default(),
-        }
-    }
-
-    /// The same worker reading time from `clock`.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Handles one SQS batch: claim, infer per task group, finish; returns the
-    /// messages to retry as item failures.
-    pub async fn handle(
-        &self,
-        event: LambdaEvent<SqsEvent>,
-    ) -> Result<SqsBatchResponse, WorkerError> {
-        let records = records(&event.payload)?;
+    /// Handles one batch of the jobs queue's messages: claim, infer per task group,
+    /// finish; returns the messages to retry.
+    pub async fn handle(&self, batch: &[QueueMessage]) -> Result<BatchReport, WorkerError> {
         let holds = Holds::default();
-        let handles: Vec<&str> = records.iter().filter_map(|r| r.receipt_handle).collect();
+        let handles: Vec<&str> = batch.iter().map(|m| m.receipt_handle.as_str()).collect();
         let outcomes = self
-            .with_heartbeat(&handles, &holds, self.run(&records, &holds))
+            .with_heartbeat(&handles, &holds, self.run(batch, &holds))
             .await;
-        let report = self.report(&records, &outcomes).await;
+        let report = self.report(batch, &outcomes).await;
         self.tally
             .flush(self.store.as_ref(), self.clock.now_epoch_ms())
             .await;
         report
     }
 
-    /// Claims, runs and finishes a batch's records (the heartbeat keeps what it
-    /// claims in `holds`): one outcome per record.
-    async fn run(&self, records: &[Record<'_>], holds: &Holds) -> Vec<Outcome> {
-        let count = records.len();
+    /// Claims, runs and finishes a batch's messages (the heartbeat keeps what it
+    /// claims in `holds`): one outcome per message.
+    async fn run(&self, batch: &[QueueMessage], holds: &Holds) -> Vec<Outcome> {
+        let count = batch.len();
 
-        // 1. Decode and claim, each record on its own.
-        let claims = join_all(records.iter().map(|record| {
+        // 1. Decode and claim, each message on its own.
+        let claims = join_all(batch.iter().map(|message| {
             guarded(
-                self.claim(record),
-                self.config.backoff.delay(record.receive_count),
+                self.claim(message),
+                self.config.backoff.delay(message.receive_count),
             )
         }))
         .await;
@@ -263,33 +129,29 @@ impl Worker {
     }
 
     /// Backs off the messages to retry, all at once (one by one, slow calls could keep
-    /// the last message past its visibility timeout), and reports them as item
-    /// failures.
+    /// the last message past its visibility timeout), and reports them.
     async fn report(
         &self,
-        records: &[Record<'_>],
+        batch: &[QueueMessage],
         outcomes: &[Outcome],
-    ) -> Result<SqsBatchResponse, WorkerError> {
-        let count = records.len();
+    ) -> Result<BatchReport, WorkerError> {
+        let count = batch.len();
         let mut back_offs = Vec::new();
-        let mut response = SqsBatchResponse::default();
-        for (record, outcome) in records.iter().zip(outcomes) {
+        let mut report = BatchReport::default();
+        for (message, outcome) in batch.iter().zip(outcomes) {
             if *outcome == Outcome::Done {
                 continue;
             }
-            if let (Some(visibility), Some(handle)) = (outcome.visibility(), record.receipt_handle)
-            {
-                back_offs.push(self.back_off(handle, visibility));
+            if let Some(visibility) = outcome.visibility() {
+                back_offs.push(self.back_off(&message.receipt_handle, visibility));
             }
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = record.message_id.to_owned();
-            response.batch_item_failures.push(failure);
+            report.retry.push(message.message_id.clone());
         }
         join_all(back_offs).await;
-        if count > 0 && response.batch_item_failures.len() == count {
+        if count > 0 && report.retry.len() == count {
             return Err(WorkerError::AllFailed(count));
         }
-        Ok(response)
+        Ok(report)
     }
 
     /// Hides a message for `visibility` before it comes back. Best effort: if this
@@ -304,36 +166,46 @@ impl Worker {
         }
     }
 
-    /// Decodes a record and claims its job or part. `Err` is the record's final
+    /// Decodes a message and claims its job or part. `Err` is the message's final
     /// outcome.
-    async fn claim(&self, record: &Record<'_>) -> Result<Claim, Outcome> {
-        let message = JobMessage::from_body(record.body).map_err(|err| {
-            tracing::error!(message_id = record.message_id, error = %err,
+    async fn claim(&self, received: &QueueMessage) -> Result<Claim, Outcome> {
+        let message = JobMessage::from_body(&received.body).map_err(|err| {
+            tracing::error!(message_id = received.message_id, error = %err,
                 "malformed message; it goes to the dead-letter queue");
             Outcome::toward_dead_letter_queue()
         })?;
         let id = message.job_id;
         match message.part {
             None => {
-                self.claim_job(id, record)
+                self.claim_job(id, received)
                     .instrument(tracing::info_span!("job", job_id = %id))
                     .await
             }
             Some(part) => {
-                self.claim_part(id, part, record)
+                self.claim_part(id, part, received)
                     .instrument(tracing::info_span!("job", job_id = %id, part))
                     .await
             }
         }
     }
 
-    /// Claims the job a record names and prepares its input.
-    async fn claim_job(&self, id: JobId, record: &Record<'_>) -> Result<Claim, Outcome> {
-        let receive_count = record.receive_count;
+    /// Claims the job a message names and reads its input.
+    async fn claim_job(&self, id: JobId, message: &QueueMessage) -> Result<Claim, Outcome> {
+        let receive_count = message.receive_count;
         let last = self.is_last_receive(receive_count);
         let now = self.clock.now_epoch_ms();
         let lease = self.new_lease(now);
-        let job = match self.store.claim(id, &lease, now).await {
+        let job = match self
+            .store
+            .apply(
+                id,
+                &Transition::Claim {
+                    lease: lease.clone(),
+                    now_epoch_ms: now,
+                },
+            )
+            .await
+        {
             Ok(job) => job,
             Err(StoreError::NotFound) => {
                 tracing::error!(job_id = %id, "message for a job that does not exist; it goes to the dead-letter queue");
@@ -355,11 +227,15 @@ impl Worker {
         };
         tracing::info!(job_id = %id, attempt = job.attempts, receive_count, "job claimed");
         self.publish(&job).await;
-        if let Some(sent) = record.sent_at_epoch_ms {
-            self.tally.claimed(now.saturating_sub(sent));
+        if message.sent_at_epoch_ms > 0 {
+            self.tally
+                .claimed(now.saturating_sub(message.sent_at_epoch_ms));
         }
         if job.cancel_requested {
-            let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
+            let cancelled = self
+                .store
+                .apply(id, &Transition::cancelled(lease.token.clone(), now))
+                .await;
             self.finish_write(id, cancelled).await;
             return Err(Outcome::done());
         }
@@ -368,7 +244,7 @@ impl Worker {
             .get(job.task.as_str())
             .map_err(|e| e.to_string())
             .and_then(|task| {
-                let input = task.prepare(&job.input).map_err(|e| e.to_string())?;
+                let input = task.read(&job.input).map_err(|e| e.to_string())?;
                 Ok((task.clone(), input))
             });
         match prepared {
@@ -389,7 +265,10 @@ impl Worker {
             }
             Err(problem) => {
                 let error = ErrorInfo::new("invalid_input", problem);
-                let written = self.store.fail(id, &lease.token, &error, now).await;
+                let written = self
+                    .store
+                    .apply(id, &Transition::fail(lease.token.clone(), error, now))
+                    .await;
                 Err(self.finish_write(id, written).await)
             }
         }
@@ -417,71 +296,9 @@ impl Worker {
     /// Runs one group of jobs of `task` in one batched pass.
     async fn infer(&self, task: TaskEntry, inputs: Vec<Prepared>) -> Vec<Inference> {
         let name = task.name().clone();
-        let run: Runner<Prepared, Value> =
+        let run: Runner<Prepared, JsonText> =
             Arc::new(move |model: &dyn Model, inputs: &[Prepared]| task.run(model, inputs));
         self.run_batched(&name, inputs, run).await
-    }
-
-    /// Runs `inputs` on a blocking thread in one batched pass of `run`. If the pass
-    /// fails or panics, each input runs alone, so one poisonous input fails only its
-    /// own job (or part).
-    pub(crate) async fn run_batched<I, O>(
-        &self,
-        task: &TaskName,
-        inputs: Vec<I>,
-        run: Runner<I, O>,
-    ) -> Vec<Inference<O>>
-    where
-        I: Clone + Send + Sync + 'static,
-        O: Send + 'static,
-    {
-        let count = inputs.len();
-        match self.run_model(task, inputs.clone(), Arc::clone(&run)).await {
-            Ok(outputs) => outputs.into_iter().map(Inference::Output).collect(),
-            Err(whole) if count == 1 => vec![whole],
-            Err(_) => {
-                let mut results = Vec::with_capacity(count);
-                for input in inputs {
-                    results.push(
-                        match self.run_model(task, vec![input], Arc::clone(&run)).await {
-                            Ok(mut one) => Inference::Output(one.remove(0)),
-                            Err(failed) => failed,
-                        },
-                    );
-                }
-                results
-            }
-        }
-    }
-
-    /// One batched pass of `run` over `inputs`: one output per input, or what went
-    /// wrong.
-    async fn run_model<I, O>(
-        &self,
-        task: &TaskName,
-        inputs: Vec<I>,
-        run: Runner<I, O>,
-    ) -> Result<Vec<O>, Inference<O>>
-    where
-        I: Send + Sync + 'static,
-        O: Send + 'static,
-    {
-        let model = Arc::clone(&self.model);
-        let count = inputs.len();
-        let started = std::time::Instant::now();
-        let ran = tokio::task::spawn_blocking(move || run(model.as_ref(), &inputs)).await;
-        metrics::inference(task.as_str(), started.elapsed().as_secs_f64() * 1000.0);
-        match ran {
-            Ok(Ok(outputs)) if outputs.len() == count => Ok(outputs),
-            Ok(Ok(_)) => Err(Inference::Crashed(
-                "the task returned the wrong number of outputs".into(),
-            )),
-            Ok(Err(err)) => Err(Inference::Failed(err)),
-            Err(join) => Err(Inference::Crashed(match join.try_into_panic() {
-                Ok(panic) => panic_text(panic.as_ref()),
-                Err(join) => join.to_string(),
-            })),
-        }
     }
 
     /// Records what inference did and decides the message's fate.
@@ -497,12 +314,18 @@ impl Worker {
         let public = result.public_cause();
         let (cause, retry_after) = match result {
             Inference::Output(output) => {
-                let written = self.store.complete(id, &lease.token, &output, now).await;
+                let written = self
+                    .store
+                    .apply(id, &Transition::complete(lease.token.clone(), output, now))
+                    .await;
                 return self.finished_or_cancelled(id, &lease, written).await;
             }
             Inference::Failed(err) if !err.is_transient() => {
                 let error = ErrorInfo::new("inference_failed", err.to_string());
-                let written = self.store.fail(id, &lease.token, &error, now).await;
+                let written = self
+                    .store
+                    .apply(id, &Transition::fail(lease.token.clone(), error, now))
+                    .await;
                 return self.finished_or_cancelled(id, &lease, written).await;
             }
             Inference::Failed(ModelError::Throttled { retry_after }) => {
@@ -516,7 +339,10 @@ impl Worker {
                 DEAD_LETTERED,
                 format!("gave up after {receive_count} attempts; last error: {public}"),
             );
-            let written = self.store.fail(id, &lease.token, &error, now).await;
+            let written = self
+                .store
+                .apply(id, &Transition::fail(lease.token.clone(), error, now))
+                .await;
             if let Err(StoreError::Conflict(current)) = &written
                 && current.cancel_requested
             {
@@ -530,7 +356,13 @@ impl Worker {
         tracing::warn!(job_id = %id, %cause, receive_count, "transient failure; backing off");
         if let Err(err) = self
             .store
-            .release(id, &lease.token, self.clock.now_epoch_ms())
+            .apply(
+                id,
+                &Transition::Release {
+                    token: lease.token.clone(),
+                    now_epoch_ms: self.clock.now_epoch_ms(),
+                },
+            )
             .await
         {
             tracing::warn!(job_id = %id, error = %err, "could not release the lease; it will expire");
@@ -551,7 +383,10 @@ impl Worker {
             && current.lease_owner.as_deref() == Some(&lease.token)
         {
             let now = self.clock.now_epoch_ms();
-            let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
+            let cancelled = self
+                .store
+                .apply(id, &Transition::cancelled(lease.token.clone(), now))
+                .await;
             return self.finish_write(id, cancelled).await;
         }
         self.finish_write(id, written).await
@@ -593,7 +428,13 @@ impl Worker {
         );
         match self
             .store
-            .abandon(id, &error, self.clock.now_epoch_ms())
+            .apply(
+                id,
+                &Transition::Abandon {
+                    error,
+                    now_epoch_ms: self.clock.now_epoch_ms(),
+                },
+            )
             .await
         {
             Ok(job) => {
@@ -605,18 +446,6 @@ impl Worker {
                 tracing::warn!(job_id = %id, error = %err, "could not mark the job dead-lettered; it stays queued (redrive its message from the DLQ)")
             }
         }
-    }
-
-    /// Hands the job's due webhook events to the webhooks queue; on failure they stay
-    /// in its outbox for the sweep.
-    pub(crate) async fn publish(&self, job: &Job) {
-        publish_or_log(self.store.as_ref(), self.webhooks.as_ref(), job).await;
-    }
-
-    pub(crate) fn is_last_receive(&self, receive_count: u32) -> bool {
-        self.config
-            .max_receive_count
-            .is_some_and(|max| receive_count >= max)
     }
 }
 

@@ -18,11 +18,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
-use offpath_core::{JobId, Lease, StoreError};
+use offpath_core::{JobId, Lease, StoreError, Transition};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::Worker;
+use crate::worker::Worker;
 
 /// How much longer a message stays hidden than the lease of its job.
 const MESSAGE_MARGIN: Duration = Duration::from_secs(1);
@@ -127,10 +127,21 @@ impl Worker {
                 until_epoch_ms: now + self.config.heartbeat.as_millis() as u64,
             };
             let extended = match held.part {
-                None => self.store.extend_lease(held.id, &lease).await,
+                None => {
+                    self.store
+                        .apply(held.id, &Transition::ExtendLease { lease })
+                        .await
+                }
                 Some(part) => {
                     self.store
-                        .extend_part_lease(held.id, part, &lease, now)
+                        .apply(
+                            held.id,
+                            &Transition::ExtendPartLease {
+                                part,
+                                lease,
+                                now_epoch_ms: now,
+                            },
+                        )
                         .await
                 }
             };

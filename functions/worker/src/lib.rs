@@ -1,6 +1,8 @@
-//! The offpath worker: a `LambdaEvent<SqsEvent> -> SqsBatchResponse` handler that
-//! claims jobs, runs each task group in one batched pass (micro-batching) and records
-//! the outcome, plus a [`poller`] that drives the same handler from a queue locally.
+//! The offpath worker: a handler of the jobs queue's message batches that claims
+//! jobs, runs each task group in one batched pass (micro-batching) and records the
+//! outcome, plus a [`poller`] that drives the same handler from a queue locally. It
+//! speaks offpath's messages ([`offpath_core::QueueMessage`]); the Lambda `main`
+//! converts the SQS event at the edge (`offpath_aws::lambda::serve_batches`).
 //! Document jobs run in parts: fan-out to one message per part, fan-in by whoever
 //! settles the last part (see `parts.rs`).
 //!
@@ -13,17 +15,19 @@
 //! extends them (see `heartbeat.rs`), so a dead worker's jobs come back in about 30 s.
 
 mod backoff;
+mod claim;
 mod deliver;
 mod handler;
 mod heartbeat;
+mod inference;
 mod outcome;
 mod panic;
 mod parts;
 pub mod poller;
-mod record;
 pub mod sweep;
 mod tally;
+mod worker;
 
 pub use backoff::Backoff;
 pub use deliver::{Deliverer, WEBHOOK_BACKOFF};
-pub use handler::{Worker, WorkerConfig, WorkerError};
+pub use worker::{Worker, WorkerConfig, WorkerError};

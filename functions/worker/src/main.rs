@@ -1,11 +1,9 @@
 //! The worker Lambda: wires DynamoDB, SQS, the model and the tasks to the batch
-//! handler.
+//! handler; the SQS event becomes offpath's messages at the edge.
 
 use std::sync::Arc;
 
-use lambda_runtime::{LambdaEvent, service_fn};
-use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
-use offpath_aws::lambda::{metrics, ports_from_env, run_function};
+use offpath_aws::lambda::{ports_from_env, run_function, serve_batches};
 use offpath_inference::{LineAligned, MiniLm, weights};
 use offpath_worker::{Worker, WorkerConfig};
 
@@ -30,12 +28,5 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let model = MiniLm::load(&weights::resolve(false)?)?;
     let tasks = Arc::new(offpath_tasks::registry());
     let worker = Worker::new(&ports, Arc::new(model), tasks, config);
-    let worker = &worker;
-    let handler = service_fn(move |event: LambdaEvent<_>| async move {
-        worker
-            .handle(event)
-            .await
-            .map_err(lambda_runtime::Error::from)
-    });
-    run_lambda(metrics("offpath-worker")?, handler).await
+    serve_batches("offpath-worker", async |batch| worker.handle(&batch).await).await
 }

@@ -22,32 +22,21 @@ use offpath_core::blob::{PARTS, part_key, result_key, upload_key};
 use offpath_core::queue::message_group;
 use offpath_core::webhook::PROGRESS_GAP_MS;
 use offpath_core::{
-    Assembled, BlobError, DEAD_LETTERED, ErrorInfo, Event, EventType, Job, JobId, JobMessage,
-    JobStatus, Lease, Model, PartOutput, PartsEnd, Settle, Source, StoreError, TaskEntry,
+    Assembled, BlobError, DEAD_LETTERED, End, ErrorInfo, Event, EventType, Job, JobId, JobMessage,
+    JobStatus, JsonText, Lease, Model, PartOutput, QueueMessage, Settle, Source, StoreError,
+    TaskEntry, Transition,
 };
-use serde_json::Value;
 use tracing::Instrument;
 
-use crate::Worker;
-use crate::handler::{Claim, Claimed, Inference, Runner};
+use crate::claim::{Claim, Claimed, ClaimedPart};
+use crate::inference::{Inference, Runner};
 use crate::outcome::Outcome;
-use crate::record::Record;
+use crate::worker::Worker;
 
 /// Blobs written or read at once.
 const BLOB_CONCURRENCY: usize = 16;
 /// The first bytes of a result the task reads for its output.
 const HEAD_BYTES: u64 = 64 * 1024;
-
-/// A part this invocation holds, with its input.
-pub(crate) struct ClaimedPart {
-    pub(crate) job: Job,
-    pub(crate) part: u32,
-    pub(crate) lease: Lease,
-    pub(crate) task: TaskEntry,
-    pub(crate) input: Arc<Vec<u8>>,
-    /// The more of the message's receives and the part's claims: its attempt number.
-    pub(crate) receive_count: u32,
-}
 
 /// Why a document cannot be read.
 enum Unreadable {
@@ -63,23 +52,34 @@ impl Worker {
         &self,
         id: JobId,
         part: u32,
-        record: &Record<'_>,
+        message: &QueueMessage,
     ) -> Result<Claim, Outcome> {
         let now = self.clock.now_epoch_ms();
         let lease = self.new_lease(now);
-        let job = match self.store.claim_part(id, part, &lease, now).await {
+        let job = match self
+            .store
+            .apply(
+                id,
+                &Transition::ClaimPart {
+                    part,
+                    lease: lease.clone(),
+                    now_epoch_ms: now,
+                },
+            )
+            .await
+        {
             Ok(job) => job,
             Err(StoreError::NotFound) => {
                 tracing::error!(job_id = %id, part, "message for a part of a job that does not exist; it goes to the dead-letter queue");
                 return Err(Outcome::toward_dead_letter_queue());
             }
             Err(StoreError::Conflict(current)) => {
-                return Err(self.part_unclaimable(*current, part, record).await);
+                return Err(self.part_unclaimable(*current, part, message).await);
             }
             Err(err) => {
                 tracing::warn!(job_id = %id, part, error = %err, "part claim failed");
                 return Err(Outcome::retry_after(
-                    self.config.backoff.delay(record.receive_count),
+                    self.config.backoff.delay(message.receive_count),
                 ));
             }
         };
@@ -88,7 +88,7 @@ impl Worker {
             .as_ref()
             .expect("a claimed part's job runs in parts");
         let attempts = parts.attempts.get(&part).copied().unwrap_or(1);
-        let receive_count = record.receive_count.max(attempts);
+        let receive_count = message.receive_count.max(attempts);
         tracing::info!(job_id = %id, part, attempt = attempts, "part claimed");
         if self
             .config
@@ -102,8 +102,8 @@ impl Worker {
                 attempts - 1
             );
             let settle = Settle::Dead {
-                token: Some(&lease.token),
-                error: &error,
+                token: Some(lease.token.clone()),
+                error,
             };
             return Err(self.settle(id, part, settle).await);
         }
@@ -112,8 +112,8 @@ impl Worker {
             Err(unknown) => {
                 let error = format!("part {part}: {unknown}");
                 let settle = Settle::Dead {
-                    token: Some(&lease.token),
-                    error: &error,
+                    token: Some(lease.token.clone()),
+                    error,
                 };
                 return Err(self.settle(id, part, settle).await);
             }
@@ -129,7 +129,7 @@ impl Worker {
             })),
             Err(err) => {
                 tracing::warn!(job_id = %id, part, error = %err, "cannot read the part's input");
-                let _ = self.store.release_part(id, part, &lease.token).await;
+                self.release_part(id, part, &lease).await;
                 Err(Outcome::retry_after(
                     self.config.backoff.delay(receive_count),
                 ))
@@ -138,7 +138,7 @@ impl Worker {
     }
 
     /// The outcome for a part message whose part could not be claimed.
-    async fn part_unclaimable(&self, current: Job, part: u32, record: &Record<'_>) -> Outcome {
+    async fn part_unclaimable(&self, current: Job, part: u32, message: &QueueMessage) -> Outcome {
         let now = self.clock.now_epoch_ms();
         let Some(parts) = current.parts.as_ref() else {
             if current.status.is_terminal() {
@@ -158,7 +158,7 @@ impl Worker {
                 Outcome::done()
             }
         } else if let Some(lease) = parts.leases.get(&part).filter(|l| l.is_live(now)) {
-            if self.is_last_receive(record.receive_count) {
+            if self.is_last_receive(message.receive_count) {
                 // The lease holder has its own message; this one is a duplicate.
                 Outcome::done()
             } else {
@@ -208,11 +208,11 @@ impl Worker {
                 let key = part_key(id, part, "jsonl");
                 if let Err(err) = self.blobs.put(&key, output.bytes).await {
                     tracing::warn!(job_id = %id, part, error = %err, "cannot store the part's output");
-                    let _ = self.store.release_part(id, part, &lease.token).await;
+                    self.release_part(id, part, &lease).await;
                     return Outcome::retry_after(self.config.backoff.delay(receive_count));
                 }
                 let settle = Settle::Done {
-                    token: &lease.token,
+                    token: lease.token.clone(),
                     chunks: output.chunks,
                 };
                 return self.settle(id, part, settle).await;
@@ -226,8 +226,8 @@ impl Worker {
                 "part {part} of {total} gave up after {receive_count} attempts; last error: {public}"
             );
             let settle = Settle::Dead {
-                token: Some(&lease.token),
-                error: &error,
+                token: Some(lease.token.clone()),
+                error,
             };
             return match self.settle(id, part, settle).await {
                 Outcome::Done => Outcome::retry_at_visibility_timeout(),
@@ -235,16 +235,36 @@ impl Worker {
             };
         }
         tracing::warn!(job_id = %id, part, %cause, receive_count, "part failed; backing off");
-        if let Err(err) = self.store.release_part(id, part, &lease.token).await {
-            tracing::warn!(job_id = %id, part, error = %err, "could not release the part; its lease will expire");
-        }
+        self.release_part(id, part, &lease).await;
         Outcome::retry_after(self.config.backoff.delay(receive_count))
     }
 
+    /// Gives a part back for another try. Best effort: if this fails, its lease ends.
+    async fn release_part(&self, id: JobId, part: u32, lease: &Lease) {
+        let release = Transition::ReleasePart {
+            part,
+            token: lease.token.clone(),
+        };
+        if let Err(err) = self.store.apply(id, &release).await {
+            tracing::warn!(job_id = %id, part, error = %err, "could not release the part; its lease will expire");
+        }
+    }
+
     /// Settles a part and, if it was the last, ends the job.
-    async fn settle(&self, id: JobId, part: u32, settle: Settle<'_>) -> Outcome {
+    async fn settle(&self, id: JobId, part: u32, settle: Settle) -> Outcome {
         let now = self.clock.now_epoch_ms();
-        match self.store.settle_part(id, part, settle, now).await {
+        match self
+            .store
+            .apply(
+                id,
+                &Transition::SettlePart {
+                    part,
+                    settle,
+                    now_epoch_ms: now,
+                },
+            )
+            .await
+        {
             Ok(job) => {
                 tracing::info!(job_id = %id, part, "part settled");
                 if job.parts.as_ref().is_some_and(|p| p.all_settled()) {
@@ -272,7 +292,13 @@ impl Worker {
         }
         match self
             .store
-            .progress_event(job.id, now, PROGRESS_GAP_MS)
+            .apply(
+                job.id,
+                &Transition::ProgressEvent {
+                    now_epoch_ms: now,
+                    min_gap_ms: PROGRESS_GAP_MS,
+                },
+            )
             .await
         {
             Ok(_) => {
@@ -306,13 +332,25 @@ impl Worker {
         let now = self.clock.now_epoch_ms();
         let ended = if job.cancel_requested {
             self.store
-                .finish_parts(job.id, PartsEnd::Cancelled, now)
+                .apply(
+                    job.id,
+                    &Transition::FinishParts {
+                        end: End::Cancelled,
+                        now_epoch_ms: now,
+                    },
+                )
                 .await
         } else if !parts.dead.is_empty() {
             let dead: Vec<&str> = parts.dead.values().map(String::as_str).collect();
             let error = ErrorInfo::new(DEAD_LETTERED, dead.join("; "));
             self.store
-                .finish_parts(job.id, PartsEnd::Failed(&error), now)
+                .apply(
+                    job.id,
+                    &Transition::FinishParts {
+                        end: End::Failed(error),
+                        now_epoch_ms: now,
+                    },
+                )
                 .await
         } else {
             let output = match self.assemble(&job).await {
@@ -320,7 +358,13 @@ impl Worker {
                 Err(outcome) => return outcome,
             };
             self.store
-                .finish_parts(job.id, PartsEnd::Succeeded(&output), now)
+                .apply(
+                    job.id,
+                    &Transition::FinishParts {
+                        end: End::Succeeded(output),
+                        now_epoch_ms: now,
+                    },
+                )
                 .await
         };
         let failed = ended
@@ -339,14 +383,14 @@ impl Worker {
     }
 
     /// Appends the parts' outputs, in order, into the result and makes the output.
-    async fn assemble(&self, job: &Job) -> Result<Value, Outcome> {
+    async fn assemble(&self, job: &Job) -> Result<JsonText, Outcome> {
         let parts = job.parts.as_ref().expect("an assembled job runs in parts");
         let retry = |err: &dyn std::fmt::Display| {
             tracing::warn!(job_id = %job.id, error = %err, "cannot assemble the result; retrying");
             Outcome::retry_at_visibility_timeout()
         };
         let task = self.tasks.get(job.task.as_str()).map_err(|e| retry(&e))?;
-        let input = task.prepare(&job.input).map_err(|e| retry(&e))?;
+        let input = task.read(&job.input).map_err(|e| retry(&e))?;
         let keys: Vec<String> = (0..parts.total)
             .map(|n| part_key(job.id, n, "jsonl"))
             .collect();
@@ -414,12 +458,14 @@ impl Worker {
         }
         let fanned = self
             .store
-            .fan_out(
+            .apply(
                 id,
-                &lease.token,
-                total,
-                split.chunks,
-                self.clock.now_epoch_ms(),
+                &Transition::FanOut {
+                    token: lease.token.clone(),
+                    parts: total,
+                    chunks: split.chunks,
+                    now_epoch_ms: self.clock.now_epoch_ms(),
+                },
             )
             .await;
         match fanned {
@@ -432,7 +478,10 @@ impl Worker {
                     && current.lease_owner.as_deref() == Some(&lease.token) =>
             {
                 let now = self.clock.now_epoch_ms();
-                let cancelled = self.store.finish_cancelled(id, &lease.token, now).await;
+                let cancelled = self
+                    .store
+                    .apply(id, &Transition::cancelled(lease.token.clone(), now))
+                    .await;
                 self.finish_write(id, cancelled).await
             }
             Err(StoreError::Conflict(_)) => Outcome::done(),
@@ -444,7 +493,10 @@ impl Worker {
     async fn invalid(&self, id: JobId, lease: &Lease, problem: String) -> Outcome {
         let error = ErrorInfo::new("invalid_input", problem);
         let now = self.clock.now_epoch_ms();
-        let written = self.store.fail(id, &lease.token, &error, now).await;
+        let written = self
+            .store
+            .apply(id, &Transition::fail(lease.token.clone(), error, now))
+            .await;
         self.finish_write(id, written).await
     }
 
@@ -495,13 +547,22 @@ impl Worker {
                 ),
             );
             let now = self.clock.now_epoch_ms();
-            let written = self.store.fail(id, &lease.token, &error, now).await;
+            let written = self
+                .store
+                .apply(id, &Transition::fail(lease.token.clone(), error, now))
+                .await;
             self.finish_write(id, written).await;
             return Outcome::retry_at_visibility_timeout();
         }
         if let Err(err) = self
             .store
-            .release(id, &lease.token, self.clock.now_epoch_ms())
+            .apply(
+                id,
+                &Transition::Release {
+                    token: lease.token.clone(),
+                    now_epoch_ms: self.clock.now_epoch_ms(),
+                },
+            )
             .await
         {
             tracing::warn!(job_id = %id, error = %err, "could not release the lease; it will expire");

@@ -1,32 +1,30 @@
 //! Drives a batch handler (the worker, or the webhook deliverer) from a queue the way
-//! the Lambda SQS event source mapping does: receive a batch, build a real `SqsEvent`,
-//! call the handler, delete the messages it did not report as failures (all of them
-//! stay when it errors). A [`Pool`] runs several pollers, as Lambda runs several
-//! function instances.
+//! the Lambda SQS event source mapping does: receive a batch, call the handler, delete
+//! the messages it did not report for retry (all of them stay when it errors). A
+//! [`Pool`] runs several pollers, as Lambda runs several function instances.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use lambda_runtime::{Context, LambdaEvent};
-use offpath_core::{JobQueue, QueueMessage};
+use offpath_core::{BatchReport, JobQueue, QueueMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{Worker, WorkerError};
 
-/// An SQS batch handler, as a Lambda function with an SQS event source runs one.
+/// A handler of a queue's message batches, as a Lambda function with an SQS event
+/// source runs one.
 #[async_trait]
 pub trait BatchHandler: Send + Sync + 'static {
-    /// Handles one batch; the messages to retry come back as item failures.
-    async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, WorkerError>;
+    /// Handles one batch; the messages to retry come back in the report.
+    async fn handle(&self, batch: &[QueueMessage]) -> Result<BatchReport, WorkerError>;
 }
 
 #[async_trait]
 impl BatchHandler for Worker {
-    async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, WorkerError> {
-        Worker::handle(self, event).await
+    async fn handle(&self, batch: &[QueueMessage]) -> Result<BatchReport, WorkerError> {
+        Worker::handle(self, batch).await
     }
 }
 
@@ -127,103 +125,16 @@ pub async fn process_batch(
     queue: &dyn JobQueue,
     messages: Vec<QueueMessage>,
 ) {
-    let event = sqs_event(queue.arn(), &messages);
-    let payload = LambdaEvent::new(event, Context::default());
-    let failed: Vec<String> = match handler.handle(payload).await {
-        Ok(response) => response
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect(),
+    let retry = match handler.handle(&messages).await {
+        Ok(report) => report.retry,
         Err(err) => {
             tracing::warn!(error = %err, "batch failed; every message comes back");
             return;
         }
     };
-    for message in messages.iter().filter(|m| !failed.contains(&m.message_id)) {
+    for message in messages.iter().filter(|m| !retry.contains(&m.message_id)) {
         if let Err(err) = queue.delete(&message.receipt_handle).await {
             tracing::warn!(message_id = %message.message_id, error = %err, "delete failed; the message will be delivered again");
         }
-    }
-}
-
-/// The `SqsEvent` Lambda would receive for these messages.
-pub fn sqs_event(queue_arn: &str, messages: &[QueueMessage]) -> SqsEvent {
-    let region = queue_arn.split(':').nth(3).unwrap_or_default().to_owned();
-    let mut event = SqsEvent::default();
-    event.records = messages
-        .iter()
-        .map(|m| {
-            let mut record = SqsMessage::default();
-            record.message_id = Some(m.message_id.clone());
-            record.receipt_handle = Some(m.receipt_handle.clone());
-            record.body = Some(m.body.clone());
-            record.attributes = [
-                ("ApproximateReceiveCount", m.receive_count.to_string()),
-                ("SentTimestamp", m.sent_at_epoch_ms.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .chain(m.group.clone().map(|g| ("MessageGroupId".to_owned(), g)))
-            .collect();
-            record.event_source = Some("aws:sqs".into());
-            record.event_source_arn = Some(queue_arn.to_owned());
-            record.aws_region = Some(region.clone());
-            record
-        })
-        .collect();
-    event
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Record;
-
-    /// The poller's event and the event source mapping's (the real AWS event in
-    /// tests/fixtures) carry the same record to the handler.
-    #[test]
-    fn polled_records_read_as_lambda_records() {
-        let fixture: SqsEvent =
-            serde_json::from_str(include_str!("../../../tests/fixtures/sqs_event.json")).unwrap();
-        let lambda = &fixture.records[0];
-        let attribute = |name: &str| lambda.attributes[name].parse().unwrap();
-        let polled = QueueMessage {
-            message_id: lambda.message_id.clone().unwrap(),
-            receipt_handle: lambda.receipt_handle.clone().unwrap(),
-            body: lambda.body.clone().unwrap(),
-            receive_count: attribute("ApproximateReceiveCount") as u32,
-            sent_at_epoch_ms: attribute("SentTimestamp"),
-            group: None,
-        };
-        let arn = lambda.event_source_arn.as_deref().unwrap();
-        let event = sqs_event(arn, &[polled]);
-        let local = &event.records[0];
-        assert_eq!(Record::from_sqs(local), Record::from_sqs(lambda));
-        assert!(Record::from_sqs(lambda).is_some());
-        assert_eq!(
-            (
-                &local.event_source,
-                &local.event_source_arn,
-                &local.aws_region
-            ),
-            (
-                &lambda.event_source,
-                &lambda.event_source_arn,
-                &lambda.aws_region
-            )
-        );
-        // Both serialise to the same shape of record, so what Lambda hands the
-        // function's runtime, the poller hands the handler.
-        let keys = |m: &SqsMessage| {
-            let value = serde_json::to_value(m).unwrap();
-            value
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(keys(local), keys(lambda));
     }
 }

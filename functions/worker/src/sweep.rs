@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
+use offpath_core::outbox::{PublishError, publish, publish_or_log};
 use offpath_core::queue::message_group;
-use offpath_core::webhook::{PublishError, publish, publish_or_log};
 use offpath_core::{
     Activity, DEAD_LETTERED, ErrorInfo, Job, JobMessage, JobQueue, JobStatus, JobStore, QueueError,
-    StoreError, metrics,
+    StoreError, Transition, metrics,
 };
 
 /// How the sweep judges jobs.
@@ -203,7 +203,16 @@ async fn repair(
                 job.attempts
             ),
         );
-        match store.abandon(job.id, &error, now_epoch_ms).await {
+        match store
+            .apply(
+                job.id,
+                &Transition::Abandon {
+                    error,
+                    now_epoch_ms,
+                },
+            )
+            .await
+        {
             Ok(abandoned) => {
                 report.dead_lettered += 1;
                 metrics::count(metrics::JOBS_DEAD_LETTERED);
@@ -217,7 +226,10 @@ async fn repair(
         report.requeued += 1;
         if job.status == JobStatus::Queued {
             // Sent first, recorded after: a lost record costs a duplicate, never a job.
-            match store.record_resend(job.id, now_epoch_ms).await {
+            match store
+                .apply(job.id, &Transition::RecordResend { now_epoch_ms })
+                .await
+            {
                 Ok(_) | Err(StoreError::Conflict(_)) => {}
                 Err(err) => return Err(err.into()),
             }

@@ -1,11 +1,7 @@
 //! The webhook Lambda, triggered by the webhooks queue: delivers each event, signed,
 //! with backoff between attempts (see `offpath_worker::Deliverer`).
 
-use std::sync::Arc;
-
-use lambda_runtime::{LambdaEvent, service_fn};
-use metrics_cloudwatch_embedded::lambda::service::run as run_lambda;
-use offpath_aws::lambda::{metrics, ports_from_env, run_function, webhook_key_from_env};
+use offpath_aws::lambda::{ports_from_env, run_function, serve_batches, webhook_key_from_env};
 use offpath_core::queue::WEBHOOK_ATTEMPT_TIMEOUT;
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::{Deliverer, WEBHOOK_BACKOFF};
@@ -20,13 +16,9 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let key = webhook_key_from_env().await?;
     let keys = WebhookKeys::new(&key.current, key.previous.as_deref())?;
     let sender = Sender::new(UrlPolicy::default(), keys, WEBHOOK_ATTEMPT_TIMEOUT);
-    let deliverer = Arc::new(Deliverer::new(&ports, sender, WEBHOOK_BACKOFF));
-    let deliverer = &deliverer;
-    let handler = service_fn(move |event: LambdaEvent<_>| async move {
-        deliverer
-            .handle(event)
-            .await
-            .map_err(lambda_runtime::Error::from)
-    });
-    run_lambda(metrics("offpath-webhooks")?, handler).await
+    let deliverer = Deliverer::new(&ports, sender, WEBHOOK_BACKOFF);
+    serve_batches("offpath-webhooks", async |batch| {
+        deliverer.handle(&batch).await
+    })
+    .await
 }

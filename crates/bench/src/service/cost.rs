@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::overhead::Overhead;
 use super::pipeline::Pipeline;
-use crate::bench::{dp1, dp2};
+use crate::{dp1, dp2};
 
 /// Prices in USD, us-east-1, on-demand, as AWS's public price pages listed them
 /// (Lambda, SQS, DynamoDB after the November 2024 on-demand cut, API Gateway HTTP

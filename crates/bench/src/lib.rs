@@ -1,4 +1,7 @@
-//! `offpath bench`: measured figures, printed and written as JSON, with PNG plots.
+//! `offpath-bench`: measured figures, printed and written as JSON, with PNG plots. The
+//! benchmarks are a binary of their own because they share stacks, hooks and a
+//! loopback Lambda Runtime API with the tests (`offpath-testkit`), which `offpath`
+//! does not link.
 
 mod anchors;
 mod document;

@@ -1,4 +1,4 @@
-//! `offpath bench document`: a document end to end on the embedded backend (upload,
+//! `offpath-bench document`: a document end to end on the embedded backend (upload,
 //! split into parts, parts on 1 and 2 pollers, result assembled): chunks/second and
 //! time to result; with `--python`, sentence-transformers embedding the same chunks
 //! (the same word-piece windows) in the same run.
@@ -25,7 +25,7 @@ use tower::ServiceExt as _;
 
 use super::{dp1, dp2};
 
-/// `offpath bench document` options.
+/// `offpath-bench document` options.
 #[derive(Debug, Clone, Args)]
 pub struct DocumentBench {
     /// Size of the document, in MiB.
@@ -62,7 +62,7 @@ struct Run {
     result_bytes: u64,
 }
 
-/// What `offpath bench document` measured.
+/// What `offpath-bench document` measured.
 #[derive(Debug, Serialize)]
 struct Report {
     benchmark: &'static str,
@@ -102,7 +102,7 @@ pub(super) async fn run(options: DocumentBench) -> anyhow::Result<()> {
     let report = Report {
         benchmark: "document",
         command: format!(
-            "offpath bench document --mib {} --pollers {}{}",
+            "offpath-bench document --mib {} --pollers {}{}",
             options.mib,
             options
                 .pollers
@@ -225,7 +225,7 @@ async fn through_the_backend(
         parts: parts.total,
         seconds_to_result: seconds,
         chunks_per_second: parts.chunks_total as f64 / seconds,
-        result_bytes: output["result"]["bytes"].as_u64().unwrap_or(0),
+        result_bytes: output.to_value()["result"]["bytes"].as_u64().unwrap_or(0),
     })
 }
 

@@ -13,7 +13,7 @@ use offpath_core::QueueSettings;
 use offpath_testkit::Function;
 use serde::Serialize;
 
-use crate::bench::{Percentiles, dp1};
+use crate::{Percentiles, dp1};
 
 /// Longest a function may take to become ready.
 const LIMIT: Duration = Duration::from_secs(30);

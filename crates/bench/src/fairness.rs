@@ -1,4 +1,4 @@
-//! `offpath bench fairness`: one tenant's burst against another's few jobs on the
+//! `offpath-bench fairness`: one tenant's burst against another's few jobs on the
 //! embedded backend, with real inference. Tenant A queues a backlog, then tenant B a
 //! handful; B's queue wait (claim time less submit time) and how many of A's jobs
 //! started before B's last one, with the queue delivering fairly across owners (as
@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::{Percentiles, dp2};
 
-/// `offpath bench fairness` options.
+/// `offpath-bench fairness` options.
 #[derive(Debug, Clone, Args)]
 pub struct FairnessBench {
     /// Jobs tenant A queues first.
@@ -86,7 +86,7 @@ pub(super) async fn run(options: FairnessBench) -> anyhow::Result<()> {
     let report = Report {
         benchmark: "fairness",
         command: format!(
-            "offpath bench fairness --backlog {} --quiet {} --pollers {}",
+            "offpath-bench fairness --backlog {} --quiet {} --pollers {}",
             options.backlog, options.quiet, options.pollers
         ),
         backlog: options.backlog,

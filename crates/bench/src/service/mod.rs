@@ -1,4 +1,4 @@
-//! `offpath bench service`: the thesis measured. Submit latency with idle and
+//! `offpath-bench service`: the thesis measured. Submit latency with idle and
 //! saturated workers against a synchronous endpoint that runs the same inference on
 //! the request path; submit overhead against a bare write + send; pipeline
 //! throughput and where its time goes; cold starts of the Lambda bootstraps; cost.
@@ -24,8 +24,8 @@ use clap::Args;
 use offpath_aws::provision::ResourceNames;
 use offpath_core::queue::message_group;
 use offpath_core::{
-    Embedding, JobId, JobMessage, JobStore, Model, ModelError, Piece, Ports, QueueSettings,
-    Registry,
+    Embedding, JobId, JobMessage, JobStore, JsonText, Model, ModelError, Piece, Ports,
+    QueueSettings, Registry,
 };
 use offpath_inference::{MiniLm, weights};
 use offpath_testkit::{Backend as StackBackend, Stack, new_job};
@@ -35,9 +35,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::dev::Backend;
+use offpath::dev::Backend;
 
-/// `offpath bench service` options.
+/// `offpath-bench service` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServiceBench {
     /// Where jobs and the queue live (`aws`: the endpoint AWS_ENDPOINT_URL names).
@@ -67,7 +67,7 @@ pub struct ServiceBench {
 /// One short text: the light job whose submit latency is measured.
 const LIGHT_TEXT: &str = "How do message queues keep web requests fast?";
 
-/// Everything `offpath bench service` measured, as written to `service-<backend>.json`.
+/// Everything `offpath-bench service` measured, as written to `service-<backend>.json`.
 #[derive(Debug, Serialize)]
 struct Report {
     benchmark: &'static str,
@@ -116,7 +116,7 @@ pub(super) async fn run(options: ServiceBench) -> anyhow::Result<()> {
     let report = Report {
         benchmark: "service",
         backend,
-        command: format!("offpath bench service --backend {backend}"),
+        command: format!("offpath-bench service --backend {backend}"),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         responsiveness,
         submit_overhead,
@@ -198,13 +198,13 @@ impl Bench {
         let output = self
             .run_embed(&self.model, json!({"texts": [LIGHT_TEXT]}))
             .await?;
-        Ok(output.to_string().len())
+        Ok(output.get().len())
     }
 
     /// Runs one embed job with `input` on `model`, as a worker would.
-    async fn run_embed(&self, model: &Arc<dyn Model>, input: Value) -> anyhow::Result<Value> {
+    async fn run_embed(&self, model: &Arc<dyn Model>, input: Value) -> anyhow::Result<JsonText> {
         let embed = self.tasks.get("embed")?.clone();
-        let prepared = embed.prepare(&input)?;
+        let prepared = embed.prepare(&JsonText::of(&input)?)?;
         let model = Arc::clone(model);
         let mut outputs =
             tokio::task::spawn_blocking(move || embed.run(model.as_ref(), &[prepared])).await??;

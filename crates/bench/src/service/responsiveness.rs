@@ -12,14 +12,14 @@ use axum::extract::State;
 use axum::http::{self, StatusCode};
 use axum::routing::post;
 use offpath_api::{AppState, Auth, app};
-use offpath_core::{Model, TaskEntry};
+use offpath_core::{JsonText, Model, TaskEntry};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::overhead::Floor;
 use super::{Bench, LIGHT_TEXT, PooledModel, Server, create_jobs, unfinished};
-use crate::bench::{Percentiles, dp1, dp2};
+use crate::{Percentiles, dp1, dp2};
 
 /// Texts in a heavy embed job.
 const HEAVY_TEXTS: usize = 32;
@@ -288,8 +288,8 @@ async fn post_json(
 /// The anti-pattern: `POST /embed {"texts": [...]}` runs the model on the request path.
 async fn sync_embed(
     State((model, embed)): State<(Arc<dyn Model>, TaskEntry)>,
-    axum::Json(body): axum::Json<Value>,
-) -> Result<axum::Json<Value>, (StatusCode, String)> {
+    axum::Json(body): axum::Json<JsonText>,
+) -> Result<axum::Json<JsonText>, (StatusCode, String)> {
     let input = embed
         .prepare(&body)
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -302,7 +302,7 @@ async fn sync_embed(
 
 /// An embed input of long texts (about 150 tokens each): the heavy job.
 fn heavy_input() -> Value {
-    let corpus = crate::bench::model::sentences();
+    let corpus = crate::model::sentences();
     let texts: Vec<String> = (0..HEAVY_TEXTS)
         .map(|i| {
             (0..6)

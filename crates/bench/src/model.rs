@@ -1,4 +1,4 @@
-//! `offpath bench model`: the cores' measured peak, throughput per batch size (also as
+//! `offpath-bench model`: the cores' measured peak, throughput per batch size (also as
 //! GFLOP/s and a fraction of that peak), 256-token windows, start-up, memory,
 //! micro-batching, and optionally the anchors (sentence-transformers, ONNX Runtime,
 //! OpenVINO) on the same sentences and windows.
@@ -7,14 +7,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use offpath_core::Prepared;
+use offpath_core::{JsonText, Prepared};
 use offpath_inference::peak::Peak;
 use offpath_inference::{MAX_TOKENS, MiniLm, Precision, weights};
 use serde_json::{Value, json};
 
 use super::{anchors, peak_rss_kib, round_to};
 
-/// `offpath bench model` options.
+/// `offpath-bench model` options.
 #[derive(Debug, Clone, Args)]
 pub struct ModelBench {
     /// Seconds to spend on each measurement.
@@ -189,7 +189,7 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
     let embed = tasks.get("embed")?;
     let job = |text: &&str| {
         embed
-            .prepare(&json!({"texts": [text]}))
+            .prepare(&JsonText::of(&json!({"texts": [text]})).expect("JSON"))
             .expect("valid input")
     };
     let jobs: Vec<Vec<Prepared>> = batches(&corpus, SQS_BATCH)
@@ -227,8 +227,8 @@ pub(super) fn run(options: ModelBench) -> anyhow::Result<()> {
         "benchmark": "model",
         "model": offpath_inference::MODEL_NAME,
         "command": match options.precision {
-            Some(precision) => format!("offpath bench model --precision {}", precision.name()),
-            None => "offpath bench model".to_owned(),
+            Some(precision) => format!("offpath-bench model --precision {}", precision.name()),
+            None => "offpath-bench model".to_owned(),
         },
         "threads": threads,
         "precision": model.precision().name(),
@@ -320,9 +320,15 @@ fn repeat<T, E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// Median wall time of a fresh `offpath model fetch` process (start, resolve the
-/// cached weights, load the model, exit), over five runs.
+/// cached weights, load the model, exit), over five runs: the `offpath` built beside
+/// this binary.
 fn startup_ms() -> anyhow::Result<f64> {
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe()?.with_file_name("offpath");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: build it beside offpath-bench (cargo build --release -p offpath)",
+        exe.display()
+    );
     let mut runs = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();

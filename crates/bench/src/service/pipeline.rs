@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use offpath_core::{JobId, JobStore};
+use offpath_core::{JobId, JobStatus, JobStore, Step};
 use offpath_testkit::{Call, Hooked, Hooks};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{Bench, PooledModel, create_jobs};
-use crate::bench::{dp1, dp2};
+use crate::{dp1, dp2};
 
 /// Every pipeline run.
 #[derive(Debug, Serialize)]
@@ -90,13 +90,13 @@ impl Hooks for Stages {
     async fn after(&self, call: Call, took: Duration, succeeded: bool) {
         let stage = match call {
             Call::Receive => &self.receive,
-            Call::Claim(_) => &self.claim,
-            Call::Complete(_) | Call::Fail(_) => &self.finish,
+            Call::Apply(_, Step::Claim) => &self.claim,
+            Call::Apply(_, Step::Finish(_)) => &self.finish,
             Call::Delete => &self.delete,
             _ => return,
         };
         stage.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-        if succeeded && matches!(call, Call::Complete(_)) {
+        if succeeded && call.step() == Some(Step::Finish(JobStatus::Succeeded)) {
             self.completed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -104,7 +104,7 @@ impl Hooks for Stages {
 
 /// Runs every pollers x batch size combination.
 pub(super) async fn measure(bench: &Bench) -> anyhow::Result<Pipeline> {
-    let corpus = crate::bench::model::sentences();
+    let corpus = crate::model::sentences();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut runs = Vec::new();
     for pollers in [1usize, 2, 4] {

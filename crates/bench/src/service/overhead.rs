@@ -18,7 +18,7 @@ use serde_json::json;
 use tower::ServiceExt as _;
 
 use super::{Bench, LIGHT_TEXT};
-use crate::bench::{Percentiles, dp2};
+use crate::{Percentiles, dp2};
 
 /// offpath's submit against the floor.
 #[derive(Debug, Serialize)]

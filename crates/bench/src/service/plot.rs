@@ -1,4 +1,4 @@
-//! PNG plots of `offpath bench service` results, drawn with plotters.
+//! PNG plots of `offpath-bench service` results, drawn with plotters.
 
 use std::path::{Path, PathBuf};
 
