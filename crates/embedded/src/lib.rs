@@ -1,8 +1,8 @@
 //! In-process adapters for a local run with no AWS, no Docker and no emulator:
-//! [`MemoryStore`] behaves like the DynamoDB `JobStore` (every condition fails exactly
-//! when DynamoDB's would), [`MemoryQueue`] like SQS (visibility timeout, receive
-//! counts, long polling, redrive to a dead-letter queue, change-visibility) and
-//! [`LocalBlobs`] like the S3 bucket, in a directory. All are safe to share between
+//! [`MemoryStore`] applies core's transitions as written (the specification the
+//! DynamoDB store translates), [`MemoryQueue`] behaves like SQS (visibility timeout,
+//! receive counts, long polling, redrive to a dead-letter queue, change-visibility)
+//! and [`LocalBlobs`] like the S3 bucket, in a directory. All are safe to share between
 //! tasks; the store and the queues are bounded in memory. The conformance suite of
 //! the test kit runs against them and against the AWS adapters.
 
