@@ -1,5 +1,6 @@
 //! End to end through the real `offpath dev --backend aws` binary on an AWS-protocol
-//! endpoint (moto): HTTP in, SQS and DynamoDB in between, the worker out.
+//! endpoint (moto): HTTP in, SQS and DynamoDB in between, the worker out; and the
+//! default embedded backend (`offpath dev`) across a restart.
 
 use std::time::{Duration, Instant};
 
@@ -365,6 +366,59 @@ async fn the_default_embedded_stack_serves_the_printed_curl_example() {
     assert_eq!(front.headers()["location"], "/console");
     let queues = get_json(format!("{}/admin/queues", dev.url)).await;
     assert_eq!(queues["queues"].as_array().unwrap().len(), 4, "{queues}");
+    assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
+}
+
+/// The embedded backend keeps its promises across a SIGKILL: started again on the same
+/// data directory, `offpath` runs the jobs it had accepted (queued and in flight: those
+/// within the heartbeat), still answers the jobs that had finished, and answers a keyed
+/// replay with the same job.
+#[tokio::test]
+async fn the_embedded_backend_resumes_after_sigkill_on_the_same_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", ""),
+        ("OFFPATH_DATA_DIR", data.path().to_str().unwrap()),
+    ];
+    let args = [
+        "dev",
+        "--addr",
+        "127.0.0.1:0",
+        "--heartbeat-seconds",
+        "3",
+        "--pollers",
+        "1",
+        "--batch-size",
+        "2",
+    ];
+    let dev = Dev::spawn(&env, &args);
+    let response = submit(&dev, &embed("finished before the kill"), Some("done")).await;
+    assert_eq!(response.status(), 202);
+    let done_id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, done) = wait_terminal(&dev, &done_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let mut accepted = Vec::new();
+    for i in 0..60 {
+        let response = submit(&dev, &embed(&format!("text {i}")), Some(&format!("k{i}"))).await;
+        assert_eq!(response.status(), 202);
+        let job = response.json::<Value>().await.unwrap();
+        accepted.push(job["id"].as_str().unwrap().to_owned());
+    }
+    dev.kill();
+
+    let dev = Dev::spawn(&env, &args);
+    let replay = submit(&dev, &embed("text 7"), Some("k7")).await;
+    assert!(replay.status().is_success(), "{}", replay.status());
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], accepted[7]);
+    let before = get_json(format!("{}/jobs/{done_id}", dev.url)).await;
+    assert_eq!(before, done, "a finished job answers as before the kill");
+    for id in &accepted {
+        let (_, job) = wait_terminal(&dev, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
     assert!(dev.interrupt().success(), "clean exit on Ctrl-C");
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use offpath_core::{BlobStore, JobMessage, JobQueue, JobStore};
-use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
+use offpath_core::{BlobStore, JobMessage, JobQueue, JobStore, StoreError};
+use offpath_embedded::{Database, Durability, QueueOptions, SqliteQueue};
 use offpath_testkit::{Backend, OWNER, Stack, conformance, fast_queue};
 
 async fn store() -> Arc<dyn JobStore> {
@@ -37,63 +37,123 @@ async fn transitions_agree_with_the_specification() {
     offpath_testkit::property::transitions_agree_with_the_specification(stack).await;
 }
 
-#[tokio::test]
-async fn a_full_store_refuses_new_jobs_as_unavailable() {
-    conformance::a_full_store_refuses_new_jobs(Arc::new(MemoryStore::new(2))).await;
-}
-
-/// A fair or an oldest-first queue of 30 s visibility.
-fn queue(fair: bool) -> Arc<dyn JobQueue> {
-    Arc::new(MemoryQueue::new(QueueOptions {
-        name: "fairness".into(),
-        visibility_timeout: std::time::Duration::from_secs(30),
-        capacity: 100,
-        fair,
-    }))
+/// A queue in a database of its own, fair or oldest-first, of 30 s visibility.
+fn queue(fair: bool) -> (Arc<dyn JobQueue>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::open(dir.path(), Durability::Process).unwrap();
+    let queue = SqliteQueue::new(
+        database,
+        QueueOptions {
+            name: "fairness".into(),
+            visibility_timeout: std::time::Duration::from_secs(30),
+            fair,
+        },
+    );
+    (Arc::new(queue), dir)
 }
 
 #[tokio::test]
 async fn a_quiet_owner_overtakes_a_noisy_backlog() {
-    conformance::a_quiet_group_overtakes_a_noisy_backlog(queue(true), true).await;
+    let (queue, _dir) = queue(true);
+    conformance::a_quiet_group_overtakes_a_noisy_backlog(queue, true).await;
 }
 
 #[tokio::test]
 async fn without_fairness_the_backlog_goes_first() {
-    conformance::a_quiet_group_overtakes_a_noisy_backlog(queue(false), false).await;
+    let (queue, _dir) = queue(false);
+    conformance::a_quiet_group_overtakes_a_noisy_backlog(queue, false).await;
 }
 
-/// Messages in `queue`, visible or not.
-async fn held(queue: &dyn JobQueue) -> u64 {
-    let depth = queue.depth().await.unwrap();
-    depth.visible + depth.in_flight
-}
-
-/// A full dead-letter queue drops nothing: a message past its last receive stays in its
-/// queue (hidden, never delivered again) until the DLQ has room, then moves.
+/// A full disk (here: the database held at its size) refuses writes as unavailable,
+/// keeps everything it accepted readable, and takes writes again once there is room.
 #[tokio::test]
-async fn a_full_dead_letter_queue_keeps_the_message_in_its_queue() {
-    let options = |name: &str, capacity| QueueOptions {
-        name: name.into(),
-        visibility_timeout: std::time::Duration::from_millis(200),
-        capacity,
-        fair: false,
+async fn a_full_disk_refuses_writes_as_unavailable_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = offpath_embedded::open(
+        dir.path(),
+        "jobs",
+        &fast_queue(),
+        &fast_queue(),
+        offpath_embedded::Options::default(),
+    )
+    .unwrap();
+    let (store, queue) = (&embedded.ports.store, &embedded.ports.queue);
+    // No more pages than it has now: the free room of its last pages fills first.
+    embedded.database.limit_pages(1).unwrap();
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        assert!(accepted.len() < 10_000, "the held database never filled");
+        let new = offpath_testkit::new_job("embed", serde_json::json!({"texts": ["x"]}));
+        match store.create(&new).await {
+            Ok(job) => accepted.push(job),
+            Err(err) => break err,
+        }
     };
-    let dlq = Arc::new(MemoryQueue::new(options("dlq", 1)));
-    let queue = MemoryQueue::with_dead_letter_queue(options("jobs", 10), Arc::clone(&dlq), 1);
-    let wait = std::time::Duration::from_millis(100);
-    for _ in 0..2 {
-        let id = offpath_core::JobId::random();
-        queue.send(&JobMessage::new(id), OWNER).await.unwrap();
+    assert!(matches!(refusal, StoreError::Unavailable(_)), "{refusal}");
+    assert!(refusal.to_string().contains("full"), "{refusal}");
+    let message = JobMessage::new(accepted[0].id);
+    let mut sent = 0;
+    let queue_refusal = loop {
+        assert!(sent < 10_000, "the held database never filled");
+        match queue.send(&message, OWNER).await {
+            Ok(()) => sent += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(queue_refusal.is_transient(), "{queue_refusal}");
+    for job in &accepted {
+        assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(job));
     }
-    assert_eq!(queue.receive(10, wait).await.unwrap().len(), 2);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Both used their last receive: one fits in the DLQ, the other stays.
-    assert!(queue.receive(10, wait).await.unwrap().is_empty());
-    assert_eq!((held(&queue).await, held(dlq.as_ref()).await), (1, 1));
-    // An operator empties the DLQ; the kept message moves there once due again.
-    let dead = dlq.receive(10, wait).await.unwrap();
-    dlq.delete(&dead[0].receipt_handle).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(queue.receive(10, wait).await.unwrap().is_empty());
-    assert_eq!((held(&queue).await, held(dlq.as_ref()).await), (0, 1));
+    // Room again: writes resume.
+    embedded.database.limit_pages(1_000_000).unwrap();
+    let new = offpath_testkit::new_job("embed", serde_json::json!({"texts": ["x"]}));
+    store.create(&new).await.unwrap();
+    queue.send(&message, OWNER).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth.visible, sent + 1);
+}
+
+/// Jobs past their TTL are deleted and the database gives their pages back; live jobs
+/// stay.
+#[tokio::test]
+async fn expired_jobs_are_purged_and_their_space_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = offpath_embedded::open(
+        dir.path(),
+        "jobs",
+        &fast_queue(),
+        &fast_queue(),
+        offpath_embedded::Options::default(),
+    )
+    .unwrap();
+    let store = &embedded.store;
+    let empty = embedded.database.size().await.unwrap();
+    let text = "x".repeat(2000);
+    let now_s = 1_800_000_000;
+    for i in 0..2000 {
+        let new = offpath_core::NewJob {
+            expires_at_epoch_s: if i == 0 { now_s + 60 } else { now_s - 1 },
+            ..offpath_testkit::new_job("embed", serde_json::json!({"texts": [text]}))
+        };
+        store.create(&new).await.unwrap();
+    }
+    let full = embedded.database.size().await.unwrap();
+    assert!(full > empty + 2000 * 2000, "{empty} -> {full} bytes");
+    assert_eq!(store.purge_expired(now_s).await.unwrap(), 1999);
+    let purged = embedded.database.size().await.unwrap();
+    assert!(
+        purged < empty + 200_000,
+        "{empty} -> {full} -> {purged} bytes"
+    );
+    let page = store
+        .list(&offpath_core::ListQuery {
+            owner: OWNER,
+            status: None,
+            task: None,
+            limit: 10,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.jobs.len(), 1, "the live job stays");
 }

@@ -10,27 +10,38 @@ use std::time::Duration;
 use offpath_core::{
     Clock, JobId, JobQueue, JobStatus, JobStore, JsonText, Lease, NewJob, SystemClock, Transition,
 };
-use offpath_embedded::{MemoryQueue, MemoryStore, QueueOptions};
+use offpath_embedded::{Database, Durability, QueueOptions, SqliteQueue, SqliteStore};
 use offpath_testkit::new_job;
 use offpath_worker::sweep::{SWEEP_BUDGET, SweepReport, SweepSettings, sweep};
 use serde_json::json;
 
 const MINUTE: u64 = 60_000;
 
-/// A store, a jobs queue and a webhooks queue.
-fn ports() -> (Arc<MemoryStore>, Arc<MemoryQueue>, Arc<MemoryQueue>) {
+/// A store, a jobs queue and a webhooks queue, in a database of their own (deleted
+/// with the directory returned last).
+fn ports() -> (
+    Arc<SqliteStore>,
+    Arc<SqliteQueue>,
+    Arc<SqliteQueue>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::open(dir.path(), Durability::Process).unwrap();
     let queue = |name: &str| {
-        Arc::new(MemoryQueue::new(QueueOptions {
-            name: name.into(),
-            visibility_timeout: Duration::from_secs(360),
-            capacity: 100,
-            fair: true,
-        }))
+        Arc::new(SqliteQueue::new(
+            database.clone(),
+            QueueOptions {
+                name: name.into(),
+                visibility_timeout: Duration::from_secs(360),
+                fair: true,
+            },
+        ))
     };
     (
-        Arc::new(MemoryStore::new(100)),
+        Arc::new(SqliteStore::new(database.clone())),
         queue("jobs"),
         queue("webhooks"),
+        dir,
     )
 }
 
@@ -42,7 +53,7 @@ fn settings() -> SweepSettings {
     }
 }
 
-async fn job(store: &MemoryStore, created_at: u64) -> JobId {
+async fn job(store: &SqliteStore, created_at: u64) -> JobId {
     let new = NewJob {
         created_at_epoch_ms: created_at,
         expires_at_epoch_s: created_at / 1000 + 3600,
@@ -52,7 +63,7 @@ async fn job(store: &MemoryStore, created_at: u64) -> JobId {
 }
 
 /// Claims `id` `attempts` times, the last lease ending at `lease_until`.
-async fn run_dead(store: &MemoryStore, id: JobId, attempts: u32, lease_until: u64) {
+async fn run_dead(store: &SqliteStore, id: JobId, attempts: u32, lease_until: u64) {
     for attempt in 1..=attempts {
         let lease = Lease {
             token: format!("w{attempt}"),
@@ -85,7 +96,7 @@ async fn run_dead(store: &MemoryStore, id: JobId, attempts: u32, lease_until: u6
 
 #[tokio::test]
 async fn a_worker_that_died_on_the_last_attempt_is_dead_lettered() {
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let id = job(&store, now - 30 * MINUTE).await;
     run_dead(&store, id, 3, now - 10 * MINUTE).await;
@@ -118,7 +129,7 @@ async fn a_worker_that_died_on_the_last_attempt_is_dead_lettered() {
 
 #[tokio::test]
 async fn lost_messages_are_sent_again() {
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let dead_worker = job(&store, now - 30 * MINUTE).await;
     run_dead(&store, dead_worker, 1, now - 10 * MINUTE).await;
@@ -163,9 +174,9 @@ async fn lost_messages_are_sent_again() {
 
 /// One sweep at `now` with the test settings.
 async fn sweep_at(
-    store: &MemoryStore,
-    queue: &MemoryQueue,
-    webhooks: &MemoryQueue,
+    store: &SqliteStore,
+    queue: &SqliteQueue,
+    webhooks: &SqliteQueue,
     now: u64,
 ) -> SweepReport {
     sweep(store, queue, webhooks, &settings(), now)
@@ -179,7 +190,7 @@ async fn sweep_at(
 /// grace have passed, not before.
 #[tokio::test]
 async fn a_released_job_without_a_message_is_sent_again_after_its_backoff() {
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let id = job(&store, now - 60 * MINUTE).await;
     let lease = Lease {
@@ -222,7 +233,7 @@ async fn a_released_job_without_a_message_is_sent_again_after_its_backoff() {
 /// re-send its message can be in the queue for the queue's retention.
 #[tokio::test]
 async fn a_backlog_is_sent_again_once_not_every_run() {
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let id = job(&store, now - 30 * MINUTE).await;
     for run in 0..6 {
@@ -238,7 +249,7 @@ async fn a_backlog_is_sent_again_once_not_every_run() {
 
 #[tokio::test]
 async fn healthy_and_finished_jobs_are_left_alone() {
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     job(&store, now - MINUTE).await; // young, in the queue
     let running = job(&store, now - 30 * MINUTE).await;
@@ -278,7 +289,7 @@ async fn healthy_and_finished_jobs_are_left_alone() {
 #[tokio::test]
 async fn events_left_in_the_outbox_are_sent_once_their_writer_had_its_chance() {
     use offpath_core::{EventKind, EventType, JobMessage, Webhook};
-    let (store, queue, webhooks) = ports();
+    let (store, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let subscribed = |created_at: u64| {
         let store = store.clone();
@@ -433,7 +444,7 @@ async fn stuck(store: &dyn JobStore, now: u64) -> Vec<JobId> {
 /// Sweeps `store` with `history()` finished jobs and five stuck ones: the five are
 /// repaired and the sweep reads a few items, not the history.
 async fn sweep_reads_the_work_not_the_history(store: Arc<dyn JobStore>, label: &str) {
-    let (_, queue, webhooks) = ports();
+    let (_, queue, webhooks, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     let stuck = stuck(store.as_ref(), now).await;
     let started = std::time::Instant::now();
@@ -473,7 +484,7 @@ async fn sweep_reads_the_work_not_the_history(store: Arc<dyn JobStore>, label: &
 
 #[tokio::test]
 async fn the_sweep_reads_the_work_not_the_history_embedded() {
-    let store = Arc::new(MemoryStore::new(history() + 100));
+    let (store, _, _, _dir) = ports();
     let now = SystemClock.now_epoch_ms();
     for i in 0..history() {
         let new = NewJob {

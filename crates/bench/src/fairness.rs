@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use offpath_core::queue::message_group;
 use offpath_core::{Clock, JobId, JobMessage, Model, NewJob, Ports, QueueSettings, SystemClock};
-use offpath_embedded::{LocalBlobs, Options};
+use offpath_embedded::Options;
 use offpath_inference::{MiniLm, weights};
 use offpath_testkit::{Stack, new_job};
 use offpath_worker::poller::{PollSettings, Pool};
@@ -105,18 +105,22 @@ pub(super) async fn run(options: FairnessBench) -> anyhow::Result<()> {
 /// when each was claimed.
 async fn once(model: &Arc<dyn Model>, options: &FairnessBench, fair: bool) -> anyhow::Result<Run> {
     let settings = QueueSettings::default();
-    let dir = std::env::temp_dir().join(format!("offpath-bench-fairness-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "offpath-bench-fairness-{}-{fair}",
+        std::process::id()
+    ));
     let backend = Options {
         fair,
         ..Options::default()
     };
-    let ports = offpath_embedded::ports(
+    let ports = offpath_embedded::open(
+        &dir,
         "fairness",
         &settings,
         &QueueSettings::webhooks(),
         backend,
-        LocalBlobs::new(&dir)?,
-    );
+    )?
+    .ports;
     let tenant_a = queue_jobs(&ports, "tenant-a", options.backlog).await?;
     let tenant_b = queue_jobs(&ports, "tenant-b", options.quiet).await?;
     let config = WorkerConfig {

@@ -15,7 +15,7 @@ use offpath_aws::secrets::key_setting;
 use offpath_aws::{DynamoStore, S3Blobs, Settings, SqsQueue, load_sdk_config};
 use offpath_core::queue::WEBHOOK_ATTEMPT_TIMEOUT;
 use offpath_core::{Clock, Ports, QueueSettings, Registry, SystemClock};
-use offpath_embedded::LocalBlobs;
+use offpath_embedded::{Durability, LocalBlobs, SqliteStore};
 use offpath_inference::{MiniLm, weights};
 use offpath_webhooks::{Sender, UrlPolicy, WebhookKeys};
 use offpath_worker::poller::{PollSettings, Pool};
@@ -26,8 +26,9 @@ use tokio::sync::watch;
 /// Where jobs and the queue live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// In this process: a store and queues with DynamoDB's and SQS's semantics. Nothing
-    /// to install; jobs are lost when the process ends.
+    /// On this machine: jobs, queues and dead letters in an SQLite database in the data
+    /// directory, with DynamoDB's and SQS's semantics, blobs as files beside it.
+    /// Nothing to install; everything survives a restart.
     Embedded,
     /// DynamoDB and SQS at the endpoint the standard AWS configuration names
     /// (AWS_ENDPOINT_URL for LocalStack or moto; nothing for AWS itself).
@@ -66,10 +67,22 @@ pub struct DevArgs {
     /// First retry delay for transient failures (doubles per receive).
     #[arg(long, default_value_t = 2000)]
     pub backoff_base_ms: u64,
-    /// Where the embedded backend keeps uploads, document parts and results (default:
-    /// `data` in the cache directory).
+    /// Where the embedded backend keeps its database (jobs, queues, dead letters) and
+    /// its blobs (uploads, document parts, results). Default: `offpath` in the user's
+    /// data directory (`$XDG_DATA_HOME`, else `~/.local/share`).
     #[arg(long, env = "OFFPATH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// What an accepted job survives with the embedded backend: `process` (a commit is
+    /// in SQLite's write-ahead log: survives the process being killed; a power cut may
+    /// lose the last seconds) or `power` (every commit synced to disk: survives a power
+    /// cut, one fsync a write).
+    #[arg(
+        long,
+        env = "OFFPATH_DURABILITY",
+        value_enum,
+        default_value = "process"
+    )]
+    pub durability: DurabilityArg,
     /// Accept webhooks to http(s)://127.0.0.1 and [::1], for receivers on this
     /// machine. Without it, as in AWS, only https URLs on public addresses.
     #[arg(long, env = "OFFPATH_WEBHOOK_ALLOW_LOOPBACK", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
@@ -128,23 +141,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_receive_count: args.max_receive_count,
         ..QueueSettings::default()
     };
-    let (ports, local_blobs) = match args.backend {
+    let (ports, local) = match args.backend {
         Backend::Embedded => {
-            let dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| weights::cache_root().join("data"));
-            let blobs = LocalBlobs::new(&dir)
-                .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
-            let webhooks = QueueSettings::webhooks();
-            let ports = offpath_embedded::ports(
+            let dir = match &args.data_dir {
+                Some(dir) => dir.clone(),
+                None => default_data_dir()?,
+            };
+            let embedded = offpath_embedded::open(
+                &dir,
                 DEFAULT_QUEUE,
                 &queue_settings,
-                &webhooks,
-                offpath_embedded::Options::default(),
-                blobs.clone(),
-            );
-            (ports, Some(blobs))
+                &QueueSettings::webhooks(),
+                offpath_embedded::Options {
+                    durability: args.durability.into(),
+                    ..offpath_embedded::Options::default()
+                },
+            )
+            .with_context(|| format!("OFFPATH_DATA_DIR / --data-dir {}", dir.display()))?;
+            tracing::info!(data_dir = %dir.display(), database = %embedded.database.path().display(), "embedded backend ready");
+            let local = Local {
+                blobs: embedded.blobs,
+                store: embedded.store,
+            };
+            (embedded.ports, Some(local))
         }
         Backend::Aws => (aws(&queue_settings).await?, None),
     };
@@ -185,7 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let sweeper = Sweeper {
         ports: ports.clone(),
         settings: sweep,
-        local_blobs,
+        local,
     };
     serve(args, ports, tasks, worker, webhooks, access, sweeper).await
 }
@@ -381,8 +400,14 @@ async fn serve(
 struct Sweeper {
     ports: Ports,
     settings: SweepSettings,
-    /// The embedded backend's blobs, which no lifecycle rule expires.
-    local_blobs: Option<LocalBlobs>,
+    /// The embedded backend's, which no TTL or lifecycle rule expires.
+    local: Option<Local>,
+}
+
+/// The embedded backend's blobs and jobs, expired by the sweeper.
+struct Local {
+    blobs: LocalBlobs,
+    store: SqliteStore,
 }
 
 impl Sweeper {
@@ -401,11 +426,59 @@ impl Sweeper {
             if let Err(err) = swept {
                 tracing::warn!(error = %err, "sweep failed; trying again in a minute");
             }
-            if let Some(blobs) = &self.local_blobs
-                && let Err(err) = blobs.expire(std::time::SystemTime::now()).await
-            {
-                tracing::warn!(error = %err, "could not expire old blobs; trying again in a minute");
+            if let Some(local) = &self.local {
+                local.expire(now).await;
             }
+        }
+    }
+}
+
+impl Local {
+    /// Deletes the blobs and the jobs that outlived their lifetimes.
+    async fn expire(&self, now_epoch_ms: u64) {
+        if let Err(err) = self.blobs.expire(std::time::SystemTime::now()).await {
+            tracing::warn!(error = %err, "could not expire old blobs; trying again in a minute");
+        }
+        match self.store.purge_expired(now_epoch_ms / 1000).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired jobs deleted"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not delete expired jobs; trying again in a minute");
+            }
+        }
+    }
+}
+
+/// `offpath` in the user's data directory: `$XDG_DATA_HOME`, else `~/.local/share`.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute());
+    let root = match xdg {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".local/share"))
+            .context(
+                "no data directory: set OFFPATH_DATA_DIR (or --data-dir), XDG_DATA_HOME or HOME",
+            )?,
+    };
+    Ok(root.join("offpath"))
+}
+
+/// [`Durability`] as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Survives the process being killed; a power cut may lose the last commits.
+    Process,
+    /// Survives a power cut; one fsync a write.
+    Power,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Self {
+        match arg {
+            DurabilityArg::Process => Durability::Process,
+            DurabilityArg::Power => Durability::Power,
         }
     }
 }

@@ -1,66 +1,67 @@
-//! `JobQueue` in memory, with SQS's delivery semantics, fair across message groups as
-//! SQS fair queues are.
+//! `JobQueue` on the embedded database, with SQS's delivery semantics (visibility
+//! timeout, receive counts, long polling, redrive to a dead-letter queue), fair across
+//! message groups as SQS fair queues are. Several processes may share the queues: a
+//! receiver that finds nothing reads again every [`RECEIVE_POLL`] besides being woken
+//! by sends of its own process.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use offpath_core::{
     Clock, JobMessage, JobQueue, QueueDepth, QueueError, QueueMessage, SystemClock,
 };
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::Notify;
 
-/// How an in-memory queue behaves.
+use crate::database::{Database, DbError};
+
+/// How often an idle receiver reads the queue again (messages sent by another process).
+const RECEIVE_POLL: Duration = Duration::from_millis(100);
+
+/// How a queue behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueOptions {
-    /// Name, used in the ARN.
+    /// Name: the queue's rows in the database, and its ARN.
     pub name: String,
     /// How long a received message stays invisible.
     pub visibility_timeout: Duration,
-    /// Most messages held; a full queue refuses sends as unavailable.
-    pub capacity: usize,
     /// Deliver fairly across message groups (as an SQS fair queue): a due message of
     /// the group with the fewest messages in flight goes first, ties to the group
     /// served least recently, then oldest first. Off: oldest first, whatever the group.
     pub fair: bool,
 }
 
-struct Stored {
-    message_id: String,
-    group: Option<String>,
-    body: String,
-    sent_at_epoch_ms: u64,
-    receive_count: u32,
-    visible_at_epoch_ms: u64,
-    receipt_handle: Option<String>,
-}
-
 struct Redrive {
-    dlq: Arc<MemoryQueue>,
+    dlq: Arc<SqliteQueue>,
     max_receive_count: u32,
 }
 
-/// An in-memory [`JobQueue`], optionally redriving to a dead-letter queue: a message
-/// received `max_receive_count` times moves there when it next becomes due, as SQS does.
-pub struct MemoryQueue {
+/// A [`JobQueue`] in the embedded database, optionally redriving to a dead-letter
+/// queue: a message received `max_receive_count` times moves there when it would next
+/// be delivered, as SQS does, in the same transaction.
+pub struct SqliteQueue {
+    database: Database,
     options: QueueOptions,
     arn: String,
-    messages: Mutex<VecDeque<Stored>>,
-    /// When each group last had a message delivered (a counter, not a clock).
-    served: Mutex<HashMap<String, u64>>,
+    /// Told of every send of this process, and of visibility set to zero.
     arrived: Notify,
     redrive: Option<Redrive>,
 }
 
-impl MemoryQueue {
+/// A message chosen for delivery.
+struct Candidate {
+    seq: i64,
+    receive_count: u32,
+}
+
+impl SqliteQueue {
     /// A queue without a dead-letter queue.
-    pub fn new(options: QueueOptions) -> Self {
-        MemoryQueue {
+    pub fn new(database: Database, options: QueueOptions) -> Self {
+        SqliteQueue {
             arn: format!("arn:aws:sqs:local:000000000000:{}", options.name),
+            database,
             options,
-            messages: Mutex::new(VecDeque::new()),
-            served: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
             redrive: None,
         }
@@ -68,180 +69,282 @@ impl MemoryQueue {
 
     /// A queue that moves messages to `dlq` after `max_receive_count` receives.
     pub fn with_dead_letter_queue(
+        database: Database,
         options: QueueOptions,
-        dlq: Arc<MemoryQueue>,
+        dlq: Arc<SqliteQueue>,
         max_receive_count: u32,
     ) -> Self {
-        MemoryQueue {
+        SqliteQueue {
             redrive: Some(Redrive {
                 dlq,
                 max_receive_count,
             }),
-            ..Self::new(options)
+            ..Self::new(database, options)
         }
-    }
-
-    fn push(
-        &self,
-        body: String,
-        group: Option<String>,
-        sent_at_epoch_ms: u64,
-    ) -> Result<(), QueueError> {
-        let mut messages = self.messages.lock().expect("queue lock");
-        if messages.len() >= self.options.capacity {
-            return Err(QueueError::Unavailable(format!(
-                "queue {} holds its limit of {} messages",
-                self.options.name, self.options.capacity
-            )));
-        }
-        messages.push_back(Stored {
-            message_id: uuid::Uuid::new_v4().to_string(),
-            group,
-            body,
-            sent_at_epoch_ms,
-            receive_count: 0,
-            visible_at_epoch_ms: 0,
-            receipt_handle: None,
-        });
-        drop(messages);
-        self.arrived.notify_waiters();
-        Ok(())
     }
 
     /// Takes up to `max` due messages; `Err(wake_at)` when none is due yet.
-    fn take(&self, max: usize, now: u64) -> Result<Vec<QueueMessage>, Option<u64>> {
-        let mut messages = self.messages.lock().expect("queue lock");
-        self.dead_letter_exhausted(&mut messages, now);
-        let chosen = if self.options.fair {
-            self.fair_order(&messages, max, now)
-        } else {
-            (0..messages.len())
-                .filter(|&i| messages[i].visible_at_epoch_ms <= now)
-                .take(max)
-                .collect()
-        };
-        if chosen.is_empty() {
-            return Err(messages.iter().map(|m| m.visible_at_epoch_ms).min());
-        }
-        let mut served = self.served.lock().expect("queue lock");
-        let mut tick = served.values().copied().max().unwrap_or(0);
-        let taken = chosen
-            .into_iter()
-            .map(|index| {
-                let m = &mut messages[index];
-                m.receive_count += 1;
-                m.visible_at_epoch_ms = now + self.options.visibility_timeout.as_millis() as u64;
-                let receipt = uuid::Uuid::new_v4().to_string();
-                m.receipt_handle = Some(receipt.clone());
-                if let Some(group) = &m.group {
-                    tick += 1;
-                    served.insert(group.clone(), tick);
-                }
-                QueueMessage {
-                    message_id: m.message_id.clone(),
-                    receipt_handle: receipt,
-                    body: m.body.clone(),
-                    receive_count: m.receive_count,
-                    sent_at_epoch_ms: m.sent_at_epoch_ms,
-                    group: m.group.clone(),
-                }
-            })
-            .collect();
-        Ok(taken)
-    }
-
-    /// Moves due messages that used their last receive to the dead-letter queue, as
-    /// SQS does when they would next be delivered. While the dead-letter queue is full
-    /// a message stays here, hidden for a visibility timeout and never delivered again,
-    /// and the move is tried again then: nothing is dropped, and the error is logged.
-    fn dead_letter_exhausted(&self, messages: &mut VecDeque<Stored>, now: u64) {
-        let Some(redrive) = &self.redrive else {
-            return;
-        };
-        let mut index = 0;
-        while index < messages.len() {
-            let m = &mut messages[index];
-            if m.visible_at_epoch_ms > now || m.receive_count < redrive.max_receive_count {
-                index += 1;
-                continue;
-            }
-            let moved = redrive
-                .dlq
-                .push(m.body.clone(), m.group.clone(), m.sent_at_epoch_ms);
-            match moved {
-                Ok(()) => {
-                    messages.remove(index);
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, message_id = %m.message_id,
-                        "dead-letter queue full: the message stays in its queue until the DLQ has room (redrive or purge it)");
-                    m.visible_at_epoch_ms =
-                        now + self.options.visibility_timeout.as_millis() as u64;
-                    m.receipt_handle = None;
-                    index += 1;
-                }
-            }
-        }
-    }
-
-    /// The indexes of up to `max` due messages in fair order: one at a time from the
-    /// group with the fewest messages in flight (ties: served least recently), each
-    /// group's messages oldest first. Messages without a group form one group.
-    fn fair_order(&self, messages: &VecDeque<Stored>, max: usize, now: u64) -> Vec<usize> {
-        let served = self.served.lock().expect("queue lock");
-        // Per group: messages in flight, when last served, due messages oldest first.
-        let mut groups: HashMap<Option<&str>, (usize, u64, VecDeque<usize>)> = HashMap::new();
-        for (index, m) in messages.iter().enumerate() {
-            let group = m.group.as_deref();
-            let entry = groups.entry(group).or_insert_with(|| {
-                let last = group.and_then(|g| served.get(g)).copied().unwrap_or(0);
-                (0, last, VecDeque::new())
-            });
-            if m.visible_at_epoch_ms <= now {
-                entry.2.push_back(index);
-            } else if m.receipt_handle.is_some() {
-                entry.0 += 1;
-            }
-        }
-        let mut chosen = Vec::new();
-        let mut tick = served.values().copied().max().unwrap_or(0);
-        while chosen.len() < max {
-            let next = groups
-                .iter_mut()
-                .filter(|(_, (_, _, due))| !due.is_empty())
-                .min_by_key(|(_, (in_flight, last, due))| (*in_flight, *last, due[0]));
-            let Some((_, (in_flight, last, due))) = next else {
-                break;
-            };
-            chosen.push(due.pop_front().expect("a group with due messages"));
-            *in_flight += 1;
-            tick += 1;
-            *last = tick;
-        }
-        chosen
-    }
-
-    fn with_receipt<T>(
+    async fn take(
         &self,
-        receipt: &str,
-        apply: impl FnOnce(&mut VecDeque<Stored>, usize) -> T,
-    ) -> Option<T> {
-        let mut messages = self.messages.lock().expect("queue lock");
-        let index = messages
-            .iter()
-            .position(|m| m.receipt_handle.as_deref() == Some(receipt))?;
-        Some(apply(&mut messages, index))
+        max: usize,
+        now: u64,
+    ) -> Result<Result<Vec<QueueMessage>, Option<u64>>, DbError> {
+        let queue = self.options.name.clone();
+        let fair = self.options.fair;
+        let visible_at = now + self.options.visibility_timeout.as_millis() as u64;
+        let redrive = self
+            .redrive
+            .as_ref()
+            .map(|r| (r.dlq.options.name.clone(), r.max_receive_count));
+        let (taken, dead_lettered) = self
+            .database
+            .run(move |connection| {
+                let transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut taken = Vec::new();
+                let mut dead_lettered = false;
+                loop {
+                    let candidates = if fair {
+                        fair_order(&transaction, &queue, max - taken.len(), now)?
+                    } else {
+                        oldest(&transaction, &queue, max - taken.len(), now)?
+                    };
+                    if candidates.is_empty() {
+                        break;
+                    }
+                    let mut moved = false;
+                    for candidate in candidates {
+                        match &redrive {
+                            Some((dlq, max_receives))
+                                if candidate.receive_count >= *max_receives =>
+                            {
+                                dead_letter(&transaction, candidate.seq, dlq)?;
+                                moved = true;
+                            }
+                            _ => taken.push(deliver(
+                                &transaction,
+                                &queue,
+                                candidate.seq,
+                                visible_at,
+                            )?),
+                        }
+                    }
+                    dead_lettered |= moved;
+                    if !moved || taken.len() >= max {
+                        break;
+                    }
+                }
+                let result = if taken.is_empty() {
+                    Err(transaction
+                        .query_row(
+                            "SELECT min(visible_at) FROM messages WHERE queue = ?1",
+                            [&queue],
+                            |row| row.get::<_, Option<i64>>(0),
+                        )?
+                        .map(|at| at as u64))
+                } else {
+                    Ok(taken)
+                };
+                transaction.commit()?;
+                Ok((result, dead_lettered))
+            })
+            .await?;
+        if dead_lettered && let Some(redrive) = &self.redrive {
+            redrive.dlq.arrived.notify_waiters();
+        }
+        Ok(taken)
     }
 }
 
+/// Up to `max` due messages of `queue`, oldest first.
+fn oldest(
+    connection: &Connection,
+    queue: &str,
+    max: usize,
+    now: u64,
+) -> Result<Vec<Candidate>, DbError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT seq, receive_count FROM messages
+         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = statement
+        .query_map(params![queue, now as i64, max as i64], |row| {
+            Ok(Candidate {
+                seq: row.get(0)?,
+                receive_count: row.get(1)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Up to `max` due messages of `queue` in fair order: one at a time from the group
+/// with the fewest messages in flight (ties: served least recently), each group's
+/// messages oldest first. Groups without messages are forgotten.
+fn fair_order(
+    connection: &Connection,
+    queue: &str,
+    max: usize,
+    now: u64,
+) -> Result<Vec<Candidate>, DbError> {
+    struct Group {
+        in_flight: i64,
+        served: i64,
+        due: std::collections::VecDeque<Candidate>,
+    }
+    let names: Vec<(String, i64)> = connection
+        .prepare_cached("SELECT grp, served FROM message_groups WHERE queue = ?1")?
+        .query_map([queue], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut count_in_flight = connection.prepare_cached(
+        "SELECT count(*) FROM messages
+         WHERE queue = ?1 AND grp = ?2 AND visible_at > ?3 AND receipt IS NOT NULL",
+    )?;
+    let mut first_due = connection.prepare_cached(
+        "SELECT seq, receive_count FROM messages
+         WHERE queue = ?1 AND grp = ?2 AND visible_at <= ?3 ORDER BY seq LIMIT ?4",
+    )?;
+    let mut groups = Vec::new();
+    for (name, served) in names {
+        let in_flight: i64 =
+            count_in_flight.query_row(params![queue, name, now as i64], |row| row.get(0))?;
+        let due = first_due
+            .query_map(params![queue, name, now as i64, max as i64], |row| {
+                Ok(Candidate {
+                    seq: row.get(0)?,
+                    receive_count: row.get(1)?,
+                })
+            })?
+            .collect::<Result<std::collections::VecDeque<_>, _>>()?;
+        if due.is_empty() && in_flight == 0 && !has_messages(connection, queue, &name)? {
+            connection.execute(
+                "DELETE FROM message_groups WHERE queue = ?1 AND grp = ?2",
+                params![queue, name],
+            )?;
+            continue;
+        }
+        groups.push(Group {
+            in_flight,
+            served,
+            due,
+        });
+    }
+    let mut chosen = Vec::new();
+    let mut tick = groups.iter().map(|g| g.served).max().unwrap_or(0);
+    while chosen.len() < max {
+        let next = groups
+            .iter_mut()
+            .filter(|group| !group.due.is_empty())
+            .min_by_key(|group| (group.in_flight, group.served, group.due[0].seq));
+        let Some(group) = next else {
+            break;
+        };
+        chosen.push(group.due.pop_front().expect("a group with due messages"));
+        group.in_flight += 1;
+        tick += 1;
+        group.served = tick;
+    }
+    Ok(chosen)
+}
+
+/// True when `queue` holds any message of group `grp`.
+fn has_messages(connection: &Connection, queue: &str, grp: &str) -> Result<bool, DbError> {
+    Ok(connection
+        .prepare_cached("SELECT 1 FROM messages WHERE queue = ?1 AND grp = ?2 LIMIT 1")?
+        .query_row(params![queue, grp], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Records a group of `queue` so that fair delivery considers it.
+fn know_group(connection: &Connection, queue: &str, grp: &str) -> Result<(), DbError> {
+    connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO message_groups (queue, grp, served) VALUES (?1, ?2, 0)",
+        )?
+        .execute(params![queue, grp])?;
+    Ok(())
+}
+
+/// Hands out message `seq` of `queue`: one more receive, hidden until `visible_at`, a
+/// new receipt handle, and its group served last.
+fn deliver(
+    transaction: &Transaction<'_>,
+    queue: &str,
+    seq: i64,
+    visible_at: u64,
+) -> Result<QueueMessage, DbError> {
+    let receipt = uuid::Uuid::new_v4().to_string();
+    let message = transaction
+        .prepare_cached(
+            "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3
+             WHERE seq = ?1
+             RETURNING message_id, grp, body, sent_at, receive_count",
+        )?
+        .query_row(params![seq, visible_at as i64, receipt], |row| {
+            let group: String = row.get(1)?;
+            Ok(QueueMessage {
+                message_id: row.get(0)?,
+                receipt_handle: receipt.clone(),
+                group: (!group.is_empty()).then_some(group),
+                body: row.get(2)?,
+                sent_at_epoch_ms: row.get::<_, i64>(3)? as u64,
+                receive_count: row.get(4)?,
+            })
+        })?;
+    if let Some(group) = &message.group {
+        transaction
+            .prepare_cached(
+                "UPDATE message_groups
+                 SET served = (SELECT max(served) + 1 FROM message_groups WHERE queue = ?1)
+                 WHERE queue = ?1 AND grp = ?2",
+            )?
+            .execute(params![queue, group])?;
+    }
+    Ok(message)
+}
+
+/// Moves message `seq` to the dead-letter queue `dlq`, as newly sent there.
+fn dead_letter(transaction: &Transaction<'_>, seq: i64, dlq: &str) -> Result<(), DbError> {
+    let grp: String = transaction
+        .prepare_cached(
+            "UPDATE messages SET queue = ?2, receive_count = 0, visible_at = 0, receipt = NULL
+             WHERE seq = ?1 RETURNING grp",
+        )?
+        .query_row(params![seq, dlq], |row| row.get(0))?;
+    know_group(transaction, dlq, &grp)
+}
+
 #[async_trait]
-impl JobQueue for MemoryQueue {
+impl JobQueue for SqliteQueue {
     async fn send(&self, message: &JobMessage, group: &str) -> Result<(), QueueError> {
-        self.push(
-            message.to_body(),
-            Some(group.to_owned()),
-            SystemClock.now_epoch_ms(),
-        )
+        let queue = self.options.name.clone();
+        let body = message.to_body();
+        let group = group.to_owned();
+        let now = SystemClock.now_epoch_ms();
+        self.database
+            .run(move |connection| {
+                let transaction = connection.transaction()?;
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO messages
+                           (queue, message_id, grp, body, sent_at, receive_count, visible_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+                    )?
+                    .execute(params![
+                        queue,
+                        uuid::Uuid::new_v4().to_string(),
+                        group,
+                        body,
+                        now as i64
+                    ])?;
+                know_group(&transaction, &queue, &group)?;
+                transaction.commit()?;
+                Ok(())
+            })
+            .await?;
+        self.arrived.notify_waiters();
+        Ok(())
     }
 
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
@@ -249,16 +352,16 @@ impl JobQueue for MemoryQueue {
         loop {
             let arrived = self.arrived.notified();
             let now = SystemClock.now_epoch_ms();
-            let wake_at = match self.take(max.clamp(1, 10) as usize, now) {
+            let wake_at = match self.take(max.clamp(1, 10) as usize, now).await? {
                 Ok(messages) => return Ok(messages),
                 Err(wake_at) => wake_at,
             };
-            let mut until = deadline;
-            if let Some(at) = wake_at.filter(|&at| at > now) {
-                until = until.min(tokio::time::Instant::now() + Duration::from_millis(at - now));
-            }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Vec::new());
+            }
+            let mut until = deadline.min(tokio::time::Instant::now() + RECEIVE_POLL);
+            if let Some(at) = wake_at.filter(|&at| at > now) {
+                until = until.min(tokio::time::Instant::now() + Duration::from_millis(at - now));
             }
             let _ = tokio::time::timeout_at(until, arrived).await;
         }
@@ -266,7 +369,15 @@ impl JobQueue for MemoryQueue {
 
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
         // As SQS: an outdated receipt handle "succeeds" without deleting.
-        self.with_receipt(receipt_handle, |messages, index| messages.remove(index));
+        let receipt = receipt_handle.to_owned();
+        self.database
+            .run(move |connection| {
+                connection
+                    .prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
+                    .execute([receipt])?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -276,43 +387,62 @@ impl JobQueue for MemoryQueue {
         timeout: Duration,
     ) -> Result<(), QueueError> {
         let now = SystemClock.now_epoch_ms();
-        let changed = self.with_receipt(receipt_handle, |messages, index| {
-            let m = &mut messages[index];
-            let in_flight = m.visible_at_epoch_ms > now;
-            if in_flight {
-                m.visible_at_epoch_ms = now + timeout.as_millis() as u64;
-            }
-            in_flight
-        });
-        if changed == Some(true) {
-            if timeout.is_zero() {
-                self.arrived.notify_waiters();
-            }
-            Ok(())
-        } else {
-            Err(QueueError::StaleReceipt(format!(
+        let receipt = receipt_handle.to_owned();
+        let visible_at = now + timeout.as_millis() as u64;
+        let changed = self
+            .database
+            .run(move |connection| {
+                Ok(connection
+                    .prepare_cached(
+                        "UPDATE messages SET visible_at = ?2 WHERE receipt = ?1 AND visible_at > ?3",
+                    )?
+                    .execute(params![receipt, visible_at as i64, now as i64])?)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(QueueError::StaleReceipt(format!(
                 "message with receipt {receipt_handle} is not in flight"
-            )))
+            )));
         }
+        if timeout.is_zero() {
+            self.arrived.notify_waiters();
+        }
+        Ok(())
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         let now = SystemClock.now_epoch_ms();
-        let messages = self.messages.lock().expect("queue lock");
-        let visible = messages
-            .iter()
-            .filter(|m| m.visible_at_epoch_ms <= now)
-            .count() as u64;
+        let queue = self.options.name.clone();
+        let (visible, in_flight) = self
+            .database
+            .run(move |connection| {
+                Ok(connection.query_row(
+                    "SELECT coalesce(sum(visible_at <= ?2), 0), coalesce(sum(visible_at > ?2), 0)
+                     FROM messages WHERE queue = ?1",
+                    params![queue, now as i64],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+                )?)
+            })
+            .await?;
         Ok(QueueDepth {
-            visible,
-            in_flight: messages.len() as u64 - visible,
+            visible: visible as u64,
+            in_flight: in_flight as u64,
             // Nothing is sent with a delay here: retries wait in flight, as in SQS.
             delayed: 0,
         })
     }
 
     async fn purge(&self) -> Result<(), QueueError> {
-        self.messages.lock().expect("queue lock").clear();
+        let queue = self.options.name.clone();
+        self.database
+            .run(move |connection| {
+                let transaction = connection.transaction()?;
+                transaction.execute("DELETE FROM messages WHERE queue = ?1", [&queue])?;
+                transaction.execute("DELETE FROM message_groups WHERE queue = ?1", [&queue])?;
+                transaction.commit()?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 

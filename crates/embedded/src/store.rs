@@ -1,189 +1,223 @@
-//! `JobStore` in memory.
+//! `JobStore` on the embedded database: each job a row holding its record as JSON,
+//! with the columns the DynamoDB store keeps as index keys (owner and creation time,
+//! due time, unfinished).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use offpath_core::activity::ACTIVITY_RETENTION_MS;
+use offpath_core::activity::{ACTIVITY_RETENTION_MS, MINUTE_MS};
 use offpath_core::transition::Next;
 use offpath_core::{
-    Activity, Clock, DuePage, Job, JobId, JobPage, JobStore, LIST_EXAMINE_LIMIT, ListPosition,
-    ListQuery, MinuteActivity, NewJob, StoreError, SystemClock, Transition,
+    Activity, DuePage, Job, JobId, JobPage, JobStore, LIST_EXAMINE_LIMIT, ListPosition, ListQuery,
+    MinuteActivity, NewJob, StoreError, Transition,
 };
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
+
+use crate::database::{Database, DbError};
 
 /// Most jobs on one page of [`JobStore::due`].
 const DUE_PAGE: usize = 100;
 
-/// The jobs and the indexes the DynamoDB store keeps as global secondary indexes.
-#[derive(Default)]
-struct Tables {
-    jobs: HashMap<JobId, Job>,
-    /// (due time, id) of jobs the sweep may need to look at ([`Job::due_at`]).
-    due: BTreeSet<(u64, JobId)>,
-    /// (owner, creation time, id) of every job, for listing.
-    by_owner: BTreeSet<(String, u64, JobId)>,
-    /// Each owner's queued and running jobs.
-    unfinished: HashMap<String, u64>,
-    /// Workers' totals by minute ([`JobStore::add_activity`]).
-    activity: BTreeMap<u64, Activity>,
-}
+/// How often [`JobStore::wait_terminal`] reads the job again when no write of this
+/// process woke it (a worker process may have finished it).
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
-impl Tables {
-    fn insert(&mut self, job: Job) {
-        self.by_owner
-            .insert((job.owner.clone(), job.created_at_epoch_ms, job.id));
-        self.index(&job);
-        self.jobs.insert(job.id, job);
-    }
+/// Most expired jobs one purge deletes.
+const PURGE_BATCH: usize = 1000;
 
-    fn remove(&mut self, id: JobId) -> Option<Job> {
-        let job = self.jobs.remove(&id)?;
-        self.by_owner
-            .remove(&(job.owner.clone(), job.created_at_epoch_ms, job.id));
-        self.unindex(&job);
-        Some(job)
-    }
-
-    /// Adds the entries of the state-dependent indexes for `job`.
-    fn index(&mut self, job: &Job) {
-        if let Some(at) = job.due_at() {
-            self.due.insert((at, job.id));
-        }
-        if !job.status.is_terminal() {
-            *self.unfinished.entry(job.owner.clone()).or_default() += 1;
-        }
-    }
-
-    /// Removes the entries of the state-dependent indexes for `job`.
-    fn unindex(&mut self, job: &Job) {
-        if let Some(at) = job.due_at() {
-            self.due.remove(&(at, job.id));
-        }
-        if !job.status.is_terminal()
-            && let Some(count) = self.unfinished.get_mut(&job.owner)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.unfinished.remove(&job.owner);
-            }
-        }
-    }
-}
-
-/// An in-memory [`JobStore`] holding at most `capacity` jobs; expired jobs (TTL) are
-/// dropped when room is needed, and a full store refuses new jobs as unavailable.
-/// Waiters for a job's end wake on the write that ends it.
+/// A [`JobStore`] on the embedded database. Jobs past their TTL are deleted by
+/// [`SqliteStore::purge_expired`], which also returns the freed pages to the disk.
 #[derive(Clone)]
-pub struct MemoryStore {
-    tables: Arc<Mutex<Tables>>,
-    capacity: usize,
-    /// Told of every write that makes a job terminal.
-    finished: Arc<Notify>,
+pub struct SqliteStore {
+    database: Database,
+    /// Told of every write of this process that makes a job terminal.
+    finished: std::sync::Arc<Notify>,
 }
 
-impl MemoryStore {
-    /// A store for up to `capacity` jobs.
-    pub fn new(capacity: usize) -> Self {
-        MemoryStore {
-            tables: Arc::new(Mutex::new(Tables::default())),
-            capacity,
-            finished: Arc::new(Notify::new()),
+impl SqliteStore {
+    /// The store in `database`.
+    pub fn new(database: Database) -> Self {
+        SqliteStore {
+            database,
+            finished: std::sync::Arc::new(Notify::new()),
         }
     }
+
+    /// Deletes jobs whose TTL passed at `now_epoch_s` (a page at a time) and returns
+    /// the freed pages to the file system. Returns how many jobs went.
+    pub async fn purge_expired(&self, now_epoch_s: u64) -> Result<usize, StoreError> {
+        Ok(self
+            .database
+            .run(move |connection| {
+                let mut deleted = 0;
+                loop {
+                    let page = connection.execute(
+                        "DELETE FROM jobs WHERE id IN
+                           (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
+                        params![now_epoch_s as i64, PURGE_BATCH as i64],
+                    )?;
+                    deleted += page;
+                    if page < PURGE_BATCH {
+                        break;
+                    }
+                }
+                // Each step of the pragma frees one page: step it to the end.
+                let mut vacuum = connection.prepare("PRAGMA incremental_vacuum")?;
+                let mut steps = vacuum.query([])?;
+                while steps.next()?.is_some() {}
+                Ok(deleted)
+            })
+            .await?)
+    }
+}
+
+/// The job `id`, if stored.
+fn read(connection: &Connection, id: JobId) -> Result<Option<Job>, DbError> {
+    let record: Option<String> = connection
+        .query_row(
+            "SELECT record FROM jobs WHERE id = ?1",
+            [id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+}
+
+/// Inserts or replaces `job`'s row.
+fn write(connection: &Connection, job: &Job) -> Result<(), DbError> {
+    connection.execute(
+        "INSERT OR REPLACE INTO jobs (id, owner, created_at, due_at, unfinished, expires_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            job.id.to_string(),
+            job.owner,
+            job.created_at_epoch_ms as i64,
+            job.due_at().map(|at| at as i64),
+            !job.status.is_terminal(),
+            job.expires_at_epoch_s as i64,
+            serde_json::to_string(job)?,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Jobs from rows whose first column is the record.
+fn records(rows: Vec<String>) -> Result<Vec<Job>, DbError> {
+    Ok(rows
+        .iter()
+        .map(|record| serde_json::from_str(record))
+        .collect::<Result<_, _>>()?)
 }
 
 #[async_trait]
-impl JobStore for MemoryStore {
+impl JobStore for SqliteStore {
     async fn create(&self, new: &NewJob) -> Result<Job, StoreError> {
-        let mut tables = self.tables.lock().expect("store lock");
-        if let Some(existing) = tables.jobs.get(&new.id) {
-            return Err(StoreError::Conflict(Box::new(existing.clone())));
-        }
-        if tables.jobs.len() >= self.capacity {
-            let now_s = SystemClock.now_epoch_ms() / 1000;
-            let expired: Vec<JobId> = tables
-                .jobs
-                .values()
-                .filter(|job| job.expires_at_epoch_s <= now_s)
-                .map(|job| job.id)
-                .collect();
-            for id in expired {
-                tables.remove(id);
-            }
-            if tables.jobs.len() >= self.capacity {
-                return Err(StoreError::Unavailable(format!(
-                    "the embedded store holds its limit of {} jobs",
-                    self.capacity
-                )));
-            }
-        }
         let job = Job::from_new(new.clone());
-        tables.insert(job.clone());
-        Ok(job)
+        let created = self
+            .database
+            .run(move |connection| {
+                let transaction = connection.transaction()?;
+                if let Some(existing) = read(&transaction, job.id)? {
+                    return Ok(Err(existing));
+                }
+                write(&transaction, &job)?;
+                transaction.commit()?;
+                Ok(Ok(job))
+            })
+            .await?;
+        created.map_err(|existing| StoreError::Conflict(Box::new(existing)))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         Ok(self
-            .tables
-            .lock()
-            .expect("store lock")
-            .jobs
-            .get(&id)
-            .cloned())
+            .database
+            .run(move |connection| read(connection, id))
+            .await?)
     }
 
-    /// The transition's specification ([`Transition::next`]), applied under the lock.
+    /// The transition's specification ([`Transition::next`]), applied in one
+    /// transaction.
     async fn apply(&self, id: JobId, transition: &Transition) -> Result<Job, StoreError> {
-        let mut tables = self.tables.lock().expect("store lock");
-        let job = tables.jobs.get(&id).ok_or(StoreError::NotFound)?;
-        match transition.next(job) {
-            Next::Refused => Err(StoreError::Conflict(Box::new(job.clone()))),
-            Next::Deleted => tables.remove(id).ok_or(StoreError::NotFound),
-            Next::Updated(after) => {
-                let after = *after;
-                if let Some(before) = tables.jobs.insert(id, after.clone()) {
-                    tables.unindex(&before);
-                }
-                tables.index(&after);
-                if after.status.is_terminal() {
-                    self.finished.notify_waiters();
-                }
-                Ok(after)
-            }
+        let transition = transition.clone();
+        let applied = self
+            .database
+            .run(move |connection| {
+                let transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let Some(job) = read(&transaction, id)? else {
+                    return Ok(Err(StoreError::NotFound));
+                };
+                let result = match transition.next(&job) {
+                    Next::Refused => Err(StoreError::Conflict(Box::new(job))),
+                    Next::Deleted => {
+                        transaction.execute("DELETE FROM jobs WHERE id = ?1", [id.to_string()])?;
+                        Ok(job)
+                    }
+                    Next::Updated(after) => {
+                        write(&transaction, &after)?;
+                        Ok(*after)
+                    }
+                };
+                transaction.commit()?;
+                Ok(result)
+            })
+            .await??;
+        if applied.status.is_terminal() {
+            self.finished.notify_waiters();
         }
+        Ok(applied)
     }
 
     /// The cursor is the last entry's `at:id`.
     async fn due(&self, before: u64, cursor: Option<&str>) -> Result<DuePage, StoreError> {
-        let start = match cursor {
-            None => Bound::Unbounded,
+        let after = match cursor {
+            None => None,
             Some(cursor) => {
-                let parsed = cursor
-                    .split_once(':')
-                    .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)));
-                let entry = parsed
-                    .ok_or_else(|| StoreError::Other(format!("bad due cursor {cursor:?}")))?;
-                Bound::Excluded(entry)
+                let parsed = cursor.split_once(':').and_then(|(at, id)| {
+                    Some((at.parse::<u64>().ok()?, id.parse::<JobId>().ok()?))
+                });
+                Some(
+                    parsed
+                        .ok_or_else(|| StoreError::Other(format!("bad due cursor {cursor:?}")))?,
+                )
             }
         };
-        let tables = self.tables.lock().expect("store lock");
-        let entries: Vec<(u64, JobId)> = tables
-            .due
-            .range((start, Bound::Unbounded))
-            .take_while(|(at, _)| *at < before)
-            .take(DUE_PAGE + 1)
-            .copied()
-            .collect();
-        let more = entries.len() > DUE_PAGE;
-        let page = &entries[..entries.len().min(DUE_PAGE)];
-        let jobs: Vec<Job> = page.iter().map(|(_, id)| tables.jobs[id].clone()).collect();
+        let (at, id) = after.unwrap_or((0, JobId::MIN));
+        let strictly_after = after.is_some();
+        let rows = self
+            .database
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT record FROM jobs
+                     WHERE due_at IS NOT NULL AND due_at < ?1
+                       AND (due_at > ?2 OR (due_at = ?2 AND (id > ?3 OR NOT ?4)))
+                     ORDER BY due_at, id LIMIT ?5",
+                )?;
+                let rows = statement
+                    .query_map(
+                        params![
+                            before.min(i64::MAX as u64) as i64,
+                            at as i64,
+                            id.to_string(),
+                            strictly_after,
+                            DUE_PAGE as i64 + 1
+                        ],
+                        |row| row.get::<_, String>(0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                records(rows)
+            })
+            .await?;
+        let more = rows.len() > DUE_PAGE;
+        let jobs: Vec<Job> = rows.into_iter().take(DUE_PAGE).collect();
         Ok(DuePage {
             read: jobs.len(),
             next: more
-                .then(|| page.last().map(|(at, id)| format!("{at}:{id}")))
+                .then(|| {
+                    jobs.last()
+                        .and_then(|job| Some(format!("{}:{}", job.due_at()?, job.id)))
+                })
                 .flatten(),
             jobs,
         })
@@ -191,33 +225,50 @@ impl JobStore for MemoryStore {
 
     async fn list(&self, query: &ListQuery<'_>) -> Result<JobPage, StoreError> {
         let owner = query.owner.to_owned();
-        let end = match query.after {
-            Some(after) => Bound::Excluded((owner.clone(), after.created_at_epoch_ms, after.id)),
-            None => Bound::Included((owner.clone(), u64::MAX, JobId::MAX)),
+        let (created, id) = match query.after {
+            Some(after) => (after.created_at_epoch_ms, after.id),
+            None => (u64::MAX, JobId::MAX),
         };
-        let tables = self.tables.lock().expect("store lock");
-        let mut entries = tables
-            .by_owner
-            .range((Bound::Included((owner, 0, JobId::MIN)), end))
-            .rev();
+        let inclusive = query.after.is_none();
+        // One more than may be examined, to know whether anything follows.
+        let examined = self
+            .database
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT record FROM jobs
+                     WHERE owner = ?1
+                       AND (created_at < ?2 OR (created_at = ?2 AND (id < ?3 OR (?4 AND id = ?3))))
+                     ORDER BY created_at DESC, id DESC LIMIT ?5",
+                )?;
+                let rows = statement
+                    .query_map(
+                        params![
+                            owner,
+                            created.min(i64::MAX as u64) as i64,
+                            id.to_string(),
+                            inclusive,
+                            LIST_EXAMINE_LIMIT as i64 + 1
+                        ],
+                        |row| row.get::<_, String>(0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                records(rows)
+            })
+            .await?;
         let mut page = JobPage::default();
-        let mut examined = 0;
-        for (_, created, id) in entries.by_ref() {
-            examined += 1;
-            let job = &tables.jobs[id];
-            if query.matches(job) {
-                page.jobs.push(job.clone());
+        let mut rows = examined.into_iter().enumerate().peekable();
+        while let Some((index, job)) = rows.next() {
+            let position = ListPosition {
+                created_at_epoch_ms: job.created_at_epoch_ms,
+                id: job.id,
+            };
+            if query.matches(&job) {
+                page.jobs.push(job);
             }
-            if page.jobs.len() >= query.limit || examined >= LIST_EXAMINE_LIMIT {
-                page.next = Some(ListPosition {
-                    created_at_epoch_ms: *created,
-                    id: *id,
-                });
+            if page.jobs.len() >= query.limit || index + 1 >= LIST_EXAMINE_LIMIT {
+                page.next = rows.peek().is_some().then_some(position);
                 break;
             }
-        }
-        if entries.next().is_none() {
-            page.next = None;
         }
         Ok(page)
     }
@@ -228,9 +279,20 @@ impl JobStore for MemoryStore {
         _sample: JobId,
         at_most: u64,
     ) -> Result<u64, StoreError> {
-        let tables = self.tables.lock().expect("store lock");
-        let count = tables.unfinished.get(owner).copied().unwrap_or(0);
-        Ok(count.min(at_most.saturating_add(1)))
+        let owner = owner.to_owned();
+        let limit = at_most.saturating_add(1).min(i64::MAX as u64) as i64;
+        let count: i64 = self
+            .database
+            .run(move |connection| {
+                Ok(connection.query_row(
+                    "SELECT count(*) FROM
+                       (SELECT 1 FROM jobs WHERE owner = ?1 AND unfinished = 1 LIMIT ?2)",
+                    params![owner, limit],
+                    |row| row.get(0),
+                )?)
+            })
+            .await?;
+        Ok(count as u64)
     }
 
     async fn wait_terminal(&self, id: JobId, wait: Duration) -> Result<Option<Job>, StoreError> {
@@ -242,14 +304,21 @@ impl JobStore for MemoryStore {
             if job.as_ref().is_none_or(|j| j.status.is_terminal()) {
                 return Ok(job);
             }
-            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+            let until = deadline.min(tokio::time::Instant::now() + WAIT_POLL);
+            if tokio::time::timeout_at(until, finished).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return self.get(id).await;
             }
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        Ok(self
+            .database
+            .run(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
+            .await
+            .map(drop)?)
     }
 
     async fn add_activity(
@@ -257,15 +326,33 @@ impl JobStore for MemoryStore {
         minute_epoch_ms: u64,
         activity: &Activity,
     ) -> Result<(), StoreError> {
-        let mut tables = self.tables.lock().expect("store lock");
-        let expired = minute_epoch_ms.saturating_sub(ACTIVITY_RETENTION_MS);
-        tables.activity = tables.activity.split_off(&expired);
-        tables
-            .activity
-            .entry(minute_epoch_ms)
-            .or_default()
-            .add(activity);
-        Ok(())
+        let activity = *activity;
+        Ok(self
+            .database
+            .run(move |connection| {
+                let transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let expired = minute_epoch_ms.saturating_sub(ACTIVITY_RETENTION_MS);
+                transaction.execute("DELETE FROM activity WHERE minute < ?1", [expired as i64])?;
+                let mut total: Activity = transaction
+                    .query_row(
+                        "SELECT record FROM activity WHERE minute = ?1",
+                        [minute_epoch_ms as i64],
+                        |row| row.get::<_, String>(0),
+                    )
+                    .optional()?
+                    .map(|record| serde_json::from_str(&record))
+                    .transpose()?
+                    .unwrap_or_default();
+                total.add(&activity);
+                transaction.execute(
+                    "INSERT OR REPLACE INTO activity (minute, record) VALUES (?1, ?2)",
+                    params![minute_epoch_ms as i64, serde_json::to_string(&total)?],
+                )?;
+                transaction.commit()?;
+                Ok(())
+            })
+            .await?)
     }
 
     async fn activity(
@@ -273,17 +360,29 @@ impl JobStore for MemoryStore {
         last_minute_epoch_ms: u64,
         minutes: u32,
     ) -> Result<Vec<MinuteActivity>, StoreError> {
-        let tables = self.tables.lock().expect("store lock");
-        let first = last_minute_epoch_ms.saturating_sub(
-            u64::from(minutes.saturating_sub(1)) * offpath_core::activity::MINUTE_MS,
-        );
-        Ok(tables
-            .activity
-            .range(first..=last_minute_epoch_ms)
-            .map(|(&minute_epoch_ms, &activity)| MinuteActivity {
-                minute_epoch_ms,
-                activity,
+        let first =
+            last_minute_epoch_ms.saturating_sub(u64::from(minutes.saturating_sub(1)) * MINUTE_MS);
+        Ok(self
+            .database
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT minute, record FROM activity WHERE minute BETWEEN ?1 AND ?2 ORDER BY minute",
+                )?;
+                let rows = statement
+                    .query_map(
+                        params![first as i64, last_minute_epoch_ms as i64],
+                        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.into_iter()
+                    .map(|(minute, record)| {
+                        Ok(MinuteActivity {
+                            minute_epoch_ms: minute as u64,
+                            activity: serde_json::from_str(&record)?,
+                        })
+                    })
+                    .collect()
             })
-            .collect())
+            .await?)
     }
 }

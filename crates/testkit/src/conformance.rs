@@ -1123,17 +1123,6 @@ pub async fn messages_move_to_the_dead_letter_queue_after_max_receives(
     assert_eq!(JobMessage::from_body(&dead[0].body).unwrap(), message);
 }
 
-/// Property: a store that holds `capacity` 2 refuses the third live job as
-/// unavailable (503 at the API), never drops it silently.
-pub async fn a_full_store_refuses_new_jobs(store: Arc<dyn JobStore>) {
-    store.create(&new_job()).await.unwrap();
-    store.create(&new_job()).await.unwrap();
-    assert!(matches!(
-        store.create(&new_job()).await,
-        Err(StoreError::Unavailable(_))
-    ));
-}
-
 /// A job claimed under `w1` and split into `parts` parts of 10 chunks each.
 async fn fanned_out(store: &dyn JobStore, parts: u32) -> JobId {
     let id = store.create(&new_job()).await.unwrap().id;

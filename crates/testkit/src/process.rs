@@ -59,6 +59,8 @@ pub struct Dev {
     pub banner: Vec<String>,
     /// Its log (stderr).
     pub log: PathBuf,
+    /// The data directory made for it (see [`Dev::spawn`]), deleted when dropped.
+    data_dir: Option<PathBuf>,
 }
 
 impl Dev {
@@ -72,10 +74,19 @@ impl Dev {
 
     /// Starts `offpath` with exactly these arguments (none: the default, `offpath
     /// dev`). Its log goes to a file under the system temp directory, named on failure.
+    /// Unless `env` names `OFFPATH_DATA_DIR`, its data directory is a new one under the
+    /// system temp directory, deleted when it is dropped.
     pub fn spawn(env: &[(&str, &str)], args: &[&str]) -> Dev {
-        let log = std::env::temp_dir().join(format!("offpath-dev-{}.log", uuid::Uuid::new_v4()));
+        let id = uuid::Uuid::new_v4();
+        let log = std::env::temp_dir().join(format!("offpath-dev-{id}.log"));
         let file = std::fs::File::create(&log).expect("a log file");
-        let mut child = Command::new(binary("offpath"))
+        let data_dir = (!env.iter().any(|(name, _)| *name == "OFFPATH_DATA_DIR"))
+            .then(|| std::env::temp_dir().join(format!("offpath-dev-data-{id}")));
+        let mut command = Command::new(binary("offpath"));
+        if let Some(dir) = &data_dir {
+            command.env("OFFPATH_DATA_DIR", dir);
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -101,6 +112,7 @@ impl Dev {
             url,
             banner,
             log,
+            data_dir,
         }
     }
 
@@ -132,5 +144,8 @@ impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use offpath_aws::provision::{ResourceNames, Resources, provision};
 use offpath_core::{JobQueue, Model, Ports, QueueSettings, Registry};
-use offpath_embedded::{CAPACITY, LocalBlobs};
 use offpath_worker::sweep::{SweepReport, SweepSettings, sweep};
 use offpath_worker::{Backoff, Worker, WorkerConfig};
 
@@ -79,6 +78,8 @@ pub struct Stack {
     pub settings: QueueSettings,
     /// The resources' names and URLs on the AWS endpoint (`None` when embedded).
     pub resources: Option<Resources>,
+    /// The embedded backend's data directory (deleted with the last clone).
+    pub data_dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Stack {
@@ -121,29 +122,40 @@ impl Stack {
                     ports,
                     settings,
                     resources: Some(resources),
+                    data_dir: None,
                 }
             }
             Backend::Embedded => {
-                let dir = std::env::temp_dir()
-                    .join("offpath-test-blobs")
-                    .join(&names.bucket);
-                let blobs = LocalBlobs::new(dir).expect("a blob directory");
-                Stack {
-                    backend,
-                    ports: offpath_embedded::ports(
-                        &names.queue,
-                        &settings,
-                        &fast_webhooks(),
-                        offpath_embedded::Options {
-                            capacity: CAPACITY,
-                            fair: true,
-                        },
-                        blobs,
-                    ),
-                    settings,
-                    resources: None,
-                }
+                Self::embedded(names, settings, offpath_embedded::Options::default())
             }
+        }
+    }
+
+    /// Queues with these names in a new data directory (deleted with the stack's last
+    /// clone), the embedded backend opened with `options`.
+    pub fn embedded(
+        names: &ResourceNames,
+        settings: QueueSettings,
+        options: offpath_embedded::Options,
+    ) -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("offpath-test-data-")
+            .tempdir()
+            .expect("a data directory");
+        let embedded = offpath_embedded::open(
+            dir.path(),
+            &names.queue,
+            &settings,
+            &fast_webhooks(),
+            options,
+        )
+        .expect("the embedded backend opens");
+        Stack {
+            backend: Backend::Embedded,
+            ports: embedded.ports,
+            settings,
+            resources: None,
+            data_dir: Some(Arc::new(dir)),
         }
     }
 

@@ -35,7 +35,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use offpath::dev::Backend;
+use offpath::dev::{Backend, DurabilityArg};
 
 /// `offpath-bench service` options.
 #[derive(Debug, Clone, Args)]
@@ -59,6 +59,9 @@ pub struct ServiceBench {
     /// target/lambda/<function>/bootstrap): times their cold starts. Needs `--backend aws`.
     #[arg(long)]
     pub bootstraps: Option<PathBuf>,
+    /// What the embedded backend's commits survive (see `offpath dev --durability`).
+    #[arg(long, value_enum, default_value = "process")]
+    pub durability: DurabilityArg,
     /// Where the JSON results and PNG plots go.
     #[arg(long, default_value = "docs/bench")]
     pub out: PathBuf,
@@ -95,7 +98,7 @@ pub(super) async fn run(options: ServiceBench) -> anyhow::Result<()> {
         tasks: Arc::new(offpath_tasks::registry()),
         client: reqwest::Client::new(),
     };
-    let backend = backend_name(options.backend);
+    let backend = backend_name(&options);
 
     println!("== responsiveness ({backend})");
     let responsiveness = responsiveness::measure(&bench).await?;
@@ -116,7 +119,7 @@ pub(super) async fn run(options: ServiceBench) -> anyhow::Result<()> {
     let report = Report {
         benchmark: "service",
         backend,
-        command: format!("offpath-bench service --backend {backend}"),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         responsiveness,
         submit_overhead,
@@ -133,10 +136,13 @@ pub(super) async fn run(options: ServiceBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backend_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Embedded => "embedded",
-        Backend::Aws => "aws",
+/// The backend's name in reports: `embedded` (`embedded-power` with `--durability
+/// power`) or `aws`.
+fn backend_name(options: &ServiceBench) -> &'static str {
+    match (options.backend, options.durability) {
+        (Backend::Embedded, DurabilityArg::Process) => "embedded",
+        (Backend::Embedded, DurabilityArg::Power) => "embedded-power",
+        (Backend::Aws, _) => "aws",
     }
 }
 
@@ -161,11 +167,18 @@ impl Bench {
             webhooks_dlq: format!("{prefix}-webhooks-dlq"),
             bucket: prefix.clone(),
         };
-        let backend = match self.options.backend {
-            Backend::Embedded => StackBackend::Embedded,
-            Backend::Aws => StackBackend::Moto,
-        };
-        Stack::named(backend, &names, QueueSettings::default()).await
+        match self.options.backend {
+            Backend::Embedded => {
+                let options = offpath_embedded::Options {
+                    durability: self.options.durability.into(),
+                    ..offpath_embedded::Options::default()
+                };
+                Stack::embedded(&names, QueueSettings::default(), options)
+            }
+            Backend::Aws => {
+                Stack::named(StackBackend::Moto, &names, QueueSettings::default()).await
+            }
+        }
     }
 
     /// Starts `pollers` pollers of a worker over `ports` running the tasks on `model`.
