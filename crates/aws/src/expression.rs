@@ -259,7 +259,10 @@ impl Update {
             Change::ClearError => self.remove(e, &[attr::ERROR]),
             Change::FinishedAt(at) => self.set(e, attr::FINISHED_AT, n(*at)),
             Change::ClearFinishedAt => self.remove(e, &[attr::FINISHED_AT]),
-            Change::RequeuedAt(at) => self.set(e, attr::REQUEUED_AT, n(*at)),
+            Change::RequeuedAt(at) => {
+                self.set(e, attr::REQUEUED_AT, n(*at));
+                self.remove(e, &[attr::RESENT_AT]);
+            }
             Change::ResentAt(at) => self.set(e, attr::RESENT_AT, n(*at)),
             Change::RequestCancel => {
                 self.set(e, attr::CANCEL_REQUESTED, AttributeValue::Bool(true))

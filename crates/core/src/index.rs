@@ -47,7 +47,8 @@ impl Job {
     /// When a queued job's message may be lost: a message a repair sent again can be in
     /// the queue until it expires ([`RESEND_AFTER`]); one given back after a claim
     /// (release, revive) is visible again within [`MAX_RETRY_DELAY`]; a new job's is
-    /// sent at its creation. The latest of these events counts.
+    /// sent at its creation. The latest of these events counts (a requeue forgets an
+    /// earlier re-send, so two in the same millisecond are ordered by their writes).
     pub fn queued_due_at(&self) -> u64 {
         // Records written before `requeued_at` existed: from the first start.
         let requeued = self

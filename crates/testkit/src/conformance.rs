@@ -25,6 +25,7 @@ macro_rules! conformance_suite {
             fail_records_the_error,
             release_returns_the_job_to_the_queue,
             a_resend_is_recorded_on_queued_jobs_only,
+            a_release_forgets_an_earlier_resend,
             cancel_ends_queued_jobs_and_flags_running_ones,
             abandon_fails_only_unheld_jobs,
             delete_unstarted_removes_only_never_claimed_jobs,
@@ -518,6 +519,33 @@ pub async fn release_returns_the_job_to_the_queue(store: Arc<dyn JobStore>) {
 
 fn millis(duration: std::time::Duration) -> u64 {
     duration.as_millis() as u64
+}
+
+/// Property: a job given back after a claim is due within the retry delay even when a
+/// repair re-sent its message in the same millisecond: the requeue is the later write.
+/// (The state machine's property test found this: re-send, claim, release, one clock.)
+pub async fn a_release_forgets_an_earlier_resend(store: Arc<dyn JobStore>) {
+    let id = store.create(&new_job()).await.unwrap().id;
+    let at = now();
+    store
+        .apply(id, &Transition::RecordResend { now_epoch_ms: at })
+        .await
+        .unwrap();
+    let claim = Transition::Claim {
+        lease: lease("w1", 60_000),
+        now_epoch_ms: at,
+    };
+    store.apply(id, &claim).await.unwrap();
+    let release = Transition::Release {
+        token: "w1".into(),
+        now_epoch_ms: at,
+    };
+    let released = store.apply(id, &release).await.unwrap();
+    let retry = millis(offpath_core::index::MAX_RETRY_DELAY);
+    assert_eq!(released.resent_at_epoch_ms, None);
+    assert_eq!(released.due_at(), Some(at + retry));
+    assert!(!due_ids(store.as_ref(), at + retry).await.contains(&id));
+    assert!(due_ids(store.as_ref(), at + retry + 1).await.contains(&id));
 }
 
 /// Property: a re-send by a repair is recorded on a queued job only, and keeps the job

@@ -34,7 +34,9 @@ pub enum Change {
     FinishedAt(u64),
     /// Removes the finish time.
     ClearFinishedAt,
-    /// Sets when the job last went back to the queue after a claim.
+    /// Sets when the job last went back to the queue after a claim, and forgets an
+    /// earlier re-send: the requeue is now the latest event of its message, even one
+    /// in the same millisecond ([`Job::queued_due_at`]).
     RequeuedAt(u64),
     /// Sets when a repair last sent its message again.
     ResentAt(u64),
@@ -102,7 +104,10 @@ impl Change {
             Change::ClearError => job.error = None,
             Change::FinishedAt(at) => job.finished_at_epoch_ms = Some(*at),
             Change::ClearFinishedAt => job.finished_at_epoch_ms = None,
-            Change::RequeuedAt(at) => job.requeued_at_epoch_ms = Some(*at),
+            Change::RequeuedAt(at) => {
+                job.requeued_at_epoch_ms = Some(*at);
+                job.resent_at_epoch_ms = None;
+            }
             Change::ResentAt(at) => job.resent_at_epoch_ms = Some(*at),
             Change::RequestCancel => job.cancel_requested = true,
             Change::Split { parts, chunks, at } => {
