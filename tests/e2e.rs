@@ -370,9 +370,10 @@ async fn the_default_embedded_stack_serves_the_printed_curl_example() {
 }
 
 /// The embedded backend keeps its promises across a SIGKILL: started again on the same
-/// data directory, `offpath` runs the jobs it had accepted (queued and in flight: those
-/// within the heartbeat), still answers the jobs that had finished, and answers a keyed
-/// replay with the same job.
+/// data directory, `offpath` runs the jobs it had accepted (queued and in flight: a
+/// claimed job within the heartbeat, a message received but not yet claimed within the
+/// visibility timeout, here 6 s), still answers the jobs that had finished, and answers
+/// a keyed replay with the same job.
 #[tokio::test]
 async fn the_embedded_backend_resumes_after_sigkill_on_the_same_data_directory() {
     let data = tempfile::tempdir().unwrap();
@@ -386,6 +387,8 @@ async fn the_embedded_backend_resumes_after_sigkill_on_the_same_data_directory()
         "127.0.0.1:0",
         "--heartbeat-seconds",
         "3",
+        "--visibility-timeout-seconds",
+        "6",
         "--pollers",
         "1",
         "--batch-size",
