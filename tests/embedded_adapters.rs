@@ -64,10 +64,9 @@ async fn without_fairness_the_backlog_goes_first() {
     conformance::a_quiet_group_overtakes_a_noisy_backlog(queue, false).await;
 }
 
-/// A full disk (here: the database held at its size) refuses writes as unavailable,
-/// keeps everything it accepted readable, and takes writes again once there is room.
-#[tokio::test]
-async fn a_full_disk_refuses_writes_as_unavailable_and_loses_nothing() {
+/// The embedded backend in a data directory of its own (deleted with the directory
+/// returned last).
+fn embedded() -> (offpath_embedded::Embedded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let embedded = offpath_embedded::open(
         dir.path(),
@@ -77,6 +76,14 @@ async fn a_full_disk_refuses_writes_as_unavailable_and_loses_nothing() {
         offpath_embedded::Options::default(),
     )
     .unwrap();
+    (embedded, dir)
+}
+
+/// A full disk (here: the database held at its size) refuses writes as unavailable,
+/// keeps everything it accepted readable, and takes writes again once there is room.
+#[tokio::test]
+async fn a_full_disk_refuses_writes_as_unavailable_and_loses_nothing() {
+    let (embedded, _dir) = embedded();
     let (store, queue) = (&embedded.ports.store, &embedded.ports.queue);
     // No more pages than it has now: the free room of its last pages fills first.
     embedded.database.limit_pages(1).unwrap();
@@ -117,15 +124,7 @@ async fn a_full_disk_refuses_writes_as_unavailable_and_loses_nothing() {
 /// stay.
 #[tokio::test]
 async fn expired_jobs_are_purged_and_their_space_given_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let embedded = offpath_embedded::open(
-        dir.path(),
-        "jobs",
-        &fast_queue(),
-        &fast_queue(),
-        offpath_embedded::Options::default(),
-    )
-    .unwrap();
+    let (embedded, _dir) = embedded();
     let store = &embedded.store;
     let empty = embedded.database.size().await.unwrap();
     let text = "x".repeat(2000);

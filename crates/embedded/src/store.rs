@@ -102,8 +102,16 @@ fn write(connection: &Connection, job: &Job) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Jobs from rows whose first column is the record.
-fn records(rows: Vec<String>) -> Result<Vec<Job>, DbError> {
+/// The jobs whose records `sql` selects (its only column) with `params`.
+fn select(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Job>, DbError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let rows = statement
+        .query_map(params, |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows
         .iter()
         .map(|record| serde_json::from_str(record))
@@ -188,25 +196,20 @@ impl JobStore for SqliteStore {
         let rows = self
             .database
             .run(move |connection| {
-                let mut statement = connection.prepare_cached(
+                select(
+                    connection,
                     "SELECT record FROM jobs
                      WHERE due_at IS NOT NULL AND due_at < ?1
                        AND (due_at > ?2 OR (due_at = ?2 AND (id > ?3 OR NOT ?4)))
                      ORDER BY due_at, id LIMIT ?5",
-                )?;
-                let rows = statement
-                    .query_map(
-                        params![
-                            before.min(i64::MAX as u64) as i64,
-                            at as i64,
-                            id.to_string(),
-                            strictly_after,
-                            DUE_PAGE as i64 + 1
-                        ],
-                        |row| row.get::<_, String>(0),
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                records(rows)
+                    params![
+                        before.min(i64::MAX as u64) as i64,
+                        at as i64,
+                        id.to_string(),
+                        strictly_after,
+                        DUE_PAGE as i64 + 1
+                    ],
+                )
             })
             .await?;
         let more = rows.len() > DUE_PAGE;
@@ -234,25 +237,20 @@ impl JobStore for SqliteStore {
         let examined = self
             .database
             .run(move |connection| {
-                let mut statement = connection.prepare_cached(
+                select(
+                    connection,
                     "SELECT record FROM jobs
                      WHERE owner = ?1
                        AND (created_at < ?2 OR (created_at = ?2 AND (id < ?3 OR (?4 AND id = ?3))))
                      ORDER BY created_at DESC, id DESC LIMIT ?5",
-                )?;
-                let rows = statement
-                    .query_map(
-                        params![
-                            owner,
-                            created.min(i64::MAX as u64) as i64,
-                            id.to_string(),
-                            inclusive,
-                            LIST_EXAMINE_LIMIT as i64 + 1
-                        ],
-                        |row| row.get::<_, String>(0),
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                records(rows)
+                    params![
+                        owner,
+                        created.min(i64::MAX as u64) as i64,
+                        id.to_string(),
+                        inclusive,
+                        LIST_EXAMINE_LIMIT as i64 + 1
+                    ],
+                )
             })
             .await?;
         let mut page = JobPage::default();
